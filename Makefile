@@ -1,0 +1,150 @@
+# kumomta-c: a KumoMTA-compatible mail relay in C.
+#
+#   make          build every program into bin/
+#   make run      build and start the relay in the foreground on 127.0.0.1:2525
+#   make check    build, run every test, then again under ASan+UBSan
+#   make deps     install missing Debian packages (as root) or print the apt-get line
+#
+# Objects go to $(BUILD); a sanitizer build uses BUILD=build/asan SAN=1.
+
+DEB_PKGS := build-essential pkg-config libssl-dev libluajit-5.1-dev libcjson-dev \
+            libevent-dev check openssl mandoc
+PKGS     := openssl luajit libcjson libevent_core libevent_extra libevent_openssl \
+            libevent_pthreads
+
+BUILD ?= build
+BIN   ?= bin
+SAN   ?=
+
+CC      ?= cc
+OPT     ?= -O2
+CFLAGS  := -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -MMD -MP -I. \
+           $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
+ifeq ($(SAN),1)
+CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
+
+LIB_SRC     := $(wildcard lib/*.c)
+SPOOL_SRC   := $(wildcard spool/*.c)
+KUMOD_SRC   := $(filter-out master/kumoctl.c,$(wildcard master/*.c))
+KUMOCTL_SRC := master/kumoctl.c
+SMTPD_SRC   := $(wildcard smtpd/*.c)
+POLICYD_SRC := $(wildcard policyd/*.c)
+
+obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
+LIBKUMO  := $(BUILD)/libkumo.a
+LIBSPOOL := $(BUILD)/libspool.a
+
+PROGS := $(BIN)/kumod $(BIN)/kumoctl $(BIN)/kumo-smtpd $(BIN)/kumo-policyd
+
+UNIT_SRC   := $(wildcard t/unit/test_*.c)
+UNIT_BINS  := $(patsubst t/unit/%.c,$(BUILD)/t/%,$(UNIT_SRC))
+E2E_SRC    := $(wildcard t/e2e/test_*.c)
+E2E_BINS   := $(patsubst t/e2e/%.c,$(BUILD)/t/%,$(E2E_SRC))
+TLIB_SRC   := $(filter-out $(E2E_SRC),$(wildcard t/e2e/*.c))
+
+.PHONY: all deps run check test-run unit e2e clean asan
+.DEFAULT_GOAL := all
+
+all: deps
+	@$(MAKE) --no-print-directory build
+
+build: $(PROGS)
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "make deps: installing$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing || exit 1; \
+	  else \
+	    echo "make deps: missing packages; run as root:"; \
+	    echo "  apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIBKUMO): $(call obj,$(LIB_SRC))
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+$(LIBSPOOL): $(call obj,$(SPOOL_SRC))
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+$(BIN)/kumod: $(call obj,$(KUMOD_SRC)) $(LIBSPOOL) $(LIBKUMO)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BIN)/kumoctl: $(call obj,$(KUMOCTL_SRC)) $(LIBKUMO)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BIN)/kumo-smtpd: $(call obj,$(SMTPD_SRC)) $(LIBSPOOL) $(LIBKUMO)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BIN)/kumo-policyd: $(call obj,$(POLICYD_SRC)) $(LIBKUMO)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# Unit tests: t/unit/test_<unit>_*.c links libkumo plus the objects of the
+# program named by its prefix (lib, spool, smtpd, policyd), minus main files.
+SMTPD_OBJS   := $(call obj,$(filter-out smtpd/smtpd.c,$(SMTPD_SRC)))
+POLICYD_OBJS := $(call obj,$(filter-out policyd/policyd.c,$(POLICYD_SRC)))
+MASTER_OBJS  := $(call obj,$(filter-out master/kumod.c,$(KUMOD_SRC)))
+
+$(BUILD)/t/test_%.o: t/unit/test_%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -c -o $@ $<
+
+$(BUILD)/t/e2e_%.o: t/e2e/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -c -o $@ $<
+
+$(BUILD)/t/test_lib_%: $(BUILD)/t/test_lib_%.o $(LIBKUMO)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+$(BUILD)/t/test_spool_%: $(BUILD)/t/test_spool_%.o $(LIBSPOOL) $(LIBKUMO)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+$(BUILD)/t/test_smtpd_%: $(BUILD)/t/test_smtpd_%.o $(SMTPD_OBJS) $(LIBSPOOL) $(LIBKUMO)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+$(BUILD)/t/test_policyd_%: $(BUILD)/t/test_policyd_%.o $(POLICYD_OBJS) $(LIBKUMO)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+$(BUILD)/t/test_master_%: $(BUILD)/t/test_master_%.o $(MASTER_OBJS) $(LIBSPOOL) $(LIBKUMO)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+
+$(E2E_BINS): $(BUILD)/t/%: $(BUILD)/t/e2e_%.o $(patsubst t/e2e/%.c,$(BUILD)/t/e2e_%.o,$(TLIB_SRC)) $(LIBKUMO)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+
+unit: $(UNIT_BINS)
+e2e: $(E2E_BINS) $(PROGS)
+
+# Runs every test binary of this build; each prints Check's own summary line.
+test-run: $(PROGS) $(UNIT_BINS) $(E2E_BINS)
+	@KUMO_BIN=$(abspath $(BIN)) KUMO_SRC=$(CURDIR) ./t/run-tests $(UNIT_BINS) $(E2E_BINS)
+
+check: deps
+	@$(MAKE) --no-print-directory test-run
+	@$(MAKE) --no-print-directory SAN=1 BUILD=build/asan BIN=build/asan/bin test-run
+	@./t/lint-man
+
+asan:
+	@$(MAKE) --no-print-directory SAN=1 BUILD=build/asan BIN=build/asan/bin build
+
+run: all
+	@mkdir -p var
+	exec $(BIN)/kumod --policy conf/policy/init.lua
+
+clean:
+	rm -rf build bin
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

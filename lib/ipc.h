@@ -1,0 +1,46 @@
+/* The policy protocol: what kumod and kumo-smtpd ask kumo-policyd, over the
+ * policyd Unix socket, in lib/frame.h frames.  Every request has an integer
+ * "id" that the reply echoes, and an "op".  Unknown fields are ignored.
+ *
+ *   {"id":1,"op":"init"}                                    (kumod, once)
+ *   -> {"id":1,"ok":true,"config":{
+ *          "listeners":[ {<start_esmtp_listener table as JSON>}, ... ],
+ *          "spools":{"data":{"name":"data","path":"...","kind":"LocalDisk","flush":false},
+ *                    "meta":{...}},
+ *          "logs":{"log_dir":"...", ...} | null,
+ *          "handlers":["smtp_server_ehlo", ...]}}
+ *   -> {"id":1,"ok":false,"error":"policy.lua:12: unknown listener parameter 'bannr'"}
+ *
+ *   {"id":2,"op":"hello"}                                   (smtpd, per connection)
+ *   -> {"id":2,"ok":true,"handlers":[...],"generation":G}
+ *
+ *   {"id":3,"op":"event","event":"smtp_server_mail_from",
+ *    "args":[{"__addr":"a@b.example"}], "meta_pos":1, "meta":{<conn meta>}}
+ *   The Lua handler is called with args, and the connection metadata object
+ *   inserted at 0-based position meta_pos (omit meta_pos: no conn_meta).
+ *   An argument {"__addr":"x@y"} becomes an EnvelopeAddress.
+ *   -> {"id":3,"ok":true,"result":"ok","ret":<JSON of the first return value>,
+ *       "ret2":<second return value, when there is one>,"meta":{<conn meta after>}}
+ *   -> {"id":3,"ok":true,"result":"reject","code":550,"text":"5.7.1 no",
+ *       "mode":"If421"|"ForceDisconnect"|"FollowWith421","meta":{...}}
+ *   -> {"id":3,"ok":true,"result":"error","error":"policy.lua:40: boom"}
+ *   -> {"id":3,"ok":false,"error":"..."}       (bad request, no handler, ...)
+ *
+ * A reply with "ok":false or "result":"error" is a failure of policy: smtpd
+ * answers 4xx (421 4.3.0 <host> technical difficulties), never 250.
+ */
+#ifndef KUMO_IPC_H
+#define KUMO_IPC_H
+
+/* Inherited descriptors, fixed numbers. */
+#define FD_CONFIG      3   /* kumo-smtpd: memfd holding the config JSON */
+#define FD_POLICY_LISTEN 3 /* kumo-policyd: the listening policy socket */
+#define FD_LISTEN_BASE 4   /* kumo-smtpd: listener sockets 4, 5, ... */
+
+/* kumo-smtpd's config JSON (FD_CONFIG):
+ * {"policy_socket":"@kumomta-123-policyd", "listeners":[{...}, ...],
+ *  "spools":{...}, "logs":{...}|null, "handlers":[...], "worker":N}
+ * listeners[i] is served on FD_LISTEN_BASE + i.
+ * A socket name starting with '@' is in the abstract namespace. */
+
+#endif

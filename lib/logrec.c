@@ -1,0 +1,245 @@
+/* logrec: KumoMTA-shaped JSON log records (see logrec.h).
+ * Entry points: logrec_open, logrec_new, logrec_response, logrec_write.
+ * Write failures are returned to the caller, which logs them once. */
+#include "lib/logrec.h"
+#include "lib/xalloc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "lib/duration.h"
+
+static int mkdirs(const char *path)
+{
+	char tmp[4096];
+	if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp)
+		return -1;
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p == '/') {
+			*p = '\0';
+			if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+				return -1;
+			*p = '/';
+		}
+	}
+	if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+		return -1;
+	struct stat st;
+	return stat(tmp, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
+}
+
+static void make_nodeid(char out[37])
+{
+	char hex[33] = "";
+	FILE *f = fopen("/etc/machine-id", "r");
+	if (f) {
+		if (!fgets(hex, sizeof hex, f))
+			hex[0] = '\0';
+		fclose(f);
+	}
+	if (strlen(hex) != 32) {
+		unsigned char r[16];
+		if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+			memset(r, 0x5a, sizeof r);
+		for (int i = 0; i < 16; i++)
+			snprintf(hex + 2 * i, 3, "%02x", r[i]);
+	}
+	snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
+}
+
+int logrec_open(struct logrec *lr, const cJSON *conf, char *err, size_t errlen)
+{
+	memset(lr, 0, sizeof *lr);
+	lr->fd = -1;
+	lr->max_file_size = 1000000000;
+	make_nodeid(lr->nodeid);
+	if (!conf || cJSON_IsNull(conf))
+		return 0;
+	const cJSON *dir = cJSON_GetObjectItemCaseSensitive(conf, "log_dir");
+	if (!cJSON_IsString(dir) || !dir->valuestring[0]) {
+		snprintf(err, errlen, "configure_local_logs: log_dir must be a directory path");
+		return -1;
+	}
+	const cJSON *mfs = cJSON_GetObjectItemCaseSensitive(conf, "max_file_size");
+	if (cJSON_IsNumber(mfs) && mfs->valuedouble >= 1)
+		lr->max_file_size = (size_t)mfs->valuedouble;
+	const cJSON *msd = cJSON_GetObjectItemCaseSensitive(conf, "max_segment_duration");
+	if (msd) {
+		char why[128];
+		if (cJSON_IsNumber(msd)) {
+			lr->max_segment_duration = msd->valuedouble;
+		} else if (!cJSON_IsString(msd) ||
+			   duration_parse(msd->valuestring, &lr->max_segment_duration, why, sizeof why) != 0) {
+			snprintf(err, errlen, "configure_local_logs: max_segment_duration: bad duration");
+			return -1;
+		}
+	}
+	if (mkdirs(dir->valuestring) != 0) {
+		snprintf(err, errlen, "cannot create log directory %s: %s", dir->valuestring, strerror(errno));
+		return -1;
+	}
+	if (access(dir->valuestring, W_OK) != 0) {
+		snprintf(err, errlen, "log directory %s is not writable: %s", dir->valuestring, strerror(errno));
+		return -1;
+	}
+	lr->dir = xstrdup(dir->valuestring);
+	return 0;
+}
+
+void logrec_close(struct logrec *lr)
+{
+	if (lr->fd >= 0)
+		close(lr->fd);
+	free(lr->dir);
+	lr->dir = NULL;
+	lr->fd = -1;
+}
+
+void logrec_rfc3339(double t, char *buf, size_t buflen)
+{
+	time_t sec = (time_t)floor(t);
+	long nsec = (long)((t - (double)sec) * 1e9);
+	if (nsec < 0)
+		nsec = 0;
+	if (nsec > 999999999)
+		nsec = 999999999;
+	struct tm tm;
+	gmtime_r(&sec, &tm);
+	snprintf(buf, buflen, "%04d-%02d-%02dT%02d:%02d:%02d.%09ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+		 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, nsec);
+}
+
+static double now_real(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+cJSON *logrec_new(const struct logrec *lr, const char *type, const char *id, double created)
+{
+	double now = now_real();
+	char t[48];
+	cJSON *r = cJSON_CreateObject();
+	cJSON_AddStringToObject(r, "type", type);
+	cJSON_AddStringToObject(r, "id", id ? id : "");
+	cJSON_AddStringToObject(r, "sender", "");
+	cJSON_AddStringToObject(r, "recipient", "");
+	cJSON_AddStringToObject(r, "queue", "");
+	cJSON_AddStringToObject(r, "site", "");
+	cJSON_AddNumberToObject(r, "size", 0);
+	cJSON_AddNullToObject(r, "response");
+	cJSON_AddNullToObject(r, "peer_address");
+	cJSON_AddNumberToObject(r, "timestamp", floor(now));
+	logrec_rfc3339(now, t, sizeof t);
+	cJSON_AddStringToObject(r, "event_time", t);
+	if (created <= 0)
+		created = now;
+	cJSON_AddNumberToObject(r, "created", floor(created));
+	logrec_rfc3339(created, t, sizeof t);
+	cJSON_AddStringToObject(r, "created_time", t);
+	cJSON_AddNumberToObject(r, "num_attempts", 0);
+	cJSON_AddStringToObject(r, "bounce_classification", "Uncategorized");
+	cJSON_AddNullToObject(r, "egress_pool");
+	cJSON_AddNullToObject(r, "egress_source");
+	cJSON_AddNullToObject(r, "source_address");
+	cJSON_AddNullToObject(r, "feedback_report");
+	cJSON_AddItemToObject(r, "meta", cJSON_CreateObject());
+	cJSON_AddItemToObject(r, "headers", cJSON_CreateObject());
+	cJSON_AddNullToObject(r, "delivery_protocol");
+	cJSON_AddStringToObject(r, "reception_protocol", "ESMTP");
+	cJSON_AddStringToObject(r, "nodeid", lr->nodeid);
+	return r;
+}
+
+cJSON *logrec_response(int code, const char *text, const char *command)
+{
+	cJSON *resp = cJSON_CreateObject();
+	cJSON_AddNumberToObject(resp, "code", code);
+	int c, s, d, n = 0;
+	if (sscanf(text, "%1d.%3d.%3d%n", &c, &s, &d, &n) == 3 && n > 0 &&
+	    (text[n] == ' ' || text[n] == '\0') && c >= 2 && c <= 5) {
+		cJSON *ec = cJSON_AddObjectToObject(resp, "enhanced_code");
+		cJSON_AddNumberToObject(ec, "class", c);
+		cJSON_AddNumberToObject(ec, "subject", s);
+		cJSON_AddNumberToObject(ec, "detail", d);
+		text += n;
+		while (*text == ' ')
+			text++;
+	} else {
+		cJSON_AddNullToObject(resp, "enhanced_code");
+	}
+	cJSON_AddStringToObject(resp, "content", text);
+	if (command)
+		cJSON_AddStringToObject(resp, "command", command);
+	else
+		cJSON_AddNullToObject(resp, "command");
+	return resp;
+}
+
+static int open_segment(struct logrec *lr, char *err, size_t errlen)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	for (int attempt = 0; attempt < 100; attempt++) {
+		struct tm tm;
+		gmtime_r(&ts.tv_sec, &tm);
+		char path[4200];
+		snprintf(path, sizeof path, "%s/%04d%02d%02d-%02d%02d%02d.%09ld", lr->dir, tm.tm_year + 1900,
+			 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec);
+		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+		if (fd >= 0) {
+			lr->fd = fd;
+			lr->written = 0;
+			lr->opened = ts.tv_sec;
+			return 0;
+		}
+		if (errno != EEXIST) {
+			snprintf(err, errlen, "cannot create log segment %s: %s", path, strerror(errno));
+			return -1;
+		}
+		ts.tv_nsec++;
+	}
+	snprintf(err, errlen, "cannot find a free log segment name in %s", lr->dir);
+	return -1;
+}
+
+int logrec_write(struct logrec *lr, cJSON *rec, char *err, size_t errlen)
+{
+	if (!lr->dir) {
+		cJSON_Delete(rec);
+		return 0;
+	}
+	char *text = cJSON_PrintUnformatted(rec);
+	cJSON_Delete(rec);
+	if (!text)
+		abort();
+	size_t n = strlen(text);
+	text[n] = '\n'; /* cJSON allocated n+1 bytes; the NUL becomes the newline */
+	int rc = 0;
+	if (lr->fd >= 0 && (lr->written + n + 1 > lr->max_file_size ||
+			    (lr->max_segment_duration > 0 &&
+			     (double)(time(NULL) - lr->opened) >= lr->max_segment_duration))) {
+		close(lr->fd);
+		lr->fd = -1;
+	}
+	if (lr->fd < 0 && open_segment(lr, err, errlen) != 0) {
+		rc = -1;
+	} else {
+		ssize_t w = write(lr->fd, text, n + 1);
+		if (w != (ssize_t)(n + 1)) {
+			snprintf(err, errlen, "log write: %s", w < 0 ? strerror(errno) : "short write");
+			rc = -1;
+		} else {
+			lr->written += n + 1;
+		}
+	}
+	free(text);
+	return rc;
+}

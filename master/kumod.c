@@ -1,0 +1,476 @@
+/* kumod: the master.  Starts kumo-policyd, has it run the policy's init
+ * event, checks the spools and logs it asked for, binds the listeners,
+ * drops privileges, forks the kumo-smtpd workers (which inherit the
+ * listening sockets) and supervises them.  SIGTERM/SIGINT: graceful stop
+ * (workers drain, then policyd), exit 0.  Bad start-up input: one line on
+ * stderr, exit 1, nothing left bound or running. */
+#include "master/master.h"
+#include "lib/frame.h"
+#include "lib/ipc.h"
+#include "lib/log.h"
+#include "lib/logrec.h"
+#include "lib/xalloc.h"
+#include "spool/spool.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <libgen.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static struct master M;
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: kumod --policy FILE [--workers N] [--user USER] [--control-socket PATH]\n"
+		"             [--daemonize --pidfile FILE] [--log-level LEVEL] [--validate]\n"
+		"       kumod --help | --version\n"
+		"Runs the relay: a master, a policy daemon and N SMTP workers (see kumod(8)).\n");
+}
+
+static void kill_children_now(void)
+{
+	if (M.policyd.pid > 0)
+		kill(M.policyd.pid, SIGKILL);
+	for (int i = 0; i < M.n_workers; i++)
+		if (M.workers && M.workers[i].pid > 0)
+			kill(M.workers[i].pid, SIGKILL);
+	while (waitpid(-1, NULL, 0) > 0)
+		;
+}
+
+/* Start-up failure: one line, nothing left running, exit 1. */
+static void startup_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void startup_fail(const char *fmt, ...)
+{
+	char msg[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	for (char *p = msg; *p; p++)
+		if (*p == '\n')
+			*p = ' ';
+	fprintf(stderr, "kumod: %s\n", msg);
+	kill_children_now();
+	if (M.control_path)
+		unlink(M.control_path);
+	exit(1);
+}
+
+static char *self_dir(void)
+{
+	char buf[4096];
+	ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+	if (n <= 0)
+		return xstrdup(".");
+	buf[n] = '\0';
+	return xstrdup(dirname(buf));
+}
+
+static int policy_listen(char *name, size_t namelen)
+{
+	unsigned char r[6];
+	if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+		memset(r, 7, sizeof r);
+	snprintf(name, namelen, "@kumomta-%d-%02x%02x%02x%02x%02x%02x-policyd", (int)getpid(), r[0], r[1], r[2],
+		 r[3], r[4], r[5]);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	struct sockaddr_un sun;
+	memset(&sun, 0, sizeof sun);
+	sun.sun_family = AF_UNIX;
+	size_t n = strlen(name);
+	memcpy(sun.sun_path + 1, name + 1, n - 1);
+	socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+	if (bind(fd, (struct sockaddr *)&sun, len) != 0 || listen(fd, 512) != 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static int policy_connect(const char *name)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sun;
+	memset(&sun, 0, sizeof sun);
+	sun.sun_family = AF_UNIX;
+	size_t n = strlen(name);
+	memcpy(sun.sun_path + 1, name + 1, n - 1);
+	socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sun, len) != 0) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Asks policyd to run init; returns the config or exits. */
+static cJSON *run_init(void)
+{
+	int fd = policy_connect(M.policy_sock);
+	if (fd < 0)
+		startup_fail("cannot reach kumo-policyd: %s", strerror(errno));
+	cJSON *req = cJSON_CreateObject();
+	cJSON_AddNumberToObject(req, "id", 1);
+	cJSON_AddStringToObject(req, "op", "init");
+	char err[256];
+	cJSON *reply = NULL;
+	if (frame_send_fd(fd, req, err, sizeof err) != 0 || frame_recv_fd(fd, &reply, 120000, err, sizeof err) != 0) {
+		int status;
+		if (M.policyd.pid > 0 && waitpid(M.policyd.pid, &status, WNOHANG) == M.policyd.pid)
+			M.policyd.pid = 0;
+		startup_fail("kumo-policyd did not answer the init request: %s", err);
+	}
+	cJSON_Delete(req);
+	close(fd);
+	const cJSON *ok = cJSON_GetObjectItemCaseSensitive(reply, "ok");
+	if (!cJSON_IsTrue(ok)) {
+		const cJSON *e = cJSON_GetObjectItemCaseSensitive(reply, "error");
+		startup_fail("%s", cJSON_IsString(e) ? e->valuestring : "policy init failed");
+	}
+	cJSON *config = cJSON_DetachItemFromObjectCaseSensitive(reply, "config");
+	cJSON_Delete(reply);
+	if (!cJSON_IsObject(config))
+		startup_fail("kumo-policyd sent no configuration");
+	return config;
+}
+
+static const char *spool_path(const cJSON *config, const char *name)
+{
+	const cJSON *sp = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(config, "spools"), name);
+	const cJSON *p = cJSON_GetObjectItemCaseSensitive(sp, "path");
+	return cJSON_IsString(p) ? p->valuestring : NULL;
+}
+
+static void scan_found(void *arg, const char *id)
+{
+	(void)arg;
+	(void)id;
+}
+
+static void scan_warn(void *arg, const char *id, const char *why)
+{
+	(void)arg;
+	log_warn("spool: message %s quarantined: %s", id, why);
+}
+
+static int make_config_fd(const cJSON *config)
+{
+	cJSON *c = cJSON_Duplicate(config, 1);
+	cJSON_AddStringToObject(c, "policy_socket", M.policy_sock);
+	cJSON_AddStringToObject(c, "log_level", M.log_level);
+	char *text = cJSON_PrintUnformatted(c);
+	cJSON_Delete(c);
+	int fd = memfd_create("kumod-config", MFD_CLOEXEC);
+	if (fd < 0)
+		startup_fail("memfd_create: %s", strerror(errno));
+	size_t len = strlen(text), off = 0;
+	while (off < len) {
+		ssize_t w = write(fd, text + off, len - off);
+		if (w <= 0)
+			startup_fail("cannot write the worker configuration: %s", strerror(errno));
+		off += (size_t)w;
+	}
+	free(text);
+	return fd;
+}
+
+static void drop_privileges(const char *user, const char *data, const char *meta, const char *logdir)
+{
+	struct passwd *pw = getpwnam(user);
+	if (!pw)
+		startup_fail("--user %s: no such user", user);
+	if (getuid() != 0) {
+		if (pw->pw_uid != getuid())
+			startup_fail("--user %s needs kumod to be started as root", user);
+		return;
+	}
+	const char *dirs[] = { data, meta, logdir };
+	for (int i = 0; i < 3; i++)
+		if (dirs[i] && chown(dirs[i], pw->pw_uid, pw->pw_gid) != 0)
+			startup_fail("cannot give %s to %s: %s", dirs[i], user, strerror(errno));
+	if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0)
+		startup_fail("cannot switch to user %s: %s", user, strerror(errno));
+}
+
+static void on_sigchld(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	child_reap(&M);
+	if (M.stopping) {
+		int workers = 0;
+		for (int i = 0; i < M.n_workers; i++)
+			workers += M.workers[i].pid ? 1 : 0;
+		if (workers == 0 && M.policyd.pid > 0)
+			kill(M.policyd.pid, SIGTERM);
+		if (children_running(&M) == 0)
+			event_base_loopexit(M.base, NULL);
+	}
+}
+
+static void stop_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	log_warn("children still running at the shutdown deadline; killing them");
+	kill_children_now();
+	event_base_loopexit(M.base, NULL);
+}
+
+static void on_stop(evutil_socket_t sig, short what, void *arg)
+{
+	(void)what;
+	(void)arg;
+	if (M.stopping)
+		return;
+	M.stopping = true;
+	log_info("signal %d: shutting down", (int)sig);
+	for (int i = 0; i < M.n_workers; i++)
+		if (M.workers[i].restart)
+			evtimer_del(M.workers[i].restart);
+	if (M.policyd.restart)
+		evtimer_del(M.policyd.restart);
+	int workers = 0;
+	for (int i = 0; i < M.n_workers; i++) {
+		if (M.workers[i].pid > 0) {
+			kill(M.workers[i].pid, SIGTERM);
+			workers++;
+		}
+	}
+	if (workers == 0 && M.policyd.pid > 0)
+		kill(M.policyd.pid, SIGTERM);
+	if (children_running(&M) == 0) {
+		event_base_loopexit(M.base, NULL);
+		return;
+	}
+	M.stop_timer = evtimer_new(M.base, stop_deadline, NULL);
+	struct timeval tv = { 15, 0 };
+	evtimer_add(M.stop_timer, &tv);
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+	(void)sig;
+	(void)what;
+	(void)arg;
+	log_info("SIGHUP ignored: policy reload is not available in this version; restart kumod");
+}
+
+static void daemonize(const char *pidfile)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		startup_fail("fork: %s", strerror(errno));
+	if (pid > 0)
+		_exit(0);
+	setsid();
+	int fd = open("/dev/null", O_RDWR);
+	if (fd >= 0) {
+		dup2(fd, 0);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		if (fd > 2)
+			close(fd);
+	}
+	log_use_syslog(1);
+	if (pidfile) {
+		char tmp[4200];
+		snprintf(tmp, sizeof tmp, "%s.tmp.%d", pidfile, (int)getpid());
+		FILE *f = fopen(tmp, "w");
+		if (!f || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) != 0 || rename(tmp, pidfile) != 0)
+			log_warn("cannot write pid file %s: %s", pidfile, strerror(errno));
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "policy", required_argument, NULL, 'p' },
+		{ "control-socket", required_argument, NULL, 'c' },
+		{ "workers", required_argument, NULL, 'w' },
+		{ "user", required_argument, NULL, 'u' },
+		{ "daemonize", no_argument, NULL, 'd' },
+		{ "pidfile", required_argument, NULL, 'P' },
+		{ "validate", no_argument, NULL, 'V' },
+		{ "log-level", required_argument, NULL, 'l' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'v' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *policy = "/opt/kumomta/etc/policy/init.lua", *user = NULL, *pidfile = NULL;
+	const char *control_path = NULL;
+	bool validate = false, daemon_mode = false;
+	long workers = sysconf(_SC_NPROCESSORS_ONLN);
+	M.log_level = "info";
+	int o;
+	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (o) {
+		case 'p': policy = optarg; break;
+		case 'c': control_path = optarg; break;
+		case 'w': {
+			char *end;
+			workers = strtol(optarg, &end, 10);
+			if (*end || workers < 1 || workers > 256) {
+				fprintf(stderr, "kumod: --workers must be a number from 1 to 256\n");
+				return 1;
+			}
+			break;
+		}
+		case 'u': user = optarg; break;
+		case 'd': daemon_mode = true; break;
+		case 'P': pidfile = optarg; break;
+		case 'V': validate = true; break;
+		case 'l':
+			if (log_level_parse(optarg) < 0) {
+				fprintf(stderr, "kumod: --log-level must be fatal, warn, info or debug\n");
+				return 1;
+			}
+			M.log_level = optarg;
+			break;
+		case 'h': usage(stdout); return 0;
+		case 'v': printf("kumod %s\n", KUMOD_VERSION); return 0;
+		default: usage(stderr); return 1;
+		}
+	}
+	if (optind < argc) {
+		usage(stderr);
+		return 1;
+	}
+	if (workers < 1)
+		workers = 1;
+	log_init("kumod");
+	log_set_level((enum klog_level)log_level_parse(M.log_level));
+	signal(SIGPIPE, SIG_IGN);
+	if (access(policy, R_OK) != 0)
+		startup_fail("cannot read policy %s: %s", policy, strerror(errno));
+	if (getuid() == 0 && !user && !validate)
+		startup_fail("started as root: --user USER is required (the workers never run as root)");
+	M.policy = xstrdup(policy);
+	M.bindir = self_dir();
+	char sockname[108];
+	M.policy_listen_fd = policy_listen(sockname, sizeof sockname);
+	if (M.policy_listen_fd < 0)
+		startup_fail("cannot create the policy socket: %s", strerror(errno));
+	M.policy_sock = xstrdup(sockname);
+
+	/* block SIGCHLD etc. until the loop handles them */
+	M.base = event_base_new();
+	if (!M.base)
+		startup_fail("cannot create the event loop");
+	struct event *ev_chld = evsignal_new(M.base, SIGCHLD, on_sigchld, NULL);
+	evsignal_add(ev_chld, NULL);
+
+	M.policyd.kind = CHILD_POLICYD;
+	child_spawn(&M, &M.policyd);
+	cJSON *config = run_init();
+
+	const char *data = spool_path(config, "data"), *meta = spool_path(config, "meta");
+	if (!data || !meta)
+		startup_fail("no spool defined: the policy's init must call kumo.define_spool for both 'data' and 'meta'");
+	if (validate) {
+		printf("policy %s: OK\n", policy);
+		kill_children_now();
+		return 0;
+	}
+	const cJSON *sps = cJSON_GetObjectItemCaseSensitive(config, "spools");
+	const cJSON *sp;
+	cJSON_ArrayForEach(sp, sps) {
+		const cJSON *kind = cJSON_GetObjectItemCaseSensitive(sp, "kind");
+		if (cJSON_IsString(kind) && strcmp(kind->valuestring, "LocalDisk") != 0)
+			log_warn("spool '%s': kind '%s' is stored as this relay's own file spool", sp->string,
+				 kind->valuestring);
+	}
+	char err[1024];
+	struct spool spool;
+	if (spool_open(&spool, data, meta, err, sizeof err) != 0)
+		startup_fail("%s", err);
+	if (spool_lock(&spool, err, sizeof err) != 0)
+		startup_fail("%s", err);
+	struct logrec lr;
+	const cJSON *logs = cJSON_GetObjectItemCaseSensitive(config, "logs");
+	if (logrec_open(&lr, logs, err, sizeof err) != 0)
+		startup_fail("%s", err);
+	const cJSON *listeners = cJSON_GetObjectItemCaseSensitive(config, "listeners");
+	if (listeners_bind(listeners, &M.listen_fds, &M.n_listen, err, sizeof err) != 0)
+		startup_fail("%s", err);
+	if (M.n_listen == 0)
+		log_warn("the policy starts no listener: nothing will be received");
+	M.listen_names = cJSON_CreateArray();
+	const cJSON *lt;
+	cJSON_ArrayForEach(lt, listeners) {
+		const cJSON *la = cJSON_GetObjectItemCaseSensitive(lt, "listen");
+		cJSON_AddItemToArray(M.listen_names, cJSON_CreateString(cJSON_IsString(la) ? la->valuestring : "127.0.0.1:2025"));
+	}
+	/* default control socket: beside the meta spool, inside the relay's own tree */
+	char default_ctl[4200];
+	if (!control_path) {
+		char tmp[4096];
+		snprintf(tmp, sizeof tmp, "%s", meta);
+		snprintf(default_ctl, sizeof default_ctl, "%s/kumod.sock", dirname(tmp));
+		control_path = default_ctl;
+	}
+	if (control_open(&M, control_path, err, sizeof err) != 0)
+		startup_fail("%s", err);
+
+	struct spool_scan_stats st;
+	if (spool_scan(&spool, scan_found, scan_warn, NULL, &st, err, sizeof err) != 0)
+		startup_fail("%s", err);
+	log_info("spool: recovered %zu message%s (%zu quarantined, %zu temporary files removed)", st.found,
+		 st.found == 1 ? "" : "s", st.quarantined, st.swept);
+
+	if (user)
+		drop_privileges(user, data, meta, lr.dir);
+	logrec_close(&lr);
+
+	M.config_fd = make_config_fd(config);
+	cJSON_Delete(config);
+	if (daemon_mode)
+		daemonize(pidfile);
+
+	M.n_workers = (int)workers;
+	M.workers = xcalloc((size_t)M.n_workers, sizeof *M.workers);
+	for (int i = 0; i < M.n_workers; i++) {
+		M.workers[i].kind = CHILD_SMTPD;
+		M.workers[i].index = i;
+		child_spawn(&M, &M.workers[i]);
+	}
+	log_info("kumod %s: %d workers, %zu listener%s", KUMOD_VERSION, M.n_workers, M.n_listen,
+		 M.n_listen == 1 ? "" : "s");
+
+	struct event *ev_term = evsignal_new(M.base, SIGTERM, on_stop, NULL);
+	struct event *ev_int = evsignal_new(M.base, SIGINT, on_stop, NULL);
+	struct event *ev_hup = evsignal_new(M.base, SIGHUP, on_hup, NULL);
+	evsignal_add(ev_term, NULL);
+	evsignal_add(ev_int, NULL);
+	evsignal_add(ev_hup, NULL);
+	event_base_dispatch(M.base);
+
+	for (size_t i = 0; i < M.n_listen; i++)
+		close(M.listen_fds[i]);
+	control_close(&M);
+	cJSON_Delete(M.listen_names);
+	log_info("stopped");
+	spool_close(&spool);
+	return 0;
+}

@@ -1,0 +1,57 @@
+/* kumod (the master) private header. */
+#ifndef KUMO_MASTER_H
+#define KUMO_MASTER_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#define KUMOD_VERSION "0.1.0"
+
+enum child_kind { CHILD_POLICYD = 0, CHILD_SMTPD };
+
+struct child {
+	enum child_kind kind;
+	int index;              /* worker number */
+	pid_t pid;              /* 0 when not running */
+	double started;         /* monotonic seconds */
+	double backoff;         /* seconds before the next restart */
+	struct event *restart;  /* pending restart timer */
+};
+
+struct master {
+	struct event_base *base;
+	char *policy;           /* owned: policy path */
+	char *bindir;           /* owned: where the helper programs are */
+	char *policy_sock;      /* owned: "@kumomta-..." */
+	int policy_listen_fd;
+	int *listen_fds;        /* owned */
+	size_t n_listen;
+	int config_fd;          /* memfd with the smtpd config */
+	struct child policyd;
+	struct child *workers;  /* owned */
+	int n_workers;
+	bool stopping;
+	const char *log_level;
+	struct event *stop_timer;
+	cJSON *listen_names;    /* owned: array of "ip:port" */
+	struct evconnlistener *control;
+	char *control_path;     /* owned */
+};
+
+/* master_child.c */
+void child_spawn(struct master *m, struct child *c);
+void child_reap(struct master *m);
+int children_running(const struct master *m);
+double monotime(void);
+
+/* master_control.c: the kumoctl socket */
+int control_open(struct master *m, const char *path, char *err, size_t errlen);
+void control_close(struct master *m);
+
+/* master_listen.c: binds every listener of the config; -1 with a reason */
+int listeners_bind(const cJSON *listeners, int **fds, size_t *n, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,168 @@
+/* kumo-smtpd: an SMTP worker.  Started by kumod with the config JSON on
+ * FD_CONFIG and the listening sockets from FD_LISTEN_BASE (lib/ipc.h); it
+ * runs one libevent loop over all its sessions, a spool writer thread and
+ * a connection to kumo-policyd.  SIGTERM drains: listeners close, idle
+ * sessions get 421, transactions in flight have 10 s to finish. */
+#include "smtpd/smtpd.h"
+#include "lib/ipc.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct smtpd *smtpd;
+
+static cJSON *read_config(void)
+{
+	struct stat st;
+	if (fstat(FD_CONFIG, &st) != 0)
+		log_fatal("no configuration on descriptor %d: %s", FD_CONFIG, strerror(errno));
+	size_t cap = st.st_size > 0 ? (size_t)st.st_size : 4096, len = 0;
+	char *buf = xmalloc(cap + 1);
+	for (;;) {
+		if (len == cap) {
+			cap *= 2;
+			buf = xrealloc(buf, cap + 1);
+		}
+		/* pread: the workers share one open file description */
+		ssize_t r = pread(FD_CONFIG, buf + len, cap - len, (off_t)len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		len += (size_t)r;
+	}
+	close(FD_CONFIG);
+	buf[len] = '\0';
+	cJSON *c = cJSON_ParseWithLength(buf, len);
+	free(buf);
+	if (!c)
+		log_fatal("configuration is not valid JSON");
+	return c;
+}
+
+static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+	(void)evl;
+	session_accept(arg, fd, sa, salen);
+}
+
+static void on_accept_error(struct evconnlistener *evl, void *arg)
+{
+	(void)evl;
+	struct listener *l = arg;
+	int err = EVUTIL_SOCKET_ERROR();
+	log_warn("accept on %s: %s", l->listen_str, evutil_socket_error_to_string(err));
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	(void)what;
+	(void)arg;
+	log_debug("signal %d: draining %zu sessions", (int)sig, smtpd->n_sessions);
+	smtpd_drain_sessions();
+}
+
+int main(int argc, char **argv)
+{
+	log_init("kumo-smtpd");
+	int worker = 0;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--worker") == 0 && i + 1 < argc)
+			worker = atoi(argv[++i]);
+		else
+			log_fatal("usage: kumo-smtpd [--worker N] (started by kumod)");
+	}
+	signal(SIGPIPE, SIG_IGN);
+	cJSON *conf = read_config();
+	smtpd = xcalloc(1, sizeof *smtpd);
+	smtpd->base = event_base_new();
+	if (!smtpd->base)
+		log_fatal("cannot create the event loop");
+
+	smtpd->worker = worker;
+	const cJSON *lvl = cJSON_GetObjectItemCaseSensitive(conf, "log_level");
+	if (cJSON_IsString(lvl) && log_level_parse(lvl->valuestring) >= 0)
+		log_set_level((enum klog_level)log_level_parse(lvl->valuestring));
+
+	char err[400];
+	const cJSON *spools = cJSON_GetObjectItemCaseSensitive(conf, "spools");
+	const cJSON *dp = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(spools, "data"), "path");
+	const cJSON *mp = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(spools, "meta"), "path");
+	if (!cJSON_IsString(dp) || !cJSON_IsString(mp))
+		log_fatal("configuration lacks the data and meta spools");
+	if (spool_open(&smtpd->spool, dp->valuestring, mp->valuestring, err, sizeof err) != 0)
+		log_fatal("%s", err);
+	if (logrec_open(&smtpd->logs, cJSON_GetObjectItemCaseSensitive(conf, "logs"), err, sizeof err) != 0)
+		log_fatal("%s", err);
+	smtpd->writer = spool_writer_new(smtpd->base, &smtpd->spool);
+
+	const cJSON *ps = cJSON_GetObjectItemCaseSensitive(conf, "policy_socket");
+	smtpd->policy = policy_client_new(smtpd->base, cJSON_IsString(ps) ? ps->valuestring : "",
+					  cJSON_GetObjectItemCaseSensitive(conf, "handlers"));
+
+	const cJSON *ls = cJSON_GetObjectItemCaseSensitive(conf, "listeners");
+	smtpd->n_listeners = (size_t)cJSON_GetArraySize(ls);
+	smtpd->listeners = xcalloc(smtpd->n_listeners ? smtpd->n_listeners : 1, sizeof *smtpd->listeners);
+	size_t i = 0;
+	const cJSON *lt;
+	cJSON_ArrayForEach(lt, ls) {
+		struct listener *l = &smtpd->listeners[i];
+		l->index = (int)i;
+		l->table = cJSON_Duplicate(lt, 1);
+		params_defaults(&l->base, NULL);
+		if (params_apply(&l->base, l->table, PARAMS_TOP, NULL, NULL, err, sizeof err) != 0)
+			log_fatal("listener %zu: %s", i, err);
+		snprintf(l->listen_str, sizeof l->listen_str, "%s", l->base.listen);
+		int fd = FD_LISTEN_BASE + (int)i;
+		evutil_make_socket_nonblocking(fd);
+		l->evl = evconnlistener_new(smtpd->base, on_accept, l, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+					    -1, fd);
+		if (!l->evl)
+			log_fatal("cannot serve listener %s on descriptor %d", l->listen_str, fd);
+		evconnlistener_set_error_cb(l->evl, on_accept_error);
+		i++;
+	}
+	cJSON_Delete(conf);
+
+	smtpd->sigterm_ev = evsignal_new(smtpd->base, SIGTERM, on_signal, NULL);
+	smtpd->sigint_ev = evsignal_new(smtpd->base, SIGINT, on_signal, NULL);
+	evsignal_add(smtpd->sigterm_ev, NULL);
+	evsignal_add(smtpd->sigint_ev, NULL);
+	log_debug("worker %d serving %zu listeners", smtpd->worker, smtpd->n_listeners);
+
+	event_base_dispatch(smtpd->base);
+
+	/* drained: the writer finishes what it holds before we go */
+	spool_writer_free(smtpd->writer);
+	while (smtpd->sessions) {
+		struct session *s = smtpd->sessions;
+		s->policy_req = 0;
+		s->spool_pending = false;
+		session_close(s);
+	}
+	for (i = 0; i < smtpd->n_listeners; i++) {
+		if (smtpd->listeners[i].evl)
+			evconnlistener_free(smtpd->listeners[i].evl);
+		cJSON_Delete(smtpd->listeners[i].table);
+		params_free(&smtpd->listeners[i].base);
+	}
+	free(smtpd->listeners);
+	policy_client_free(smtpd->policy);
+	logrec_close(&smtpd->logs);
+	spool_close(&smtpd->spool);
+	if (smtpd->drain_timer)
+		event_free(smtpd->drain_timer);
+	event_free(smtpd->sigterm_ev);
+	event_free(smtpd->sigint_ev);
+	event_base_free(smtpd->base);
+	free(smtpd);
+	return 0;
+}

@@ -1,0 +1,211 @@
+/* kumo-smtpd private header: one worker process, one libevent loop, many
+ * sessions.  Connection state (struct session) and transaction state
+ * (struct txn) are separate; a transaction lives from MAIL to RSET, the end
+ * of DATA or the disconnect.  A session waiting on policyd or the spool is
+ * parked: it reads nothing until the answer comes, so pipelined commands
+ * are answered in order. */
+#ifndef KUMO_SMTPD_H
+#define KUMO_SMTPD_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/listener.h>
+
+#include "lib/addr.h"
+#include "lib/cidr.h"
+#include "lib/logrec.h"
+#include "lib/params.h"
+#include "spool/spool.h"
+
+/* ---- command parsing (smtpd_parse.c, pure) ---- */
+enum verb {
+	V_NONE = 0, V_EHLO, V_HELO, V_MAIL, V_RCPT, V_DATA, V_RSET, V_NOOP, V_QUIT,
+	V_STARTTLS, V_AUTH, V_XCLIENT, V_UNIMPLEMENTED, V__COUNT
+};
+
+enum parse_status {
+	PARSE_OK = 0,
+	PARSE_UNKNOWN,      /* 502 5.5.1 Command unimplemented */
+	PARSE_SYNTAX,       /* 501 Syntax error in command or arguments */
+	PARSE_SYNTAX_DIAG,  /* 501 Syntax error in command or arguments: <diag> */
+	PARSE_BAD_SENDER,   /* 501 5.1.7 Bad sender's mailbox address syntax */
+	PARSE_BAD_RCPT,     /* 501 5.1.3 Invalid recipient address syntax */
+	PARSE_BAD_UTF8,     /* 501 5.5.2 Invalid UTF-8 in command */
+	PARSE_BAD_PARAM,    /* 501 5.5.4 with diag: bad ESMTP parameter */
+};
+
+struct smtp_cmd {
+	enum verb verb;
+	const char *arg;       /* points into the line: the rest after the verb */
+	size_t arglen;
+	struct smtp_addr addr; /* MAIL/RCPT: owned, free with smtp_cmd_free */
+	bool has_size;         /* MAIL: SIZE= given */
+	uint64_t size;
+	char diag[160];        /* PARSE_SYNTAX_DIAG/PARSE_BAD_PARAM detail */
+};
+
+/* line excludes the CRLF. */
+enum parse_status smtp_cmd_parse(const char *line, size_t len, struct smtp_cmd *cmd);
+void smtp_cmd_free(struct smtp_cmd *cmd);
+bool utf8_valid(const char *s, size_t len);
+
+/* ---- DATA reader (smtpd_data.c, pure) ---- */
+enum dr_state { DR_BOL = 0, DR_MID, DR_CR, DR_DOT, DR_DOTCR, DR_DONE };
+
+struct data_reader {
+	enum dr_state state;
+	size_t max_size;     /* bytes beyond this are counted, not kept */
+	size_t max_line;     /* octets per line, excluding CRLF */
+	enum invalid_line_endings ile;
+	size_t size;         /* unstuffed bytes seen (kept or not) */
+	size_t line_len;
+	bool too_big;
+	bool line_too_long;
+	bool bad_line_endings; /* a bare CR or LF was seen */
+};
+
+void data_reader_init(struct data_reader *r, size_t max_size, size_t max_line,
+		      enum invalid_line_endings ile);
+/* Consumes bytes of in[0..len) up to and including the terminating
+ * CRLF.CRLF, appending the unstuffed message to out (bare CR/LF rewritten
+ * to CRLF in Fix mode).  Returns the bytes consumed; r->state is DR_DONE
+ * once the terminator was read. */
+size_t data_reader_feed(struct data_reader *r, const char *in, size_t len, struct evbuffer *out);
+
+/* ---- policyd client (smtpd_policy.c) ---- */
+struct policy_client;
+/* reply is the whole reply frame (ok/result/...), or NULL with error set. */
+typedef void (*policy_cb)(void *ctx, const cJSON *reply, const char *error);
+
+struct policy_client *policy_client_new(struct event_base *base, const char *sockname,
+					const cJSON *handlers);
+void policy_client_free(struct policy_client *pc);
+bool policy_has(const struct policy_client *pc, const char *event);
+/* Sends an event; args is consumed.  The callback runs exactly once (from
+ * the loop, never inside this call) unless policy_cancel is called first. */
+uint64_t policy_call(struct policy_client *pc, const char *event, cJSON *args, int meta_pos,
+		     const cJSON *meta, double timeout, policy_cb cb, void *ctx);
+void policy_cancel(struct policy_client *pc, uint64_t id);
+
+/* ---- spool writer thread (smtpd_spool.c) ---- */
+struct spool_job;
+typedef void (*spool_done_cb)(struct spool_job *job, void *ctx);
+struct spool_job {
+	struct spool_job *next;
+	struct spool_item *items;   /* owned array */
+	size_t n;
+	size_t failed;
+	spool_done_cb done;
+	void *ctx;
+};
+struct spool_writer;
+struct spool_writer *spool_writer_new(struct event_base *base, struct spool *spool);
+void spool_writer_submit(struct spool_writer *w, struct spool_job *job);
+void spool_writer_free(struct spool_writer *w);  /* finishes queued jobs first */
+
+/* ---- the worker ---- */
+struct listener {
+	int index;
+	cJSON *table;                 /* owned: the start_esmtp_listener table */
+	struct listener_params base;  /* the table applied over defaults (no peer/via) */
+	struct evconnlistener *evl;
+	size_t sessions;              /* this worker's sessions on it */
+	char listen_str[64];
+};
+
+struct smtpd {
+	struct event_base *base;
+	struct listener *listeners;
+	size_t n_listeners;
+	struct policy_client *policy;
+	struct spool spool;
+	struct spool_writer *writer;
+	struct logrec logs;
+	int worker;
+	bool draining;
+	struct session *sessions;     /* all live sessions (doubly linked) */
+	size_t n_sessions;
+	uint64_t next_sid;
+	struct event *sigterm_ev, *sigint_ev, *drain_timer;
+};
+
+extern struct smtpd *smtpd;
+
+enum disc_mode { DISC_NONE = 0, DISC_IF421, DISC_FORCE, DISC_FOLLOW421 };
+
+struct rcpt {
+	struct smtp_addr addr;
+};
+
+struct txn {
+	struct smtp_addr sender;
+	struct rcpt *rcpts;      /* owned */
+	size_t n_rcpts, cap_rcpts;
+	struct evbuffer *body;   /* owned: the unstuffed message */
+	struct data_reader dr;
+	double started;
+	char (*ids)[SPOOL_ID_LEN + 1]; /* owned: one id per message at end of DATA */
+	size_t n_ids;
+	struct spool_job *job;   /* in flight at the writer, owned by it */
+	char **meta_texts;       /* owned: per message meta JSON */
+	size_t *rcpts_per_msg;   /* owned: recipients in each message */
+	struct iovec *vec;       /* owned: the body as iovecs for the writer */
+};
+
+enum sess_state { SS_START = 0, SS_CMD, SS_DATA, SS_WAIT, SS_CLOSING, SS_DEAD };
+
+struct session {
+	struct session *prev, *next;
+	uint64_t sid;
+	char session_id[37];           /* uuid, in log records */
+	struct listener *listener;
+	struct bufferevent *bev;
+	struct listener_params p;      /* effective parameters */
+	struct sockaddr_storage peer, local;
+	struct cidr peer_ip, local_ip;
+	char peer_str[64], local_str[64], peer_ip_str[48];
+	cJSON *meta;                   /* owned: connection metadata */
+	char *ehlo_domain;             /* owned */
+	bool said_hello;
+	enum sess_state state;
+	struct txn *txn;               /* owned */
+	size_t mail_count;             /* MAIL FROM commands on this connection */
+	uint64_t policy_req;           /* in flight, 0 if none */
+	bool spool_pending;            /* a job is at the writer */
+	bool discarding_line;          /* skipping an over-long command line */
+	bool pumping;                  /* inside session_resume's loop */
+	/* current command, for rewrite_response and Rejection records */
+	char *cur_cmd;                 /* owned */
+	/* a reply waiting for smtp_server_rewrite_response */
+	int pend_code;
+	char *pend_text;               /* owned */
+	enum disc_mode pend_mode;
+	void (*after_reply)(struct session *s); /* continuation once written */
+	struct event *timer;           /* client_timeout / drain */
+};
+
+/* smtpd_session.c */
+void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen);
+void session_reply(struct session *s, int code, const char *text, enum disc_mode mode,
+		   void (*after)(struct session *s));
+void session_resume(struct session *s);   /* unpark and process buffered input */
+void session_close(struct session *s);
+void session_free(struct session *s);   /* no-op while something is in flight */
+/* Common handling of a policy event reply: 1 = go on (result ok, conn meta
+ * updated); 0 = the session was answered (reject/error) or has gone. */
+int session_event_result(struct session *s, const cJSON *reply, const char *error,
+			 const char *event, bool reject_ends_session);
+void session_technical_difficulties(struct session *s, const char *why);
+void smtpd_drain_sessions(void);
+
+/* smtpd_cmd.c */
+void cmd_dispatch(struct session *s, const char *line, size_t len);
+void txn_free(struct txn *t);
+void data_input(struct session *s);
+#endif

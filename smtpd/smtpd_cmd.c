@@ -1,0 +1,640 @@
+/* smtpd_cmd: the SMTP verbs.  Each verb is a row of verb_table: the verb, a
+ * check that needs no policy (sequence, limits), and the step that runs
+ * once policy agrees.  Entry point: cmd_dispatch (one command line), and
+ * data_input (bytes while in DATA).  Every handler ends by calling
+ * session_reply, whose continuation resumes the pump. */
+#include "smtpd/smtpd.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+struct verb_row {
+	enum verb verb;
+	void (*run)(struct session *s, struct smtp_cmd *cmd);
+};
+
+static void reply_ok(struct session *s, int code, const char *text)
+{
+	session_reply(s, code, text, DISC_NONE, session_resume);
+}
+
+static void replyf(struct session *s, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void replyf(struct session *s, int code, const char *fmt, ...)
+{
+	char text[1200];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof text, fmt, ap);
+	va_end(ap);
+	reply_ok(s, code, text);
+}
+
+void txn_free(struct txn *t)
+{
+	if (!t)
+		return;
+	addr_free(&t->sender);
+	for (size_t i = 0; i < t->n_rcpts; i++)
+		addr_free(&t->rcpts[i].addr);
+	free(t->rcpts);
+	if (t->body)
+		evbuffer_free(t->body);
+	free(t->ids);
+	free(t->vec);
+	free(t->rcpts_per_msg);
+	if (t->meta_texts) {
+		for (size_t i = 0; i < t->n_ids; i++)
+			free(t->meta_texts[i]);
+		free(t->meta_texts);
+	}
+	free(t);
+}
+
+static void txn_reset(struct session *s)
+{
+	txn_free(s->txn);
+	s->txn = NULL;
+}
+
+static cJSON *addr_arg(const struct smtp_addr *a)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "__addr", a->email ? a->email : "");
+	return o;
+}
+
+/* ---------------------------------------------------------------- EHLO/HELO */
+
+struct ehlo_ctx {
+	struct session *s;
+	char *domain;
+	bool esmtp;
+	cJSON *extensions;
+};
+
+static void ehlo_finish(struct session *s, const char *domain, bool esmtp, const cJSON *ext)
+{
+	txn_reset(s); /* RFC 5321 4.1.4: a later EHLO resets the state as RSET does */
+	free(s->ehlo_domain);
+	s->ehlo_domain = xstrdup(domain);
+	s->said_hello = true;
+	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "ehlo_domain");
+	cJSON_AddStringToObject(s->meta, "ehlo_domain", domain);
+	if (!esmtp) {
+		replyf(s, 250, "Hello %s!", domain);
+		return;
+	}
+	size_t cap = 256, len = 0;
+	char *text = xmalloc(cap);
+	len = (size_t)snprintf(text, cap, "%s Aloha %s", s->p.hostname, domain);
+	const cJSON *e;
+	cJSON_ArrayForEach(e, ext) {
+		if (!cJSON_IsString(e))
+			continue;
+		size_t n = strlen(e->valuestring);
+		if (len + n + 2 >= cap) {
+			cap = (len + n + 2) * 2;
+			text = xrealloc(text, cap);
+		}
+		text[len++] = '\n';
+		memcpy(text + len, e->valuestring, n + 1);
+		len += n;
+	}
+	reply_ok(s, 250, text);
+	free(text);
+}
+
+static void ehlo_done(void *arg, const cJSON *reply, const char *error)
+{
+	struct ehlo_ctx *c = arg;
+	struct session *s = c->s;
+	const char *event = c->esmtp ? "smtp_server_ehlo" : "smtp_server_helo";
+	if (session_event_result(s, reply, error, "smtp_server_ehlo", false)) {
+		const cJSON *ret = cJSON_GetObjectItemCaseSensitive(reply, "ret");
+		const cJSON *ext = c->extensions;
+		bool ok = true;
+		if (c->esmtp && ret && !cJSON_IsNull(ret)) {
+			/* a returned list replaces the advertised extensions */
+			if (cJSON_IsArray(ret) || (cJSON_IsObject(ret) && !ret->child)) {
+				const cJSON *e;
+				cJSON_ArrayForEach(e, ret) ok &= cJSON_IsString(e) && !strpbrk(e->valuestring, "\r\n");
+				ext = ret;
+			} else {
+				ok = false;
+			}
+		}
+		if (ok) {
+			ehlo_finish(s, c->domain, c->esmtp, ext);
+		} else {
+			char why[200];
+			snprintf(why, sizeof why, "%s: expected a list of extension strings", event);
+			session_technical_difficulties(s, why);
+		}
+	}
+	free(c->domain);
+	cJSON_Delete(c->extensions);
+	free(c);
+}
+
+static cJSON *default_extensions(struct session *s)
+{
+	cJSON *ext = cJSON_CreateArray();
+	cJSON_AddItemToArray(ext, cJSON_CreateString("PIPELINING"));
+	cJSON_AddItemToArray(ext, cJSON_CreateString("ENHANCEDSTATUSCODES"));
+	cJSON_AddItemToArray(ext, cJSON_CreateString("8BITMIME"));
+	cJSON_AddItemToArray(ext, cJSON_CreateString("SMTPUTF8"));
+	char size[48];
+	snprintf(size, sizeof size, "SIZE %zu", s->p.max_message_size);
+	cJSON_AddItemToArray(ext, cJSON_CreateString(size));
+	return ext;
+}
+
+static void run_hello(struct session *s, struct smtp_cmd *cmd)
+{
+	bool esmtp = cmd->verb == V_EHLO;
+	char *domain = xstrndup(cmd->arg, cmd->arglen);
+	cJSON *ext = esmtp ? default_extensions(s) : cJSON_CreateArray();
+	if (!policy_has(smtpd->policy, "smtp_server_ehlo")) {
+		ehlo_finish(s, domain, esmtp, ext);
+		free(domain);
+		cJSON_Delete(ext);
+		return;
+	}
+	struct ehlo_ctx *c = xcalloc(1, sizeof *c);
+	c->s = s;
+	c->domain = domain;
+	c->esmtp = esmtp;
+	c->extensions = ext;
+	cJSON *args = cJSON_CreateArray();
+	cJSON_AddItemToArray(args, cJSON_CreateString(domain));
+	if (esmtp)
+		cJSON_AddItemToArray(args, cJSON_Duplicate(ext, 1));
+	s->policy_req = policy_call(smtpd->policy, "smtp_server_ehlo", args, 1, s->meta,
+				    s->p.data_processing_timeout, ehlo_done, c);
+}
+
+/* ---------------------------------------------------------------- MAIL */
+
+struct addr_ctx {
+	struct session *s;
+	struct smtp_addr addr;
+};
+
+static void mail_accept(struct session *s, struct smtp_addr *sender)
+{
+	struct txn *t = xcalloc(1, sizeof *t);
+	t->sender = *sender;
+	memset(sender, 0, sizeof *sender);
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	t->started = (double)ts.tv_sec + ts.tv_nsec / 1e9;
+	s->txn = t;
+	replyf(s, 250, "OK <%s>", t->sender.email);
+}
+
+static void mail_done(void *arg, const cJSON *reply, const char *error)
+{
+	struct addr_ctx *c = arg;
+	if (session_event_result(c->s, reply, error, "smtp_server_mail_from", false))
+		mail_accept(c->s, &c->addr);
+	addr_free(&c->addr);
+	free(c);
+}
+
+static void run_mail(struct session *s, struct smtp_cmd *cmd)
+{
+	if (s->txn) {
+		reply_ok(s, 503, "5.5.0 MAIL FROM already issued; you must RSET first");
+		return;
+	}
+	s->mail_count++;
+	if (s->mail_count > s->p.max_messages_per_connection) {
+		replyf(s, 451, "4.5.3 %s too many messages on this connection", s->p.hostname);
+		return;
+	}
+	if (cmd->has_size && cmd->size > s->p.max_message_size) {
+		reply_ok(s, 552, "5.3.4 message too big");
+		return;
+	}
+	if (!policy_has(smtpd->policy, "smtp_server_mail_from")) {
+		mail_accept(s, &cmd->addr);
+		return;
+	}
+	struct addr_ctx *c = xcalloc(1, sizeof *c);
+	c->s = s;
+	c->addr = cmd->addr;
+	memset(&cmd->addr, 0, sizeof cmd->addr);
+	cJSON *args = cJSON_CreateArray();
+	cJSON_AddItemToArray(args, addr_arg(&c->addr));
+	s->policy_req = policy_call(smtpd->policy, "smtp_server_mail_from", args, 1, s->meta,
+				    s->p.data_processing_timeout, mail_done, c);
+}
+
+/* ---------------------------------------------------------------- RCPT */
+
+static void rcpt_accept(struct session *s, struct smtp_addr *rcpt)
+{
+	struct txn *t = s->txn;
+	if (t->n_rcpts == t->cap_rcpts) {
+		t->cap_rcpts = t->cap_rcpts ? t->cap_rcpts * 2 : 4;
+		t->rcpts = xrealloc(t->rcpts, t->cap_rcpts * sizeof *t->rcpts);
+	}
+	t->rcpts[t->n_rcpts].addr = *rcpt;
+	memset(rcpt, 0, sizeof *rcpt);
+	replyf(s, 250, "OK <%s>", t->rcpts[t->n_rcpts].addr.email);
+	t->n_rcpts++;
+}
+
+static void rcpt_done(void *arg, const cJSON *reply, const char *error)
+{
+	struct addr_ctx *c = arg;
+	if (session_event_result(c->s, reply, error, "smtp_server_rcpt_to", false)) {
+		if (c->s->txn)
+			rcpt_accept(c->s, &c->addr);
+		else
+			session_technical_difficulties(c->s, "transaction vanished during smtp_server_rcpt_to");
+	}
+	addr_free(&c->addr);
+	free(c);
+}
+
+static void run_rcpt(struct session *s, struct smtp_cmd *cmd)
+{
+	if (!s->txn) {
+		reply_ok(s, 503, "5.5.0 MAIL FROM must be issued first");
+		return;
+	}
+	if (!params_relay_allowed(&s->p, &s->peer_ip)) {
+		replyf(s, 550, "5.7.1 relaying not permitted for %s", s->peer_str);
+		return;
+	}
+	if (s->txn->n_rcpts >= s->p.max_recipients_per_message) {
+		reply_ok(s, 452, "4.5.3 too many recipients");
+		return;
+	}
+	if (!policy_has(smtpd->policy, "smtp_server_rcpt_to")) {
+		rcpt_accept(s, &cmd->addr);
+		return;
+	}
+	struct addr_ctx *c = xcalloc(1, sizeof *c);
+	c->s = s;
+	c->addr = cmd->addr;
+	memset(&cmd->addr, 0, sizeof cmd->addr);
+	cJSON *args = cJSON_CreateArray();
+	cJSON_AddItemToArray(args, addr_arg(&c->addr));
+	s->policy_req = policy_call(smtpd->policy, "smtp_server_rcpt_to", args, 1, s->meta,
+				    s->p.data_processing_timeout, rcpt_done, c);
+}
+
+/* ---------------------------------------------------------------- DATA */
+
+static void enter_data(struct session *s)
+{
+	struct txn *t = s->txn;
+	t->body = evbuffer_new();
+	data_reader_init(&t->dr, s->p.max_message_size, s->p.line_length_hard_limit,
+			 s->p.invalid_line_endings);
+	s->state = SS_DATA;
+	session_resume(s);
+}
+
+static void run_data(struct session *s, struct smtp_cmd *cmd)
+{
+	(void)cmd;
+	if (!s->txn) {
+		reply_ok(s, 503, "5.5.0 MAIL FROM must be issued first");
+		return;
+	}
+	if (s->txn->n_rcpts == 0) {
+		reply_ok(s, 503, "5.5.0 RCPT TO must be issued first");
+		return;
+	}
+	session_reply(s, 354, "Send body; end with CRLF.CRLF", DISC_NONE, enter_data);
+}
+
+static const char *domain_of(const struct smtp_addr *a)
+{
+	return a->domain ? a->domain : "";
+}
+
+static cJSON *message_meta(struct session *s, size_t first, size_t count)
+{
+	struct txn *t = s->txn;
+	cJSON *m = cJSON_CreateObject();
+	cJSON_AddStringToObject(m, "sender", t->sender.email);
+	if (count == 1) {
+		cJSON_AddStringToObject(m, "recipient", t->rcpts[first].addr.email);
+	} else {
+		cJSON *list = cJSON_AddArrayToObject(m, "recipient");
+		for (size_t i = first; i < first + count; i++)
+			cJSON_AddItemToArray(list, cJSON_CreateString(t->rcpts[i].addr.email));
+	}
+	cJSON_AddItemToObject(m, "meta", cJSON_Duplicate(s->meta, 1));
+	cJSON_AddNullToObject(m, "schedule");
+	return m;
+}
+
+static void spool_finished(struct spool_job *job, void *ctx);
+
+/* Groups recipients into messages: one each (BifurcateAlways) or one per
+ * lower-cased domain (BatchByDomain).  Fills order[] with recipient
+ * indexes grouped, and counts[] with the size of each group. */
+static size_t make_batches(struct session *s, size_t *order, size_t *counts)
+{
+	struct txn *t = s->txn;
+	if (s->p.batch_handling == BATCH_BIFURCATE_ALWAYS) {
+		for (size_t i = 0; i < t->n_rcpts; i++) {
+			order[i] = i;
+			counts[i] = 1;
+		}
+		return t->n_rcpts;
+	}
+	bool *used = xcalloc(t->n_rcpts, sizeof *used);
+	size_t k = 0, nb = 0;
+	for (size_t i = 0; i < t->n_rcpts; i++) {
+		if (used[i])
+			continue;
+		counts[nb] = 0;
+		for (size_t j = i; j < t->n_rcpts; j++) {
+			if (!used[j] && strcasecmp(domain_of(&t->rcpts[i].addr), domain_of(&t->rcpts[j].addr)) == 0) {
+				used[j] = true;
+				order[k++] = j;
+				counts[nb]++;
+			}
+		}
+		nb++;
+	}
+	free(used);
+	return nb;
+}
+
+static void data_complete(struct session *s)
+{
+	struct txn *t = s->txn;
+	free(s->cur_cmd);
+	s->cur_cmd = xstrdup("DATA");
+	s->state = SS_WAIT;
+	if (t->dr.too_big) {
+		txn_reset(s);
+		reply_ok(s, 552, "5.3.4 message too big");
+		return;
+	}
+	if (t->dr.line_too_long) {
+		txn_reset(s);
+		reply_ok(s, 500, "5.2.3 line too long");
+		return;
+	}
+	if (t->dr.bad_line_endings && s->p.invalid_line_endings == ILE_DENY) {
+		txn_reset(s);
+		reply_ok(s, 552, "5.6.0 message data must use CRLF for line endings");
+		return;
+	}
+
+	/* reorder recipients so that each batch is contiguous */
+	size_t *order = xcalloc(t->n_rcpts, sizeof *order);
+	size_t *counts = xcalloc(t->n_rcpts, sizeof *counts);
+	size_t nb = make_batches(s, order, counts);
+	struct rcpt *sorted = xcalloc(t->n_rcpts, sizeof *sorted);
+	for (size_t i = 0; i < t->n_rcpts; i++)
+		sorted[i] = t->rcpts[order[i]];
+	memcpy(t->rcpts, sorted, t->n_rcpts * sizeof *sorted);
+	free(sorted);
+	free(order);
+
+	int nvec = evbuffer_peek(t->body, -1, NULL, NULL, 0);
+	struct iovec *vec = xcalloc((size_t)(nvec > 0 ? nvec : 1), sizeof *vec);
+	struct evbuffer_iovec *ev = xcalloc((size_t)(nvec > 0 ? nvec : 1), sizeof *ev);
+	if (nvec > 0)
+		evbuffer_peek(t->body, -1, NULL, ev, nvec);
+	for (int i = 0; i < nvec; i++) {
+		vec[i].iov_base = ev[i].iov_base;
+		vec[i].iov_len = ev[i].iov_len;
+	}
+	free(ev);
+
+	struct spool_job *job = xcalloc(1, sizeof *job);
+	job->items = xcalloc(nb, sizeof *job->items);
+	job->n = nb;
+	job->done = spool_finished;
+	job->ctx = s;
+	t->ids = xcalloc(nb, sizeof *t->ids);
+	t->meta_texts = xcalloc(nb, sizeof *t->meta_texts);
+	t->n_ids = nb;
+	size_t first = 0;
+	for (size_t b = 0; b < nb; b++) {
+		spool_id_new(t->ids[b]);
+		cJSON *m = message_meta(s, first, counts[b]);
+		t->meta_texts[b] = cJSON_PrintUnformatted(m);
+		cJSON_Delete(m);
+		struct spool_item *it = &job->items[b];
+		memcpy(it->id, t->ids[b], sizeof it->id);
+		it->data = vec;
+		it->data_cnt = nvec > 0 ? nvec : 0;
+		it->meta = t->meta_texts[b];
+		it->meta_len = strlen(t->meta_texts[b]);
+		first += counts[b];
+	}
+	t->job = job;
+	t->vec = vec;
+	t->rcpts_per_msg = counts;
+	s->spool_pending = true;
+	spool_writer_submit(smtpd->writer, job);
+}
+
+static void log_reception(struct session *s, size_t b, size_t first, size_t count)
+{
+	struct txn *t = s->txn;
+	cJSON *r = logrec_new(&smtpd->logs, "Reception", t->ids[b], spool_id_time(t->ids[b]));
+	cJSON_ReplaceItemInObject(r, "sender", cJSON_CreateString(t->sender.email));
+	if (count == 1) {
+		cJSON_ReplaceItemInObject(r, "recipient", cJSON_CreateString(t->rcpts[first].addr.email));
+	} else {
+		cJSON *list = cJSON_CreateArray();
+		for (size_t i = first; i < first + count; i++)
+			cJSON_AddItemToArray(list, cJSON_CreateString(t->rcpts[i].addr.email));
+		cJSON_ReplaceItemInObject(r, "recipient", list);
+	}
+	const cJSON *q = cJSON_GetObjectItemCaseSensitive(s->meta, "queue");
+	cJSON_ReplaceItemInObject(r, "queue", cJSON_CreateString(cJSON_IsString(q) ? q->valuestring
+										: domain_of(&t->rcpts[first].addr)));
+	cJSON_ReplaceItemInObject(r, "size", cJSON_CreateNumber((double)evbuffer_get_length(t->body)));
+	cJSON_ReplaceItemInObject(r, "response", logrec_response(250, "", NULL));
+	cJSON *pa = cJSON_CreateObject();
+	cJSON_AddStringToObject(pa, "name", s->ehlo_domain ? s->ehlo_domain : "");
+	cJSON_AddStringToObject(pa, "addr", s->peer_ip_str);
+	cJSON_ReplaceItemInObject(r, "peer_address", pa);
+	cJSON_AddStringToObject(r, "session_id", s->session_id);
+	char err[200];
+	if (logrec_write(&smtpd->logs, r, err, sizeof err) != 0)
+		log_warn("session %s: %s", s->session_id, err);
+}
+
+static void spool_finished(struct spool_job *job, void *ctx)
+{
+	struct session *s = ctx;
+	s->spool_pending = false;
+	struct txn *t = s->txn;
+	if (s->state == SS_DEAD) {
+		/* the client left; what was stored stays stored and is relayed */
+		for (size_t i = 0; i < job->n; i++)
+			if (job->items[i].result == 0)
+				log_info("session %s: message %s stored after the client disconnected",
+					 s->session_id, job->items[i].id);
+		free(job->items);
+		free(job);
+		session_free(s);
+		return;
+	}
+	size_t stored = 0, first = 0;
+	bool nospace = false;
+	size_t cap = 16 + t->n_ids * (SPOOL_ID_LEN + 1);
+	char *ids = xmalloc(cap);
+	size_t len = 0;
+	ids[0] = '\0';
+	for (size_t b = 0; b < job->n; b++) {
+		struct spool_item *it = &job->items[b];
+		size_t count = t->rcpts_per_msg[b];
+		if (it->result == 0) {
+			log_reception(s, b, first, count);
+			len += (size_t)snprintf(ids + len, cap - len, "%s%s", stored ? " " : "", it->id);
+			stored++;
+		} else {
+			log_warn("session %s: message %s not stored: %s", s->session_id, it->id, it->err);
+			nospace |= strstr(it->err, strerror(ENOSPC)) != NULL ||
+				   strstr(it->err, strerror(EDQUOT)) != NULL;
+		}
+		first += count;
+	}
+	bool all = stored == job->n;
+	free(job->items);
+	free(job);
+	t->job = NULL;
+	txn_reset(s);
+	if (stored == 0) {
+		if (nospace)
+			replyf(s, 452, "4.3.1 %s insufficient system storage", s->p.hostname);
+		else
+			replyf(s, 451, "4.3.0 %s spool write failed. Try later", s->p.hostname);
+	} else {
+		replyf(s, 250, "%s ids=%s", all ? "OK" : "PARTIAL", ids);
+	}
+	free(ids);
+}
+
+void data_input(struct session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	struct txn *t = s->txn;
+	while (evbuffer_get_length(in) > 0 && t->dr.state != DR_DONE) {
+		struct evbuffer_iovec v;
+		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+			break;
+		size_t used = data_reader_feed(&t->dr, v.iov_base, v.iov_len, t->body);
+		evbuffer_drain(in, used);
+	}
+	if (t->dr.state == DR_DONE)
+		data_complete(s);
+}
+
+/* ---------------------------------------------------------------- the rest */
+
+static void run_rset(struct session *s, struct smtp_cmd *cmd)
+{
+	(void)cmd;
+	txn_reset(s);
+	reply_ok(s, 250, "Reset state");
+}
+
+static void run_noop(struct session *s, struct smtp_cmd *cmd)
+{
+	(void)cmd;
+	reply_ok(s, 250, "the goggles do nothing");
+}
+
+static void run_quit(struct session *s, struct smtp_cmd *cmd)
+{
+	(void)cmd;
+	session_reply(s, 221, "So long, and thanks for all the fish!", DISC_FORCE, NULL);
+}
+
+static void run_auth(struct session *s, struct smtp_cmd *cmd)
+{
+	size_t n = 0;
+	while (n < cmd->arglen && cmd->arg[n] != ' ')
+		n++;
+	if (n != 5 || strncmp(cmd->arg, "PLAIN", 5) != 0) {
+		replyf(s, 504, "5.5.4 AUTH %.*s not supported", (int)(n > 64 ? 64 : n), cmd->arg);
+		return;
+	}
+	/* no TLS in this build of the session yet: AUTH needs an encrypted channel */
+	reply_ok(s, 524, "5.7.11 AUTH PLAIN requires an encrypted channel");
+}
+
+static void run_xclient(struct session *s, struct smtp_cmd *cmd)
+{
+	(void)cmd;
+	reply_ok(s, 550, "insufficient authorization");
+}
+
+static void run_unimplemented(struct session *s, struct smtp_cmd *cmd)
+{
+	(void)cmd;
+	reply_ok(s, 502, "5.5.1 Command unimplemented");
+}
+
+static const struct verb_row verb_table[V__COUNT] = {
+	[V_EHLO] = { V_EHLO, run_hello },
+	[V_HELO] = { V_HELO, run_hello },
+	[V_MAIL] = { V_MAIL, run_mail },
+	[V_RCPT] = { V_RCPT, run_rcpt },
+	[V_DATA] = { V_DATA, run_data },
+	[V_RSET] = { V_RSET, run_rset },
+	[V_NOOP] = { V_NOOP, run_noop },
+	[V_QUIT] = { V_QUIT, run_quit },
+	[V_STARTTLS] = { V_STARTTLS, run_unimplemented },
+	[V_AUTH] = { V_AUTH, run_auth },
+	[V_XCLIENT] = { V_XCLIENT, run_xclient },
+	[V_UNIMPLEMENTED] = { V_UNIMPLEMENTED, run_unimplemented },
+};
+
+void cmd_dispatch(struct session *s, const char *line, size_t len)
+{
+	free(s->cur_cmd);
+	s->cur_cmd = xstrndup(line, len > 512 ? 512 : len);
+	struct smtp_cmd cmd;
+	enum parse_status st = smtp_cmd_parse(line, len, &cmd);
+	switch (st) {
+	case PARSE_OK:
+		verb_table[cmd.verb].run(s, &cmd);
+		break;
+	case PARSE_UNKNOWN:
+		reply_ok(s, 502, "5.5.1 Command unimplemented");
+		break;
+	case PARSE_SYNTAX:
+		reply_ok(s, 501, "Syntax error in command or arguments");
+		break;
+	case PARSE_SYNTAX_DIAG:
+		replyf(s, 501, "Syntax error in command or arguments: %s", cmd.diag);
+		break;
+	case PARSE_BAD_SENDER:
+		reply_ok(s, 501, "5.1.7 Bad sender's mailbox address syntax");
+		break;
+	case PARSE_BAD_RCPT:
+		reply_ok(s, 501, "5.1.3 Invalid recipient address syntax");
+		break;
+	case PARSE_BAD_UTF8:
+		reply_ok(s, 501, "5.5.2 Invalid UTF-8 in command");
+		break;
+	case PARSE_BAD_PARAM:
+		replyf(s, 501, "5.5.4 %s", cmd.diag);
+		break;
+	}
+	smtp_cmd_free(&cmd);
+}

@@ -1,0 +1,283 @@
+/* smtpd_policy: the worker's client of kumo-policyd.  One stream connection
+ * per worker, requests multiplexed by id, every call bounded by a timer.
+ * Entry points: policy_client_new, policy_has, policy_call, policy_cancel.
+ * When policyd is down, late or answers nonsense, the callback gets an
+ * error (the session then answers 4xx); the client reconnects with
+ * back-off.  Callbacks always run from the event loop. */
+#include "smtpd/smtpd.h"
+#include "lib/frame.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define PENDING_BUCKETS 1024
+
+struct pending {
+	struct pending *next;
+	uint64_t id;
+	policy_cb cb;
+	void *ctx;
+	struct event *timer;
+	struct policy_client *pc;
+	cJSON *reply;       /* set when answered, delivered from a zero timer */
+	char *error;        /* owned */
+};
+
+struct policy_client {
+	struct event_base *base;
+	char *sockname;               /* owned; '@' prefix = abstract */
+	struct bufferevent *bev;
+	struct event *reconnect_ev;
+	double backoff;
+	uint64_t next_id;
+	struct pending *buckets[PENDING_BUCKETS];
+	char **handlers;              /* owned */
+	size_t n_handlers;
+};
+
+static void pc_connect(struct policy_client *pc);
+
+static struct pending **bucket(struct policy_client *pc, uint64_t id)
+{
+	return &pc->buckets[id % PENDING_BUCKETS];
+}
+
+static struct pending *pending_take(struct policy_client *pc, uint64_t id)
+{
+	for (struct pending **pp = bucket(pc, id); *pp; pp = &(*pp)->next) {
+		if ((*pp)->id == id) {
+			struct pending *p = *pp;
+			*pp = p->next;
+			return p;
+		}
+	}
+	return NULL;
+}
+
+static void pending_free(struct pending *p)
+{
+	if (p->timer)
+		event_free(p->timer);
+	cJSON_Delete(p->reply);
+	free(p->error);
+	free(p);
+}
+
+/* fires either at the deadline or (re-armed with 0 s) to deliver a result */
+static void pending_fire(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct pending *p = arg;
+	struct policy_client *pc = p->pc;
+	if (!pending_take(pc, p->id))
+		return;
+	if (!p->reply && !p->error)
+		p->error = xstrdup("policy call timed out");
+	p->cb(p->ctx, p->reply, p->error);
+	pending_free(p);
+}
+
+static void pending_finish(struct pending *p, cJSON *reply, const char *error)
+{
+	if (p->reply || p->error) {
+		cJSON_Delete(reply);
+		return;
+	}
+	p->reply = reply;
+	p->error = error ? xstrdup(error) : NULL;
+	struct timeval zero = { 0, 0 };
+	evtimer_add(p->timer, &zero);
+}
+
+static void fail_all(struct policy_client *pc, const char *why)
+{
+	for (size_t b = 0; b < PENDING_BUCKETS; b++)
+		for (struct pending *p = pc->buckets[b]; p; p = p->next)
+			pending_finish(p, NULL, why);
+}
+
+static void pc_drop(struct policy_client *pc, const char *why)
+{
+	if (pc->bev) {
+		bufferevent_free(pc->bev);
+		pc->bev = NULL;
+		log_warn("policyd connection lost: %s", why);
+	}
+	fail_all(pc, "policyd is not available");
+	struct timeval tv = { (time_t)pc->backoff, (suseconds_t)((pc->backoff - (long)pc->backoff) * 1e6) };
+	evtimer_add(pc->reconnect_ev, &tv);
+	pc->backoff = pc->backoff < 2 ? pc->backoff * 2 : 2;
+}
+
+static void pc_read(struct bufferevent *bev, void *arg)
+{
+	struct policy_client *pc = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	for (;;) {
+		cJSON *doc;
+		char err[128];
+		int rc = frame_read(in, &doc, err, sizeof err);
+		if (rc == 0)
+			return;
+		if (rc < 0) {
+			pc_drop(pc, err);
+			return;
+		}
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
+		struct pending *p = NULL;
+		if (cJSON_IsNumber(id)) {
+			uint64_t want = (uint64_t)id->valuedouble;
+			for (p = *bucket(pc, want); p && p->id != want; p = p->next)
+				;
+		}
+		if (!p) {
+			cJSON_Delete(doc); /* an answer for a call that was cancelled */
+			continue;
+		}
+		pending_finish(p, doc, NULL);
+	}
+}
+
+static void pc_event(struct bufferevent *bev, short what, void *arg)
+{
+	(void)bev;
+	struct policy_client *pc = arg;
+	if (what & BEV_EVENT_CONNECTED) {
+		pc->backoff = 0.05;
+		return;
+	}
+	pc_drop(pc, (what & BEV_EVENT_EOF) ? "closed by policyd" : evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+static void pc_reconnect(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	pc_connect(arg);
+}
+
+static void pc_connect(struct policy_client *pc)
+{
+	struct sockaddr_un sun;
+	memset(&sun, 0, sizeof sun);
+	sun.sun_family = AF_UNIX;
+	size_t n = strlen(pc->sockname);
+	socklen_t len;
+	if (pc->sockname[0] == '@') {
+		memcpy(sun.sun_path + 1, pc->sockname + 1, n - 1);
+		len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+	} else {
+		memcpy(sun.sun_path, pc->sockname, n);
+		len = (socklen_t)sizeof sun;
+	}
+	pc->bev = bufferevent_socket_new(pc->base, -1, BEV_OPT_CLOSE_ON_FREE);
+	bufferevent_setcb(pc->bev, pc_read, NULL, pc_event, pc);
+	bufferevent_enable(pc->bev, EV_READ | EV_WRITE);
+	if (bufferevent_socket_connect(pc->bev, (struct sockaddr *)&sun, (int)len) != 0)
+		pc_drop(pc, "connect failed");
+}
+
+struct policy_client *policy_client_new(struct event_base *base, const char *sockname,
+					const cJSON *handlers)
+{
+	struct policy_client *pc = xcalloc(1, sizeof *pc);
+	pc->base = base;
+	pc->sockname = xstrdup(sockname);
+	pc->backoff = 0.05;
+	pc->next_id = 1;
+	pc->reconnect_ev = evtimer_new(base, pc_reconnect, pc);
+	size_t n = (size_t)cJSON_GetArraySize(handlers), i = 0;
+	pc->handlers = xcalloc(n + 1, sizeof(char *));
+	const cJSON *h;
+	cJSON_ArrayForEach(h, handlers) {
+		if (cJSON_IsString(h))
+			pc->handlers[i++] = xstrdup(h->valuestring);
+	}
+	pc->n_handlers = i;
+	if (sockname[0] && strlen(sockname) < sizeof(((struct sockaddr_un *)0)->sun_path))
+		pc_connect(pc);
+	return pc;
+}
+
+void policy_client_free(struct policy_client *pc)
+{
+	if (!pc)
+		return;
+	for (size_t b = 0; b < PENDING_BUCKETS; b++) {
+		struct pending *p = pc->buckets[b];
+		while (p) {
+			struct pending *next = p->next;
+			pending_free(p);
+			p = next;
+		}
+	}
+	if (pc->bev)
+		bufferevent_free(pc->bev);
+	event_free(pc->reconnect_ev);
+	for (size_t i = 0; i < pc->n_handlers; i++)
+		free(pc->handlers[i]);
+	free(pc->handlers);
+	free(pc->sockname);
+	free(pc);
+}
+
+bool policy_has(const struct policy_client *pc, const char *event)
+{
+	for (size_t i = 0; i < pc->n_handlers; i++)
+		if (strcmp(pc->handlers[i], event) == 0)
+			return true;
+	return false;
+}
+
+uint64_t policy_call(struct policy_client *pc, const char *event, cJSON *args, int meta_pos,
+		     const cJSON *meta, double timeout, policy_cb cb, void *ctx)
+{
+	struct pending *p = xcalloc(1, sizeof *p);
+	p->id = pc->next_id++;
+	p->cb = cb;
+	p->ctx = ctx;
+	p->pc = pc;
+	p->timer = evtimer_new(pc->base, pending_fire, p);
+	p->next = *bucket(pc, p->id);
+	*bucket(pc, p->id) = p;
+
+	if (!pc->bev) {
+		cJSON_Delete(args);
+		pending_finish(p, NULL, "policyd is not available");
+		return p->id;
+	}
+	cJSON *req = cJSON_CreateObject();
+	cJSON_AddNumberToObject(req, "id", (double)p->id);
+	cJSON_AddStringToObject(req, "op", "event");
+	cJSON_AddStringToObject(req, "event", event);
+	cJSON_AddItemToObject(req, "args", args);
+	if (meta_pos >= 0) {
+		cJSON_AddNumberToObject(req, "meta_pos", meta_pos);
+		cJSON_AddItemToObject(req, "meta", cJSON_Duplicate(meta, 1));
+	}
+	if (frame_encode(bufferevent_get_output(pc->bev), req) != 0) {
+		cJSON_Delete(req);
+		pending_finish(p, NULL, "policy request too large");
+		return p->id;
+	}
+	cJSON_Delete(req);
+	if (timeout <= 0)
+		timeout = 300;
+	struct timeval tv = { (time_t)timeout, (suseconds_t)((timeout - (double)(time_t)timeout) * 1e6) };
+	evtimer_add(p->timer, &tv);
+	return p->id;
+}
+
+void policy_cancel(struct policy_client *pc, uint64_t id)
+{
+	struct pending *p = pending_take(pc, id);
+	if (p)
+		pending_free(p);
+}

@@ -1,0 +1,570 @@
+/* smtpd_session: one SMTP connection from accept to close.
+ * Entry points: session_accept (from the listener), session_reply (every
+ * reply goes through here: smtp_server_rewrite_response, framing of
+ * multi-line texts, Rejection records, disconnect modes), session_resume
+ * (the command pump), session_close, smtpd_drain_sessions.
+ * A session with a policy call or spool job outstanding is "busy": the pump
+ * reads no further command until the reply for the current one is written.
+ * A session is freed only when nothing is in flight for it. */
+#include "smtpd/smtpd.h"
+#include "lib/log.h"
+#include "lib/netaddr.h"
+#include "lib/xalloc.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+void session_free(struct session *s);
+static void start_session(struct session *s);
+
+static struct timeval tv_of(double secs)
+{
+	struct timeval tv = { (time_t)secs, (suseconds_t)((secs - (double)(time_t)secs) * 1e6) };
+	return tv;
+}
+
+static void make_uuid4(char out[37])
+{
+	unsigned char r[16];
+	if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+		memset(r, 0x42, sizeof r);
+	r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
+	r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+	snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+		 r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
+		 r[13], r[14], r[15]);
+}
+
+/* ---------------------------------------------------------------- replies */
+
+static void log_rejection(struct session *s, int code, const char *text)
+{
+	if (code < 400 || code > 599)
+		return;
+	if (code == 421 && strncmp(text, "4.3.2 ", 6) == 0)
+		return;
+	cJSON *r = logrec_new(&smtpd->logs, "Rejection", "", 0);
+	if (s->txn && !s->txn->sender.is_null && s->txn->sender.email)
+		cJSON_ReplaceItemInObject(r, "sender", cJSON_CreateString(s->txn->sender.email));
+	cJSON_ReplaceItemInObject(r, "response", logrec_response(code, text, s->cur_cmd));
+	cJSON *pa = cJSON_CreateObject();
+	cJSON_AddStringToObject(pa, "name", s->ehlo_domain ? s->ehlo_domain : "");
+	cJSON_AddStringToObject(pa, "addr", s->peer_ip_str);
+	cJSON_ReplaceItemInObject(r, "peer_address", pa);
+	cJSON_AddStringToObject(r, "session_id", s->session_id);
+	char err[200];
+	if (logrec_write(&smtpd->logs, r, err, sizeof err) != 0)
+		log_warn("session %s: %s", s->session_id, err);
+}
+
+static void finish_close(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	struct session *s = arg;
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+		session_close(s);
+}
+
+/* Closes once the output is flushed. */
+static void close_after_flush(struct session *s)
+{
+	s->state = SS_CLOSING;
+	bufferevent_disable(s->bev, EV_READ);
+	struct timeval tv = tv_of(s->p.client_timeout > 0 ? s->p.client_timeout : 10);
+	bufferevent_set_timeouts(s->bev, NULL, &tv);
+	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+	bufferevent_setcb(s->bev, NULL, finish_close, NULL, s);
+	/* the event callback stays as set: errors close too */
+	finish_close(s->bev, s);
+}
+
+static void write_reply(struct session *s, int code, const char *text, enum disc_mode mode)
+{
+	if (s->state == SS_CLOSING || s->state == SS_DEAD)
+		return;
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	const char *p = text;
+	do {
+		const char *nl = strchr(p, '\n');
+		size_t n = nl ? (size_t)(nl - p) : strlen(p);
+		bool last = !nl || nl[1] == '\0';
+		size_t m = n;
+		if (m > 0 && p[m - 1] == '\r')
+			m--;
+		evbuffer_add_printf(out, "%d%c%.*s\r\n", code, last ? ' ' : '-', (int)m, p);
+		p = nl ? nl + 1 : p + n;
+		if (last)
+			break;
+	} while (*p);
+	log_rejection(s, code, text);
+	bool disconnect = mode == DISC_FORCE || mode == DISC_FOLLOW421 || code == 421;
+	if (mode == DISC_FOLLOW421 && code != 421)
+		evbuffer_add_printf(out, "421 %s disconnecting due to previous error\r\n", s->p.hostname);
+	if (disconnect)
+		close_after_flush(s);
+}
+
+static void after_rewrite(void *ctx, const cJSON *reply, const char *error)
+{
+	struct session *s = ctx;
+	s->policy_req = 0;
+	int code = s->pend_code;
+	const char *text = s->pend_text;
+	if (error) {
+		log_warn("session %s: smtp_server_rewrite_response: %s", s->session_id, error);
+	} else {
+		const cJSON *res = cJSON_GetObjectItemCaseSensitive(reply, "result");
+		if (cJSON_IsString(res) && strcmp(res->valuestring, "ok") == 0) {
+			const cJSON *st = cJSON_GetObjectItemCaseSensitive(reply, "ret");
+			const cJSON *tx = cJSON_GetObjectItemCaseSensitive(reply, "ret2");
+			if (cJSON_IsNumber(st) && st->valuedouble >= 200 && st->valuedouble <= 599)
+				code = (int)st->valuedouble;
+			else if (st && !cJSON_IsNull(st))
+				log_warn("session %s: smtp_server_rewrite_response returned a bad status", s->session_id);
+			if (cJSON_IsString(tx))
+				text = tx->valuestring;
+			else if (tx && !cJSON_IsNull(tx))
+				log_warn("session %s: smtp_server_rewrite_response returned a bad text", s->session_id);
+		} else {
+			const cJSON *e = cJSON_GetObjectItemCaseSensitive(reply, "error");
+			log_warn("session %s: smtp_server_rewrite_response failed: %s", s->session_id,
+				 cJSON_IsString(e) ? e->valuestring : "rejected");
+		}
+	}
+	write_reply(s, code, text, s->pend_mode);
+	free(s->pend_text);
+	s->pend_text = NULL;
+	void (*after)(struct session *) = s->after_reply;
+	s->after_reply = NULL;
+	if (s->state != SS_CLOSING && s->state != SS_DEAD && after)
+		after(s);
+	else if (s->state == SS_DEAD)
+		session_free(s);
+}
+
+void session_reply(struct session *s, int code, const char *text, enum disc_mode mode,
+		   void (*after)(struct session *s))
+{
+	if (s->state == SS_CLOSING || s->state == SS_DEAD)
+		return;
+	if (policy_has(smtpd->policy, "smtp_server_rewrite_response")) {
+		s->pend_code = code;
+		s->pend_text = xstrdup(text);
+		s->pend_mode = mode;
+		s->after_reply = after;
+		cJSON *args = cJSON_CreateArray();
+		cJSON_AddItemToArray(args, cJSON_CreateNumber(code));
+		cJSON_AddItemToArray(args, cJSON_CreateString(text));
+		cJSON_AddItemToArray(args, s->cur_cmd ? cJSON_CreateString(s->cur_cmd) : cJSON_CreateNull());
+		s->policy_req = policy_call(smtpd->policy, "smtp_server_rewrite_response", args, 3, s->meta,
+					    s->p.data_processing_timeout, after_rewrite, s);
+		return;
+	}
+	write_reply(s, code, text, mode);
+	if (s->state != SS_CLOSING && after)
+		after(s);
+}
+
+void session_technical_difficulties(struct session *s, const char *why)
+{
+	char text[300];
+	log_warn("session %s: %s", s->session_id, why);
+	snprintf(text, sizeof text, "4.3.0 %s technical difficulties", s->p.hostname);
+	session_reply(s, 421, text, DISC_FORCE, NULL);
+}
+
+/* ---------------------------------------------------------------- the pump */
+
+static void reply_shutting_down(struct session *s)
+{
+	char text[300];
+	snprintf(text, sizeof text, "4.3.2 %s shutting down", s->p.hostname);
+	free(s->cur_cmd);
+	s->cur_cmd = NULL;
+	session_reply(s, 421, text, DISC_FORCE, NULL);
+}
+
+void session_resume(struct session *s)
+{
+	if (s->state == SS_WAIT)
+		s->state = SS_CMD;
+	if (s->pumping || s->state == SS_DEAD)
+		return; /* the outer pump goes on (a reply written synchronously) */
+	s->pumping = true;
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	while (s->state == SS_CMD || s->state == SS_DATA) {
+		if (s->state == SS_DATA) {
+			data_input(s);
+			if (s->state == SS_DATA)
+				break; /* need more bytes */
+			continue;
+		}
+		size_t avail = evbuffer_get_length(in);
+		if (smtpd->draining && !s->txn && avail == 0) {
+			reply_shutting_down(s);
+			break;
+		}
+		size_t eol_len = 0;
+		struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+		size_t limit = s->p.line_length_hard_limit;
+		if (eol.pos < 0) {
+			if (avail > limit + 2) {
+				/* an over-long line: drop what we have, keep skipping */
+				evbuffer_drain(in, avail);
+				s->discarding_line = true;
+			}
+			break;
+		}
+		size_t len = (size_t)eol.pos;
+		if (s->discarding_line || len > limit) {
+			evbuffer_drain(in, len + eol_len);
+			s->discarding_line = false;
+			free(s->cur_cmd);
+			s->cur_cmd = NULL;
+			s->state = SS_WAIT;
+			session_reply(s, 500, "5.2.3 line too long", DISC_NONE, session_resume);
+			continue;
+		}
+		char stackbuf[1024];
+		char *line = len < sizeof stackbuf ? stackbuf : xmalloc(len + 1);
+		evbuffer_remove(in, line, len);
+		evbuffer_drain(in, eol_len);
+		line[len] = '\0';
+		s->state = SS_WAIT;
+		cmd_dispatch(s, line, len);
+		if (line != stackbuf)
+			free(line);
+	}
+	s->pumping = false;
+	if (s->state == SS_DEAD)
+		session_free(s);
+}
+
+/* ---------------------------------------------------------------- events */
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	struct session *s = arg;
+	if (s->state == SS_CMD || s->state == SS_DATA)
+		session_resume(s);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct session *s = arg;
+	if (what & BEV_EVENT_TIMEOUT) {
+		if ((what & BEV_EVENT_READING) && s->state != SS_CLOSING) {
+			if (s->state == SS_WAIT || s->spool_pending) {
+				/* waiting on us, not on the client */
+				bufferevent_enable(bev, EV_READ);
+				return;
+			}
+			char text[300];
+			snprintf(text, sizeof text, "4.3.2 %s idle too long", s->p.hostname);
+			free(s->cur_cmd);
+			s->cur_cmd = NULL;
+			log_info("session %s: %s idle too long", s->session_id, s->peer_str);
+			write_reply(s, 421, text, DISC_FORCE);
+			return;
+		}
+		session_close(s);
+		return;
+	}
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+		session_close(s);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+void session_free(struct session *s)
+{
+	if (s->policy_req || s->spool_pending)
+		return; /* freed when the answer arrives */
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		smtpd->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	smtpd->n_sessions--;
+	s->listener->sessions--;
+	if (s->txn)
+		txn_free(s->txn);
+	if (s->bev)
+		bufferevent_free(s->bev);
+	params_free(&s->p);
+	cJSON_Delete(s->meta);
+	free(s->ehlo_domain);
+	free(s->cur_cmd);
+	free(s->pend_text);
+	free(s);
+	if (smtpd->draining && smtpd->n_sessions == 0)
+		event_base_loopexit(smtpd->base, NULL);
+}
+
+void session_close(struct session *s)
+{
+	if (s->state == SS_DEAD)
+		return;
+	s->state = SS_DEAD;
+	if (s->bev) {
+		bufferevent_free(s->bev);
+		s->bev = NULL;
+	}
+	if (s->policy_req) {
+		policy_cancel(smtpd->policy, s->policy_req);
+		s->policy_req = 0;
+	}
+	if (s->pumping)
+		return; /* the pump frees it when it unwinds */
+	session_free(s);
+}
+
+void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
+{
+	(void)salen;
+	if (smtpd->draining || (l->base.max_connections && l->sessions >= l->base.max_connections)) {
+		char line[400];
+		int n = smtpd->draining
+			? snprintf(line, sizeof line, "421 4.3.2 %s shutting down\r\n", l->base.hostname)
+			: snprintf(line, sizeof line, "421 4.3.2 %s too many concurrent sessions. Try later\r\n",
+				   l->base.hostname);
+		ssize_t w = write(fd, line, (size_t)n);
+		(void)w;
+		close(fd);
+		return;
+	}
+	struct session *s = xcalloc(1, sizeof *s);
+	s->sid = ++smtpd->next_sid;
+	s->listener = l;
+	make_uuid4(s->session_id);
+	memcpy(&s->peer, sa, sa->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+	socklen_t ll = sizeof s->local;
+	getsockname(fd, (struct sockaddr *)&s->local, &ll);
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	netaddr_format((struct sockaddr *)&s->peer, s->peer_str, sizeof s->peer_str);
+	netaddr_format((struct sockaddr *)&s->local, s->local_str, sizeof s->local_str);
+	netaddr_format_ip((struct sockaddr *)&s->peer, s->peer_ip_str, sizeof s->peer_ip_str);
+	cidr_from_sockaddr((struct sockaddr *)&s->peer, &s->peer_ip);
+	cidr_from_sockaddr((struct sockaddr *)&s->local, &s->local_ip);
+
+	s->next = smtpd->sessions;
+	if (s->next)
+		s->next->prev = s;
+	smtpd->sessions = s;
+	smtpd->n_sessions++;
+	l->sessions++;
+
+	s->bev = bufferevent_socket_new(smtpd->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	bufferevent_setcb(s->bev, on_read, NULL, on_event, s);
+
+	char err[300];
+	params_defaults(&s->p, l->base.hostname);
+	if (params_apply(&s->p, l->table, PARAMS_TOP, &s->peer_ip, &s->local_ip, err, sizeof err) != 0) {
+		session_technical_difficulties(s, err);
+		return;
+	}
+	s->meta = cJSON_CreateObject();
+	cJSON_AddStringToObject(s->meta, "reception_protocol", "ESMTP");
+	cJSON_AddStringToObject(s->meta, "received_via", s->local_str);
+	cJSON_AddStringToObject(s->meta, "received_from", s->peer_str);
+	cJSON_AddStringToObject(s->meta, "hostname", s->p.hostname);
+	const cJSON *m;
+	cJSON_ArrayForEach(m, s->p.meta) {
+		cJSON_DeleteItemFromObjectCaseSensitive(s->meta, m->string);
+		cJSON_AddItemToObject(s->meta, m->string, cJSON_Duplicate(m, 1));
+	}
+	size_t wm = s->p.data_buffer_size > 65536 ? s->p.data_buffer_size : 65536;
+	bufferevent_setwatermark(s->bev, EV_READ, 0, wm);
+	struct timeval tv = tv_of(s->p.client_timeout);
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	s->state = SS_WAIT;
+	start_session(s);
+}
+
+/* ------------------------------------------- dynamic parameters, accepted */
+
+static void apply_meta_reply(struct session *s, const cJSON *reply)
+{
+	const cJSON *m = cJSON_GetObjectItemCaseSensitive(reply, "meta");
+	if (cJSON_IsObject(m)) {
+		cJSON_Delete(s->meta);
+		s->meta = cJSON_Duplicate(m, 1);
+	}
+}
+
+/* Shared handling of an event reply: returns 1 when the caller should go
+ * on (result ok), 0 when the session was answered (reject or error). */
+int session_event_result(struct session *s, const cJSON *reply, const char *error,
+			 const char *event, bool reject_ends_session)
+{
+	s->policy_req = 0;
+	if (s->state == SS_DEAD) {
+		session_free(s);
+		return 0;
+	}
+	if (error) {
+		char why[300];
+		snprintf(why, sizeof why, "%s: %s", event, error);
+		session_technical_difficulties(s, why);
+		return 0;
+	}
+	const cJSON *ok = cJSON_GetObjectItemCaseSensitive(reply, "ok");
+	const cJSON *res = cJSON_GetObjectItemCaseSensitive(reply, "result");
+	if (!cJSON_IsTrue(ok) || !cJSON_IsString(res)) {
+		const cJSON *e = cJSON_GetObjectItemCaseSensitive(reply, "error");
+		char why[600];
+		snprintf(why, sizeof why, "%s: %s", event, cJSON_IsString(e) ? e->valuestring : "bad reply");
+		session_technical_difficulties(s, why);
+		return 0;
+	}
+	apply_meta_reply(s, reply);
+	if (strcmp(res->valuestring, "ok") == 0)
+		return 1;
+	if (strcmp(res->valuestring, "reject") == 0) {
+		const cJSON *code = cJSON_GetObjectItemCaseSensitive(reply, "code");
+		const cJSON *text = cJSON_GetObjectItemCaseSensitive(reply, "text");
+		const cJSON *mode = cJSON_GetObjectItemCaseSensitive(reply, "mode");
+		enum disc_mode dm = DISC_IF421;
+		if (cJSON_IsString(mode) && strcmp(mode->valuestring, "ForceDisconnect") == 0)
+			dm = DISC_FORCE;
+		else if (cJSON_IsString(mode) && strcmp(mode->valuestring, "FollowWith421") == 0)
+			dm = DISC_FOLLOW421;
+		if (reject_ends_session && dm == DISC_IF421)
+			dm = DISC_FORCE;
+		int c = cJSON_IsNumber(code) ? (int)code->valuedouble : 451;
+		session_reply(s, c, cJSON_IsString(text) ? text->valuestring : "", dm,
+			      reject_ends_session ? NULL : session_resume);
+		return 0;
+	}
+	const cJSON *e = cJSON_GetObjectItemCaseSensitive(reply, "error");
+	char why[600];
+	snprintf(why, sizeof why, "%s: %s", event, cJSON_IsString(e) ? e->valuestring : "failed");
+	session_technical_difficulties(s, why);
+	return 0;
+}
+
+static void send_banner(struct session *s)
+{
+	char text[600];
+	snprintf(text, sizeof text, "%s %s", s->p.hostname, s->p.banner);
+	s->state = SS_WAIT;
+	session_reply(s, 220, text, DISC_NONE, session_resume);
+}
+
+static void accepted_done(void *ctx, const cJSON *reply, const char *error)
+{
+	struct session *s = ctx;
+	if (session_event_result(s, reply, error, "smtp_server_connection_accepted", true))
+		send_banner(s);
+}
+
+static void connection_accepted(struct session *s)
+{
+	if (!policy_has(smtpd->policy, "smtp_server_connection_accepted")) {
+		send_banner(s);
+		return;
+	}
+	s->policy_req = policy_call(smtpd->policy, "smtp_server_connection_accepted", cJSON_CreateArray(), 0,
+				    s->meta, s->p.data_processing_timeout, accepted_done, s);
+}
+
+static void dynamic_done(void *ctx, const cJSON *reply, const char *error)
+{
+	struct session *s = ctx;
+	if (!session_event_result(s, reply, error, "smtp_server_get_dynamic_parameters", true))
+		return;
+	const cJSON *ret = cJSON_GetObjectItemCaseSensitive(reply, "ret");
+	if (ret && !cJSON_IsNull(ret)) {
+		char err[300];
+		if (!cJSON_IsObject(ret)) {
+			session_technical_difficulties(s, "smtp_server_get_dynamic_parameters: expected a table");
+			return;
+		}
+		if (params_apply(&s->p, ret, PARAMS_NESTED, &s->peer_ip, &s->local_ip, err, sizeof err) != 0) {
+			char why[400];
+			snprintf(why, sizeof why, "smtp_server_get_dynamic_parameters: %s", err);
+			session_technical_difficulties(s, why);
+			return;
+		}
+		const cJSON *m;
+		cJSON_ArrayForEach(m, s->p.meta) {
+			cJSON_DeleteItemFromObjectCaseSensitive(s->meta, m->string);
+			cJSON_AddItemToObject(s->meta, m->string, cJSON_Duplicate(m, 1));
+		}
+		cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "hostname");
+		cJSON_AddStringToObject(s->meta, "hostname", s->p.hostname);
+		struct timeval tv = tv_of(s->p.client_timeout);
+		bufferevent_set_timeouts(s->bev, &tv, &tv);
+	}
+	connection_accepted(s);
+}
+
+static void start_session(struct session *s)
+{
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	if (!policy_has(smtpd->policy, "smtp_server_get_dynamic_parameters")) {
+		connection_accepted(s);
+		return;
+	}
+	cJSON *args = cJSON_CreateArray();
+	cJSON_AddItemToArray(args, cJSON_CreateString(s->local_str));
+	s->policy_req = policy_call(smtpd->policy, "smtp_server_get_dynamic_parameters", args, 1, s->meta,
+				    s->p.data_processing_timeout, dynamic_done, s);
+}
+
+/* ---------------------------------------------------------------- drain */
+
+static void drain_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	struct session *s = smtpd->sessions;
+	while (s) {
+		struct session *next = s->next;
+		if (s->state != SS_CLOSING && s->state != SS_DEAD) {
+			char text[300];
+			snprintf(text, sizeof text, "421 4.3.2 %s shutting down\r\n", s->p.hostname);
+			evbuffer_add(bufferevent_get_output(s->bev), text, strlen(text));
+			close_after_flush(s);
+		}
+		s = next;
+	}
+	/* whatever is still flushing gets a moment, then the loop ends */
+	struct timeval tv = { 1, 0 };
+	event_base_loopexit(smtpd->base, &tv);
+}
+
+void smtpd_drain_sessions(void)
+{
+	if (smtpd->draining)
+		return;
+	smtpd->draining = true;
+	for (size_t i = 0; i < smtpd->n_listeners; i++)
+		if (smtpd->listeners[i].evl)
+			evconnlistener_disable(smtpd->listeners[i].evl);
+	struct session *s = smtpd->sessions;
+	while (s) {
+		struct session *next = s->next;
+		if (s->state == SS_CMD && !s->txn &&
+		    evbuffer_get_length(bufferevent_get_input(s->bev)) == 0)
+			reply_shutting_down(s);
+		s = next;
+	}
+	if (smtpd->n_sessions == 0) {
+		event_base_loopexit(smtpd->base, NULL);
+		return;
+	}
+	smtpd->drain_timer = evtimer_new(smtpd->base, drain_deadline, NULL);
+	struct timeval tv = { 10, 0 };
+	evtimer_add(smtpd->drain_timer, &tv);
+}

@@ -1,0 +1,140 @@
+/* smtpd_spool: the worker's spool writer thread.  Sessions submit jobs (the
+ * messages of one transaction); the thread takes everything queued, stores
+ * it with one spool_commit (one group commit for all of it), and hands the
+ * finished jobs back to the event loop through a pipe, where each job's
+ * callback runs.  Entry points: spool_writer_new, spool_writer_submit,
+ * spool_writer_free.  Storage errors are reported per item in the job. */
+#include "smtpd/smtpd.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct spool_writer {
+	struct spool *spool;
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct spool_job *queue, **queue_tail;   /* waiting for the thread */
+	struct spool_job *done, **done_tail;     /* finished, for the loop */
+	bool stop;
+	int pipe_fd[2];
+	struct event *notify;
+};
+
+static void *writer_main(void *arg)
+{
+	struct spool_writer *w = arg;
+	pthread_mutex_lock(&w->mu);
+	for (;;) {
+		while (!w->queue && !w->stop)
+			pthread_cond_wait(&w->cv, &w->mu);
+		if (!w->queue && w->stop)
+			break;
+		struct spool_job *batch = w->queue;
+		w->queue = NULL;
+		w->queue_tail = &w->queue;
+		pthread_mutex_unlock(&w->mu);
+
+		size_t total = 0;
+		for (struct spool_job *j = batch; j; j = j->next)
+			total += j->n;
+		struct spool_item *items = xcalloc(total ? total : 1, sizeof *items);
+		size_t k = 0;
+		for (struct spool_job *j = batch; j; j = j->next)
+			for (size_t i = 0; i < j->n; i++)
+				items[k++] = j->items[i];
+		spool_commit(w->spool, items, total);
+		k = 0;
+		for (struct spool_job *j = batch; j; j = j->next) {
+			j->failed = 0;
+			for (size_t i = 0; i < j->n; i++) {
+				j->items[i] = items[k++];
+				j->failed += j->items[i].result != 0;
+			}
+		}
+		free(items);
+
+		pthread_mutex_lock(&w->mu);
+		struct spool_job *last = batch;
+		while (last->next)
+			last = last->next;
+		*w->done_tail = batch;
+		w->done_tail = &last->next;
+		char b = 1;
+		ssize_t r = write(w->pipe_fd[1], &b, 1);
+		(void)r; /* a full pipe already signals the loop */
+	}
+	pthread_mutex_unlock(&w->mu);
+	return NULL;
+}
+
+static void writer_notify(evutil_socket_t fd, short what, void *arg)
+{
+	(void)what;
+	struct spool_writer *w = arg;
+	char buf[256];
+	while (read(fd, buf, sizeof buf) > 0)
+		;
+	pthread_mutex_lock(&w->mu);
+	struct spool_job *done = w->done;
+	w->done = NULL;
+	w->done_tail = &w->done;
+	pthread_mutex_unlock(&w->mu);
+	while (done) {
+		struct spool_job *next = done->next;
+		done->next = NULL;
+		done->done(done, done->ctx);
+		done = next;
+	}
+}
+
+struct spool_writer *spool_writer_new(struct event_base *base, struct spool *spool)
+{
+	struct spool_writer *w = xcalloc(1, sizeof *w);
+	w->spool = spool;
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cv, NULL);
+	w->queue_tail = &w->queue;
+	w->done_tail = &w->done;
+	if (pipe2(w->pipe_fd, O_NONBLOCK | O_CLOEXEC) != 0)
+		log_fatal("spool writer: pipe: %s", strerror(errno));
+	w->notify = event_new(base, w->pipe_fd[0], EV_READ | EV_PERSIST, writer_notify, w);
+	event_add(w->notify, NULL);
+	if (pthread_create(&w->thread, NULL, writer_main, w) != 0)
+		log_fatal("spool writer: cannot start thread");
+	return w;
+}
+
+void spool_writer_submit(struct spool_writer *w, struct spool_job *job)
+{
+	job->next = NULL;
+	pthread_mutex_lock(&w->mu);
+	*w->queue_tail = job;
+	w->queue_tail = &job->next;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+void spool_writer_free(struct spool_writer *w)
+{
+	if (!w)
+		return;
+	pthread_mutex_lock(&w->mu);
+	w->stop = true;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+	pthread_join(w->thread, NULL);
+	writer_notify(w->pipe_fd[0], EV_READ, w);
+	event_free(w->notify);
+	close(w->pipe_fd[0]);
+	close(w->pipe_fd[1]);
+	pthread_mutex_destroy(&w->mu);
+	pthread_cond_destroy(&w->cv);
+	free(w);
+}
