@@ -142,7 +142,7 @@ asan:
 
 run: all
 	@mkdir -p var
-	exec $(BIN)/kumod --policy conf/policy/init.lua
+	exec $(BIN)/kumod --policy conf/policy/init.lua --user $$(id -un)
 
 clean:
 	rm -rf build bin

@@ -34,6 +34,17 @@ int frame_decode(const uint8_t *buf, size_t len, cJSON **out, size_t *used,
 		return 0;
 	const char *end = NULL;
 	cJSON *doc = cJSON_ParseWithLengthOpts((const char *)buf + 4, n, &end, 0);
+	if (doc && end != (const char *)buf + 4 + n) {
+		/* trailing bytes after the document: not a well-formed frame */
+		const char *p = end;
+		while (p < (const char *)buf + 4 + n && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+			p++;
+		if (p != (const char *)buf + 4 + n) {
+			cJSON_Delete(doc);
+			snprintf(err, errlen, "trailing bytes after the JSON document");
+			return -1;
+		}
+	}
 	if (!doc) {
 		snprintf(err, errlen, "frame is not valid JSON");
 		return -1;
@@ -110,6 +121,11 @@ int frame_send_fd(int fd, const cJSON *doc, char *err, size_t errlen)
 	if (!text)
 		abort();
 	size_t n = strlen(text);
+	if (n > FRAME_MAX) {
+		free(text);
+		snprintf(err, errlen, "frame too large (%zu bytes)", n);
+		return -1;
+	}
 	uint8_t hdr[4] = { (uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n };
 	int rc = 0;
 	if (write_all(fd, hdr, 4) < 0 || write_all(fd, text, n) < 0) {

@@ -365,7 +365,9 @@ int main(int argc, char **argv)
 	if (access(policy, R_OK) != 0)
 		startup_fail("cannot read policy %s: %s", policy, strerror(errno));
 	if (getuid() == 0 && !user && !validate)
-		startup_fail("started as root: --user USER is required (the workers never run as root)");
+		startup_fail("started as root: --user USER is required (give --user root to really run as root)");
+	if (user && strcmp(user, "root") == 0)
+		log_warn("--user root: every process runs as root; use a dedicated user in production");
 	M.policy = xstrdup(policy);
 	M.bindir = self_dir();
 	char sockname[108];

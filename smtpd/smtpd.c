@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-struct smtpd *smtpd;
+
 
 static cJSON *read_config(void)
 {

@@ -20,6 +20,8 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+struct smtpd *smtpd; /* the worker; set up by main() */
+
 void session_free(struct session *s);
 static void start_session(struct session *s);
 

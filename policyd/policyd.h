@@ -1,0 +1,105 @@
+/* kumo-policyd private header: the loaded policy (a LuaJIT state plus what
+ * its init collected) and the internal API shared by the policyd units, so
+ * that everything but the socket loop can be unit tested directly.
+ *
+ *   policyd_lua.c     the Lua state, the `kumo` module, kumo.on, reject/disconnect
+ *   policyd_config.c  init-time collectors: start_esmtp_listener, define_spool, ...
+ *   policyd_json.c    Lua <-> cJSON conversion and kumo.serde
+ *   policyd_addr.c    the EnvelopeAddress userdata
+ *   policyd_meta.c    the connection metadata object
+ *   policyd_event.c   policy_handle: one lib/ipc.h request in, one reply out
+ *   policyd.c         main(): the socket loop */
+#ifndef KUMO_POLICYD_H
+#define KUMO_POLICYD_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <cjson/cJSON.h>
+#include <lua.h>
+
+#define POLICY_VERSION "kumomta-c 0.1"
+
+struct policy {
+	lua_State *L;        /* owned; NULL once a load failed */
+	char *path;          /* owned: the policy file as given */
+	char *load_error;    /* owned; NULL when the policy loaded */
+	cJSON *listeners;    /* owned array of start_esmtp_listener tables */
+	cJSON *spools;       /* owned object: spool name -> definition */
+	cJSON *logs;         /* owned configure_local_logs table, or NULL */
+	cJSON *handler_names;/* owned array: registered event names, in order */
+	cJSON *init_result;  /* owned: the cached init reply (without id), or NULL */
+	bool in_event;       /* a request's handler is running: kumo.on refused */
+};
+
+/* --- public internal API (policyd_lua.c, policyd_event.c) --- */
+
+/* Never NULL: on a load error the policy remembers it (and err has it). */
+struct policy *policy_load(const char *path, char *err, size_t errlen);
+/* NULL if the policy loaded fine. */
+const char *policy_load_error(const struct policy *p);
+/* Answers one request; the reply echoes "id".  The caller frees it. */
+cJSON *policy_handle(struct policy *p, const cJSON *request);
+void policy_free(struct policy *p);
+
+/* --- policyd_lua.c --- */
+
+/* The policy that owns L (stored in its registry). */
+struct policy *policy_from_lua(lua_State *L);
+/* Pushes the array of handlers for event name and returns 1, or pushes
+ * nothing and returns 0 when there is none. */
+int policy_push_handlers(lua_State *L, const char *name);
+/* true for the multi-handler events (first non-nil return wins). */
+bool policy_event_is_multi(const char *name);
+/* When the value at idx is a kumo.reject/kumo.disconnect error, fills the
+ * fields (pointing into Lua strings, valid while the value is on the stack)
+ * and returns true. */
+bool policy_is_rejection(lua_State *L, int idx, int *code, const char **text,
+			 const char **mode);
+/* Describes an error value as one line of text (owned by the caller). */
+char *policy_error_text(lua_State *L, int idx);
+
+/* --- policyd_config.c --- */
+
+/* Adds start_esmtp_listener, define_spool, configure_local_logs,
+ * make_listener_domain and start_http_listener to the table at the top. */
+void policy_config_register(lua_State *L);
+
+/* --- policyd_json.c --- */
+
+#define POLICY_JSON_MAX_DEPTH 64
+
+/* Converts the Lua value at idx to JSON.  NULL with err set when it cannot
+ * be serialized (function, thread, foreign userdata, too deep). */
+cJSON *policy_json_from_lua(lua_State *L, int idx, char *err, size_t errlen);
+
+enum { POLICY_JSON_ADDR = 1 };  /* {"__addr":"x@y"} becomes an EnvelopeAddress */
+/* Pushes j as a Lua value (null -> nil).  0, or -1 with err set (an invalid
+ * __addr with POLICY_JSON_ADDR); on -1 the stack above the old top is junk
+ * the caller discards. */
+int policy_json_push(lua_State *L, const cJSON *j, int flags, char *err, size_t errlen);
+
+/* Parses JSON text that may carry C, C++ and shell style comments. */
+cJSON *policy_json_parse_text(const char *text, size_t len, char *err, size_t errlen);
+
+/* Adds json_encode, json_encode_pretty, json_parse, json_load to the table
+ * at the top of the stack. */
+void policy_json_register(lua_State *L);
+
+/* --- policyd_addr.c --- */
+
+/* Pushes an EnvelopeAddress parsed from email.  0, or -1 with err set
+ * (nothing pushed). */
+int policy_addr_push(lua_State *L, const char *email, char *err, size_t errlen);
+/* The email of the EnvelopeAddress at idx, or NULL if it is not one. */
+const char *policy_addr_email(lua_State *L, int idx);
+void policy_addr_register(lua_State *L);
+
+/* --- policyd_meta.c --- */
+
+/* Pushes a connection metadata object that takes ownership of obj. */
+void policy_meta_push(lua_State *L, cJSON *obj);
+/* Takes the metadata back out of the object at idx (which is then detached:
+ * its methods raise an error).  NULL if idx is not a live object. */
+cJSON *policy_meta_take(lua_State *L, int idx);
+void policy_meta_register(lua_State *L);
+
+#endif

@@ -1,0 +1,288 @@
+/* policyd_config: the kumo functions a policy calls (normally from its init
+ * handler) to describe the relay: start_esmtp_listener (validated with
+ * lib/params.h and appended to the policy's listeners), define_spool
+ * (recorded by name), configure_local_logs (kept as JSON; one configuration
+ * is supported, a later call replaces an earlier one with a warning),
+ * make_listener_domain (validated, relay_from as CIDR blocks, and returned
+ * as is) and start_http_listener (accepted and ignored: there is no HTTP
+ * listener).
+ * Entry point: policy_config_register.  Bad parameters raise a Lua error
+ * "<function>: <reason>" with the caller's file:line in front. */
+#include "policyd/policyd.h"
+#include "lib/cidr.h"
+#include "lib/log.h"
+#include "lib/params.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <lauxlib.h>
+
+enum vtype {
+	V_STRING = 1,
+	V_NUMBER = 2,
+	V_BOOL = 4,
+	V_STRLIST = 8,   /* array of strings; {} counts as an empty one */
+	V_TABLE = 16,    /* any object ({} included) */
+};
+
+struct pdef {
+	const char *name;
+	int types;                  /* enum vtype bits */
+	const char *const *choices; /* for V_STRING: allowed values, NULL-terminated */
+	bool required;
+};
+
+static const char *vtype_text(int types)
+{
+	switch (types) {
+	case V_STRING: return "a string";
+	case V_NUMBER: return "a number";
+	case V_BOOL: return "a boolean";
+	case V_STRLIST: return "a list of strings";
+	case V_TABLE: return "a table";
+	case V_STRING | V_NUMBER: return "a string or a number";
+	case V_STRING | V_BOOL: return "a string or a boolean";
+	case V_STRING | V_STRLIST: return "a string or a list of strings";
+	default: return "of another type";
+	}
+}
+
+static bool is_strlist(const cJSON *j)
+{
+	if (cJSON_IsObject(j))
+		return j->child == NULL;
+	if (!cJSON_IsArray(j))
+		return false;
+	for (const cJSON *c = j->child; c; c = c->next)
+		if (!cJSON_IsString(c))
+			return false;
+	return true;
+}
+
+static bool type_ok(const cJSON *v, int types)
+{
+	return ((types & V_STRING) && cJSON_IsString(v)) ||
+	       ((types & V_NUMBER) && cJSON_IsNumber(v)) ||
+	       ((types & V_BOOL) && cJSON_IsBool(v)) ||
+	       ((types & V_STRLIST) && is_strlist(v)) ||
+	       ((types & V_TABLE) && cJSON_IsObject(v));
+}
+
+static const struct pdef *find_def(const struct pdef *defs, const char *name)
+{
+	for (; defs->name; defs++)
+		if (strcmp(defs->name, name) == 0)
+			return defs;
+	return NULL;
+}
+
+/* Checks the object t against defs.  0, or -1 with a reason. */
+static int check_params(const cJSON *t, const struct pdef *defs, char *err, size_t errlen)
+{
+	if (!cJSON_IsObject(t)) {
+		snprintf(err, errlen, "expected a table of named parameters");
+		return -1;
+	}
+	for (const cJSON *c = t->child; c; c = c->next) {
+		const struct pdef *d = find_def(defs, c->string);
+		if (!d) {
+			snprintf(err, errlen, "unknown parameter '%.100s'", c->string);
+			return -1;
+		}
+		if (!type_ok(c, d->types)) {
+			snprintf(err, errlen, "'%s' must be %s", d->name, vtype_text(d->types));
+			return -1;
+		}
+		if (d->choices && cJSON_IsString(c)) {
+			const char *const *ch = d->choices;
+			while (*ch && strcmp(*ch, c->valuestring) != 0)
+				ch++;
+			if (!*ch) {
+				snprintf(err, errlen, "invalid %s '%.100s'", d->name, c->valuestring);
+				return -1;
+			}
+		}
+	}
+	for (; defs->name; defs++) {
+		if (defs->required && !cJSON_GetObjectItemCaseSensitive(t, defs->name)) {
+			snprintf(err, errlen, "missing required parameter '%s'", defs->name);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* {} stands for an empty list in Lua: store it as [] */
+static void fix_empty_lists(cJSON *t, const struct pdef *defs)
+{
+	for (; defs->name; defs++) {
+		if (!(defs->types & V_STRLIST))
+			continue;
+		cJSON *v = cJSON_GetObjectItemCaseSensitive(t, defs->name);
+		if (cJSON_IsObject(v)) {
+			cJSON *arr = cJSON_CreateArray();
+			if (!arr)
+				abort();
+			cJSON_ReplaceItemInObjectCaseSensitive(t, defs->name, arr);
+		}
+	}
+}
+
+/* Converts argument 1 (a table) and checks it; raises "<fn>: <reason>". */
+static cJSON *table_arg(lua_State *L, const char *fn, const struct pdef *defs)
+{
+	char err[300];
+	luaL_checktype(L, 1, LUA_TTABLE);
+	cJSON *t = policy_json_from_lua(L, 1, err, sizeof err);
+	if (t && defs && check_params(t, defs, err, sizeof err) < 0) {
+		cJSON_Delete(t);
+		t = NULL;
+	}
+	if (!t)
+		luaL_error(L, "%s: %s", fn, err);
+	if (defs)
+		fix_empty_lists(t, defs);
+	return t;
+}
+
+static int l_start_esmtp_listener(lua_State *L)
+{
+	struct policy *p = policy_from_lua(L);
+	cJSON *t = table_arg(L, "start_esmtp_listener", NULL);
+	char err[300];
+	if (!cJSON_IsObject(t)) {
+		cJSON_Delete(t);
+		return luaL_error(L, "start_esmtp_listener: expected a table of named parameters");
+	}
+	if (params_check(t, PARAMS_TOP, err, sizeof err) < 0) {
+		cJSON_Delete(t);
+		return luaL_error(L, "start_esmtp_listener: %s", err);
+	}
+	cJSON_AddItemToArray(p->listeners, t);
+	return 0;
+}
+
+static const char *const spool_kinds[] = { "LocalDisk", "RocksDB", NULL };
+
+static const struct pdef spool_params[] = {
+	{ "name", V_STRING, NULL, true },
+	{ "path", V_STRING, NULL, true },
+	{ "kind", V_STRING, spool_kinds, false },
+	{ "flush", V_BOOL, NULL, false },
+	{ "min_free_space", V_STRING | V_NUMBER, NULL, false },
+	{ "min_free_inodes", V_STRING | V_NUMBER, NULL, false },
+	{ "rocks_params", V_TABLE, NULL, false },
+	{ NULL, 0, NULL, false },
+};
+
+static int l_define_spool(lua_State *L)
+{
+	struct policy *p = policy_from_lua(L);
+	cJSON *t = table_arg(L, "define_spool", spool_params);
+	const char *name = cJSON_GetObjectItemCaseSensitive(t, "name")->valuestring;
+	const char *path = cJSON_GetObjectItemCaseSensitive(t, "path")->valuestring;
+	if (!name[0] || !path[0]) {
+		cJSON_Delete(t);
+		return luaL_error(L, "define_spool: name and path must not be empty");
+	}
+	if (cJSON_GetObjectItemCaseSensitive(p->spools, name)) {
+		char n[128];
+		snprintf(n, sizeof n, "%s", name);
+		cJSON_Delete(t);
+		return luaL_error(L, "define_spool: spool '%s' is already defined", n);
+	}
+	if (!cJSON_GetObjectItemCaseSensitive(t, "kind"))
+		cJSON_AddStringToObject(t, "kind", "LocalDisk");
+	if (!cJSON_GetObjectItemCaseSensitive(t, "flush"))
+		cJSON_AddBoolToObject(t, "flush", 0);
+	cJSON_AddItemToObject(p->spools, name, t);
+	return 0;
+}
+
+static const struct pdef log_params[] = {
+	{ "log_dir", V_STRING, NULL, true },
+	{ "max_file_size", V_NUMBER, NULL, false },
+	{ "max_segment_duration", V_STRING | V_NUMBER, NULL, false },
+	{ "compression_level", V_NUMBER, NULL, false },
+	{ "headers", V_STRLIST, NULL, false },
+	{ "meta", V_STRLIST, NULL, false },
+	{ "per_record", V_TABLE, NULL, false },
+	{ "back_pressure", V_NUMBER, NULL, false },
+	{ "min_free_space", V_STRING | V_NUMBER, NULL, false },
+	{ "min_free_inodes", V_STRING | V_NUMBER, NULL, false },
+	{ "filter_event", V_STRING, NULL, false },
+	{ NULL, 0, NULL, false },
+};
+
+static int l_configure_local_logs(lua_State *L)
+{
+	struct policy *p = policy_from_lua(L);
+	cJSON *t = table_arg(L, "configure_local_logs", log_params);
+	if (!cJSON_GetObjectItemCaseSensitive(t, "log_dir")->valuestring[0]) {
+		cJSON_Delete(t);
+		return luaL_error(L, "configure_local_logs: log_dir must not be empty");
+	}
+	if (p->logs)
+		log_warn("configure_local_logs called again: only one local log "
+			 "configuration is supported, the last one is used");
+	cJSON_Delete(p->logs);
+	p->logs = t;
+	return 0;
+}
+
+static const char *const arf_modes[] = { "Ignore", "LogThenRelay", "LogThenDrop", NULL };
+
+static const struct pdef domain_params[] = {
+	{ "relay_to", V_BOOL, NULL, false },
+	{ "relay_from", V_STRING | V_STRLIST, NULL, false },
+	{ "log_arf", V_STRING | V_BOOL, arf_modes, false },
+	{ "log_oob", V_STRING | V_BOOL, arf_modes, false },
+	{ NULL, 0, NULL, false },
+};
+
+static void check_cidr(const char *s, char *msg, size_t msglen)
+{
+	struct cidr block;
+	char why[128];
+	if (cidr_parse(s, &block, why, sizeof why) < 0)
+		snprintf(msg, msglen, "'%.100s': %s", s, why);
+}
+
+static int l_make_listener_domain(lua_State *L)
+{
+	cJSON *t = table_arg(L, "make_listener_domain", domain_params);
+	const cJSON *from = cJSON_GetObjectItemCaseSensitive(t, "relay_from");
+	char msg[300] = "";
+	if (cJSON_IsString(from)) {
+		check_cidr(from->valuestring, msg, sizeof msg);
+	} else if (from) {
+		for (const cJSON *c = from->child; c && !msg[0]; c = c->next)
+			check_cidr(c->valuestring, msg, sizeof msg);
+	}
+	cJSON_Delete(t);
+	if (msg[0])
+		return luaL_error(L, "make_listener_domain: relay_from: %s", msg);
+	lua_settop(L, 1);
+	return 1;
+}
+
+static int l_start_http_listener(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TTABLE);
+	log_info("kumo.start_http_listener: there is no HTTP listener in this relay; ignored");
+	return 0;
+}
+
+void policy_config_register(lua_State *L)
+{
+	static const luaL_Reg fns[] = {
+		{ "start_esmtp_listener", l_start_esmtp_listener },
+		{ "define_spool", l_define_spool },
+		{ "configure_local_logs", l_configure_local_logs },
+		{ "make_listener_domain", l_make_listener_domain },
+		{ "start_http_listener", l_start_http_listener },
+		{ NULL, NULL },
+	};
+	luaL_setfuncs(L, fns, 0);
+}

@@ -1,0 +1,338 @@
+/* policyd_event: answers one lib/ipc.h request (op init, hello or event)
+ * with one reply that echoes its "id".
+ * Entry point: policy_handle.  "init" runs the policy's init handler once
+ * and caches the outcome (the relay asks once per policyd); "event" converts
+ * the arguments, inserts the connection metadata object at meta_pos, calls
+ * the handler(s) and reports ok/reject/error with the metadata afterwards.
+ * Failures never escape: a bad request or a missing handler is
+ * {"ok":false,...}; a Lua error in a handler is "result":"error"; even an
+ * out-of-memory error inside Lua only ends the request (all Lua work runs
+ * under lua_cpcall, so the stack is left as it was found). */
+#include "policyd/policyd.h"
+#include "lib/xalloc.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <lauxlib.h>
+
+static cJSON *need(cJSON *j)
+{
+	if (!j)
+		abort();  /* cJSON out of memory: same policy as xalloc */
+	return j;
+}
+
+static cJSON *fail(cJSON *reply, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static cJSON *fail(cJSON *reply, const char *fmt, ...)
+{
+	char msg[2300];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	cJSON_AddBoolToObject(reply, "ok", 0);
+	cJSON_AddStringToObject(reply, "error", msg);
+	return reply;
+}
+
+/* --- init --- */
+
+static int init_protected(lua_State *L)
+{
+	if (policy_push_handlers(L, "init")) {
+		lua_rawgeti(L, -1, 1);
+		lua_call(L, 0, 0);
+	}
+	return 0;
+}
+
+static cJSON *run_init(struct policy *p)
+{
+	cJSON *r = need(cJSON_CreateObject());
+	p->in_event = true;
+	int rc = lua_cpcall(p->L, init_protected, p);
+	p->in_event = false;
+	if (rc != 0) {
+		char *msg = policy_error_text(p->L, -1);
+		lua_pop(p->L, 1);
+		fail(r, "%s", msg);
+		free(msg);
+		return r;
+	}
+	cJSON_AddBoolToObject(r, "ok", 1);
+	cJSON *config = need(cJSON_AddObjectToObject(r, "config"));
+	cJSON_AddItemToObject(config, "listeners", need(cJSON_Duplicate(p->listeners, 1)));
+	cJSON_AddItemToObject(config, "spools", need(cJSON_Duplicate(p->spools, 1)));
+	cJSON_AddItemToObject(config, "logs",
+			      need(p->logs ? cJSON_Duplicate(p->logs, 1) : cJSON_CreateNull()));
+	cJSON_AddItemToObject(config, "handlers", need(cJSON_Duplicate(p->handler_names, 1)));
+	return r;
+}
+
+static cJSON *handle_init(struct policy *p, cJSON *reply)
+{
+	if (p->load_error)
+		return fail(reply, "%s", p->load_error);
+	if (!p->init_result)
+		p->init_result = run_init(p);
+	for (const cJSON *c = p->init_result->child; c; c = c->next)
+		cJSON_AddItemToObject(reply, c->string, need(cJSON_Duplicate(c, 1)));
+	return reply;
+}
+
+static cJSON *handle_hello(struct policy *p, cJSON *reply)
+{
+	if (p->load_error)
+		return fail(reply, "%s", p->load_error);
+	cJSON_AddBoolToObject(reply, "ok", 1);
+	cJSON_AddItemToObject(reply, "handlers", need(cJSON_Duplicate(p->handler_names, 1)));
+	cJSON_AddNumberToObject(reply, "generation", 0);
+	return reply;
+}
+
+/* --- event --- */
+
+enum outcome { OUT_OK, OUT_REJECT, OUT_ERROR, OUT_BAD };
+
+struct event_ctx {
+	struct policy *p;
+	const char *event;
+	const cJSON *args;    /* array */
+	int meta_pos;         /* -1: no connection metadata argument */
+	const cJSON *meta;    /* object */
+
+	enum outcome outcome;
+	cJSON *ret;           /* owned: first return value (OUT_OK) */
+	cJSON *ret2;          /* owned: second return value, NULL if none */
+	cJSON *meta_after;    /* owned: the metadata after the call */
+	int code;             /* OUT_REJECT */
+	char *text;           /* owned (OUT_REJECT) */
+	char *mode;           /* owned (OUT_REJECT) */
+	char *error;          /* owned (OUT_ERROR, OUT_BAD) */
+};
+
+static void ctx_clear(struct event_ctx *c)
+{
+	cJSON_Delete(c->ret);
+	cJSON_Delete(c->ret2);
+	cJSON_Delete(c->meta_after);
+	free(c->text);
+	free(c->mode);
+	free(c->error);
+	c->ret = c->ret2 = c->meta_after = NULL;
+	c->text = c->mode = c->error = NULL;
+}
+
+/* Pushes the handler arguments; returns how many, or -1 (OUT_BAD set). */
+static int push_args(lua_State *L, struct event_ctx *c, int *meta_idx)
+{
+	int nargs = cJSON_GetArraySize(c->args);
+	int n = 0;
+	const cJSON *a = c->args->child;
+	luaL_checkstack(L, nargs + 2, "too many arguments");
+	*meta_idx = 0;
+	for (int i = 0; i <= nargs; i++) {
+		if (i == c->meta_pos) {
+			policy_meta_push(L, need(cJSON_Duplicate(c->meta, 1)));
+			*meta_idx = lua_gettop(L);
+			n++;
+		}
+		if (i == nargs)
+			break;
+		char err[400];
+		if (policy_json_push(L, a, POLICY_JSON_ADDR, err, sizeof err) < 0) {
+			c->outcome = OUT_BAD;
+			c->error = xasprintf("bad request: args[%d]: %s", i, err);
+			return -1;
+		}
+		a = a->next;
+		n++;
+	}
+	return n;
+}
+
+/* The first return value is nil (or absent). */
+static bool returned_nil(lua_State *L, int base, int nret)
+{
+	return nret == 0 || lua_isnil(L, base + 1);
+}
+
+static void take_returns(lua_State *L, struct event_ctx *c, int base, int nret)
+{
+	char err[300];
+	c->ret = policy_json_from_lua(L, base + 1, err, sizeof err);  /* none -> null */
+	if (c->ret && nret >= 2) {
+		c->ret2 = policy_json_from_lua(L, base + 2, err, sizeof err);
+		if (!c->ret2) {
+			cJSON_Delete(c->ret);
+			c->ret = NULL;
+		}
+	}
+	if (!c->ret) {
+		c->outcome = OUT_ERROR;
+		c->error = xasprintf("%s: return value: %s", c->event, err);
+	}
+}
+
+static void take_error(lua_State *L, struct event_ctx *c)
+{
+	int code;
+	const char *text, *mode;
+	if (policy_is_rejection(L, -1, &code, &text, &mode)) {
+		c->outcome = OUT_REJECT;
+		c->code = code;
+		c->text = xstrdup(text);
+		c->mode = xstrdup(mode);
+	} else {
+		c->outcome = OUT_ERROR;
+		c->error = policy_error_text(L, -1);
+	}
+}
+
+static int event_protected(lua_State *L)
+{
+	struct event_ctx *c = lua_touserdata(L, 1);
+	if (!policy_push_handlers(L, c->event)) {
+		c->outcome = OUT_BAD;
+		c->error = xasprintf("no handler for %s", c->event);
+		return 0;
+	}
+	int handlers = lua_gettop(L);
+	int meta_idx;
+	int first_arg = handlers + 1;
+	int nargs = push_args(L, c, &meta_idx);
+	if (nargs < 0)
+		return 0;
+	size_t nh = lua_objlen(L, handlers);
+	c->outcome = OUT_OK;
+	for (size_t k = 1; k <= nh; k++) {
+		int base = lua_gettop(L);
+		luaL_checkstack(L, nargs + 1, "too many arguments");
+		lua_rawgeti(L, handlers, (int)k);
+		for (int i = 0; i < nargs; i++)
+			lua_pushvalue(L, first_arg + i);
+		c->p->in_event = true;
+		int rc = lua_pcall(L, nargs, LUA_MULTRET, 0);
+		c->p->in_event = false;
+		if (rc != 0) {
+			take_error(L, c);
+			break;
+		}
+		int nret = lua_gettop(L) - base;
+		if (k < nh && returned_nil(L, base, nret)) {
+			lua_settop(L, base);  /* multi-handler event: next one */
+			continue;
+		}
+		take_returns(L, c, base, nret);
+		break;
+	}
+	if (meta_idx)
+		c->meta_after = policy_meta_take(L, meta_idx);
+	return 0;
+}
+
+static cJSON *handle_event(struct policy *p, const cJSON *req, cJSON *reply)
+{
+	const cJSON *event = cJSON_GetObjectItemCaseSensitive(req, "event");
+	const cJSON *args = cJSON_GetObjectItemCaseSensitive(req, "args");
+	const cJSON *meta_pos = cJSON_GetObjectItemCaseSensitive(req, "meta_pos");
+	const cJSON *meta = cJSON_GetObjectItemCaseSensitive(req, "meta");
+	static const cJSON empty_array = { .type = cJSON_Array };
+	static const cJSON empty_object = { .type = cJSON_Object };
+
+	if (!cJSON_IsString(event) || !event->valuestring[0])
+		return fail(reply, "bad request: missing event");
+	if (args && !cJSON_IsArray(args))
+		return fail(reply, "bad request: args must be an array");
+	if (meta && !cJSON_IsObject(meta))
+		return fail(reply, "bad request: meta must be an object");
+	if (!args)
+		args = &empty_array;
+	if (!meta)
+		meta = &empty_object;
+	int nargs = cJSON_GetArraySize(args);
+	int pos = -1;
+	if (meta_pos && !cJSON_IsNull(meta_pos)) {
+		double d = cJSON_IsNumber(meta_pos) ? meta_pos->valuedouble : -1;
+		if (!(d >= 0 && d <= nargs) || d != (double)(int)d)
+			return fail(reply, "bad request: meta_pos must be an integer from 0 to %d",
+				    nargs);
+		pos = (int)d;
+	}
+	if (p->load_error)
+		return fail(reply, "%s", p->load_error);
+
+	struct event_ctx c = {
+		.p = p, .event = event->valuestring, .args = args, .meta_pos = pos, .meta = meta,
+		.outcome = OUT_ERROR,
+	};
+	lua_State *L = p->L;
+	int rc = lua_cpcall(L, event_protected, &c);
+	p->in_event = false;
+	if (rc != 0) {
+		char *msg = policy_error_text(L, -1);
+		lua_pop(L, 1);
+		ctx_clear(&c);
+		fail(reply, "policyd: %s: %s", event->valuestring, msg);
+		free(msg);
+		return reply;
+	}
+	switch (c.outcome) {
+	case OUT_BAD:
+		fail(reply, "%s", c.error);
+		break;
+	case OUT_ERROR:
+		cJSON_AddBoolToObject(reply, "ok", 1);
+		cJSON_AddStringToObject(reply, "result", "error");
+		cJSON_AddStringToObject(reply, "error", c.error ? c.error : "unknown error");
+		break;
+	case OUT_REJECT:
+		cJSON_AddBoolToObject(reply, "ok", 1);
+		cJSON_AddStringToObject(reply, "result", "reject");
+		cJSON_AddNumberToObject(reply, "code", c.code);
+		cJSON_AddStringToObject(reply, "text", c.text);
+		cJSON_AddStringToObject(reply, "mode", c.mode);
+		break;
+	case OUT_OK:
+		cJSON_AddBoolToObject(reply, "ok", 1);
+		cJSON_AddStringToObject(reply, "result", "ok");
+		cJSON_AddItemToObject(reply, "ret", c.ret ? c.ret : need(cJSON_CreateNull()));
+		c.ret = NULL;
+		if (c.ret2) {
+			cJSON_AddItemToObject(reply, "ret2", c.ret2);
+			c.ret2 = NULL;
+		}
+		break;
+	}
+	if ((c.outcome == OUT_OK || c.outcome == OUT_REJECT) && c.meta_after) {
+		cJSON_AddItemToObject(reply, "meta", c.meta_after);
+		c.meta_after = NULL;
+	}
+	ctx_clear(&c);
+	return reply;
+}
+
+cJSON *policy_handle(struct policy *p, const cJSON *request)
+{
+	cJSON *reply = need(cJSON_CreateObject());
+	const cJSON *id = cJSON_GetObjectItemCaseSensitive(request, "id");
+	if (!id)
+		return fail(reply, "bad request: missing id");
+	cJSON_AddItemToObject(reply, "id", need(cJSON_Duplicate(id, 1)));
+	const cJSON *op = cJSON_GetObjectItemCaseSensitive(request, "op");
+	if (!cJSON_IsString(op))
+		return fail(reply, "bad request: missing op");
+	if (strcmp(op->valuestring, "init") == 0)
+		return handle_init(p, reply);
+	if (strcmp(op->valuestring, "hello") == 0)
+		return handle_hello(p, reply);
+	if (strcmp(op->valuestring, "event") == 0)
+		return handle_event(p, request, reply);
+	char esc[120];
+	size_t n = strlen(op->valuestring);
+	snprintf(esc, sizeof esc, "%.100s%s", op->valuestring, n > 100 ? "..." : "");
+	return fail(reply, "unknown op '%s'", esc);
+}

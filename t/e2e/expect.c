@@ -1,0 +1,176 @@
+/*
+ * Spool and log assertions for end-to-end tests (see expect.h).  The spool
+ * layout is not assumed beyond "the file's path contains the id" and "the
+ * file contains the payload": a spool file is the payload plus a trailer.
+ */
+#include "expect.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void sb_add(char **s, size_t *len, size_t *cap, const char *add)
+{
+    size_t n = strlen(add);
+    if (*len + n + 1 > *cap) {
+        *cap = (*len + n + 1) * 2;
+        *s = realloc(*s, *cap);
+        if (!*s)
+            abort();
+    }
+    memcpy(*s + *len, add, n + 1);
+    *len += n;
+}
+
+char *expect_spool_listing(const struct harness_env *env)
+{
+    char *s = NULL;
+    size_t len = 0, cap = 0;
+    const char *dirs[] = { "spool/data", "spool/meta", NULL };
+    sb_add(&s, &len, &cap, "");
+    for (int d = 0; dirs[d]; d++) {
+        char **files = harness_list_files(env, dirs[d]);
+        char line[600];
+        snprintf(line, sizeof line, "%s/%s: %zu file(s)\n", env->dir, dirs[d],
+                 harness_strv_len(files));
+        sb_add(&s, &len, &cap, line);
+        int shown = 0;
+        for (char **f = files; *f; f++) {
+            if (++shown > 30) {
+                sb_add(&s, &len, &cap, "  ...\n");
+                break;
+            }
+            snprintf(line, sizeof line, "  %s\n", *f);
+            sb_add(&s, &len, &cap, line);
+        }
+        harness_strv_free(files);
+    }
+    return s;
+}
+
+/* Shows a file's content escaped and capped, for failure messages. */
+static char *show(const char *data, size_t len)
+{
+    size_t cap = len > 800 ? 800 : len;
+    char *s = malloc(cap * 4 + 32);
+    if (!s)
+        abort();
+    size_t k = 0;
+    for (size_t i = 0; i < cap; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (c == '\r') {
+            memcpy(s + k, "\\r", 2);
+            k += 2;
+        } else if (c == '\n') {
+            memcpy(s + k, "\\n", 2);
+            k += 2;
+        } else if (c >= 0x20 && c < 0x7f) {
+            s[k++] = (char)c;
+        } else {
+            k += (size_t)sprintf(s + k, "\\x%02x", c);
+        }
+    }
+    if (cap < len)
+        k += (size_t)sprintf(s + k, "[... %zu more]", len - cap);
+    s[k] = 0;
+    return s;
+}
+
+char *expect_spooled_at(const char *file, int line, const struct harness_env *env,
+                        const char *id, const char *data_needle,
+                        const char *const meta_needles[], size_t *lenp)
+{
+    char *dpath = harness_spool_find(env, "spool/data", id);
+    char *mpath = harness_spool_find(env, "spool/meta", id);
+    if (!dpath || !mpath) {
+        char *l = expect_spool_listing(env);
+        harness_fail(file, line, "message %s: no file whose path contains the id under"
+                     " spool/%s\n%s", id, !dpath ? "data" : "meta", l);
+    }
+    size_t dlen = 0, mlen = 0;
+    char *data = harness_slurp(dpath, &dlen);
+    char *meta = harness_slurp(mpath, &mlen);
+    if (!data || !meta)
+        harness_fail(file, line, "cannot read %s", !data ? dpath : mpath);
+    if (data_needle && !harness_contains(data, dlen, data_needle)) {
+        char *a = show(data_needle, strlen(data_needle)), *b = show(data, dlen);
+        harness_fail(file, line, "spool data file %s does not contain\n    \"%s\"\n"
+                     "its content:\n    \"%s\"", dpath, a, b);
+    }
+    for (int i = 0; meta_needles && meta_needles[i]; i++)
+        if (!harness_contains(meta, mlen, meta_needles[i])) {
+            char *b = show(meta, mlen);
+            harness_fail(file, line, "spool meta file %s does not contain \"%s\"\n"
+                         "its content:\n    \"%s\"", mpath, meta_needles[i], b);
+        }
+    free(meta);
+    free(dpath);
+    free(mpath);
+    if (lenp)
+        *lenp = dlen;
+    return data;
+}
+
+void expect_not_spooled_at(const char *file, int line, const struct harness_env *env,
+                           const char *needle)
+{
+    const char *dirs[] = { "spool/data", "spool/meta", NULL };
+    for (int d = 0; dirs[d]; d++) {
+        char **files = harness_list_files(env, dirs[d]);
+        for (char **f = files; *f; f++) {
+            char *path = NULL;
+            if (asprintf(&path, "%s/%s/%s", env->dir, dirs[d], *f) < 0)
+                abort();
+            size_t len = 0;
+            char *data = harness_slurp(path, &len);
+            if (data && harness_contains(data, len, needle))
+                harness_fail(file, line, "%s holds \"%s\", from a message that was refused",
+                             path, needle);
+            free(data);
+            free(path);
+        }
+        harness_strv_free(files);
+    }
+}
+
+static int recipient_has(const cJSON *rec, const char *rcpt)
+{
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(rec, "recipient");
+    if (cJSON_IsString(r))
+        return !strcmp(r->valuestring, rcpt);
+    const cJSON *it;
+    if (!cJSON_IsArray(r))
+        return 0;
+    cJSON_ArrayForEach(it, r) {
+        if (cJSON_IsString(it) && !strcmp(it->valuestring, rcpt))
+            return 1;
+    }
+    return 0;
+}
+
+void expect_reception_at(const char *file, int line, const struct harness_env *env,
+                         const char *id, const char *sender, const char *rcpt)
+{
+    cJSON *rec = harness_log_wait(env, "Reception", id);
+    if (!rec) {
+        char *sum = harness_logs_summary(env);
+        harness_fail(file, line, "no {\"type\":\"Reception\",\"id\":\"%s\"} record in the log"
+                     " dir within %d s\n%s", id, HARNESS_LOG_TIMEOUT, sum);
+    }
+    const char *s = harness_json_str(rec, "sender");
+    const char *proto = harness_json_str(rec, "reception_protocol");
+    const char *why = NULL;
+    if (!s || strcmp(s, sender))
+        why = "sender";
+    else if (rcpt && !recipient_has(rec, rcpt))
+        why = "recipient";
+    else if (!proto || strcmp(proto, "ESMTP"))
+        why = "reception_protocol (want \"ESMTP\")";
+    if (why) {
+        char *txt = cJSON_PrintUnformatted(rec);
+        harness_fail(file, line, "Reception record for %s has the wrong %s (want sender"
+                     " \"%s\", recipient \"%s\"):\n    %s", id, why, sender,
+                     rcpt ? rcpt : "(any)", txt);
+    }
+    cJSON_Delete(rec);
+}

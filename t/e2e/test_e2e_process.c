@@ -1,0 +1,549 @@
+/*
+ * End-to-end process behaviour of bin/kumod: a message acknowledged with 250
+ * survives kill -9 of the whole process tree and is found again at restart;
+ * SIGTERM answers idle sessions 421 and exits 0; dead workers and policyd
+ * are restarted; bad start-up input gives a one-line error, a non-zero exit
+ * and nothing left running or listening; --validate, --version, --help.
+ */
+#include "expect.h"
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BANNER "220 " HARNESS_HOSTNAME " KumoMTA"
+#define GO_AHEAD "354 Send body; end with CRLF.CRLF"
+#define BYE "221 So long, and thanks for all the fish!"
+#define SHUTDOWN "421 4.3.2 " HARNESS_HOSTNAME " shutting down"
+
+static void pause_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Whether 127.0.0.1:port can be bound again (SO_REUSEADDR, as a restarted
+ * server would), i.e. nobody listens on it any more. */
+static int port_bindable(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sa = { 0 };
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = htons((unsigned short)port);
+    int ok = bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(fd, 1) == 0;
+    close(fd);
+    return ok;
+}
+
+/* A listening socket on 127.0.0.1:port, held by the test. */
+static int hold_port(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(fd, 0);
+    struct sockaddr_in sa = { 0 };
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = htons((unsigned short)port);
+    ck_assert_msg(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(fd, 8) == 0,
+                  "cannot hold port %d: %s", port, strerror(errno));
+    return fd;
+}
+
+static struct smtpc *session(struct harness_env *env)
+{
+    struct smtpc *c = smtpc_connect(env, env->port, NULL);
+    smtpc_expect(c, BANNER);
+    smtpc_cmd(c, "EHLO client.example");
+    free(smtpc_expect_code(c, 250));
+    return c;
+}
+
+/* ---- durability --------------------------------------------------------- */
+
+START_TEST(test_kill9_durability)
+{
+    struct harness_env *env = harness_env_new();
+    harness_start_default(env, NULL);
+    struct smtpc *c = session(env);
+    const char *rcpts[] = { "b@example.net", NULL };
+    char ids[1][33];
+    smtpc_transaction(c, "a@example.com", rcpts, "Subject: durable\r\n\r\ndurable-marker\r\n",
+                      ids);
+    /* the 250 is in: kill the whole tree at once, no chance to flush */
+    harness_kill9(env);
+    smtpc_close(c);
+    const char *meta[] = { "a@example.com", "b@example.net", NULL };
+    free(expect_spooled(env, ids[0], "durable-marker\r\n", meta, NULL));
+
+    harness_start(env);
+    if (!harness_output_wait_regex(env, "recovered 1 message", 10)) {
+        char *ctx = harness_context(env);
+        ck_abort_msg("restarted kumod did not log /recovered 1 message/ within 10 s (message"
+                     " %s)\n%s", ids[0], ctx);
+    }
+    free(expect_spooled(env, ids[0], "durable-marker\r\n", meta, NULL));
+    /* and it serves again */
+    c = session(env);
+    smtpc_chat(c, "QUIT", BYE);
+    smtpc_close(c);
+    int killed = 0;
+    int st = harness_stop(env, &killed);
+    ck_assert_msg(!killed && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "kumod did not exit 0 on SIGTERM: %s%s", harness_status_str(st),
+                  killed ? " (needed SIGKILL)" : "");
+    /* still there after a clean stop too */
+    free(expect_spooled(env, ids[0], "durable-marker\r\n", meta, NULL));
+    harness_env_free(env);
+}
+END_TEST
+
+/* ---- SIGTERM ------------------------------------------------------------ */
+
+START_TEST(test_sigterm_idle_sessions)
+{
+    struct harness_env *env = harness_env_new();
+    harness_start_default(env, NULL);
+    struct smtpc *a = session(env);
+    struct smtpc *b = smtpc_connect(env, env->port, NULL);
+    smtpc_expect(b, BANNER);
+    pid_t pgid = env->pgid;
+    ck_assert_int_eq(kill(env->pid, SIGTERM), 0);
+    smtpc_expect(a, SHUTDOWN);
+    smtpc_expect_eof(a, SMTPC_TIMEOUT_MS);
+    smtpc_expect(b, SHUTDOWN);
+    smtpc_expect_eof(b, SMTPC_TIMEOUT_MS);
+    smtpc_close(a);
+    smtpc_close(b);
+    int st = 0;
+    if (!harness_wait_exit(env, HARNESS_STOP_TIMEOUT, &st)) {
+        char *ctx = harness_context(env);
+        ck_abort_msg("kumod still running %d s after SIGTERM with only idle sessions\n%s",
+                     HARNESS_STOP_TIMEOUT, ctx);
+    }
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kumod ended with %s after SIGTERM"
+                  " (want exit 0)\n%s", harness_status_str(st), harness_context(env));
+    harness_stop(env, NULL); /* reaps the group, noting leftovers */
+    ck_assert_msg(!env->leftover[0], "processes of kumod's group %d still running after it"
+                  " exited: %s", (int)pgid, env->leftover);
+    ck_assert_msg(!harness_port_open(env->port), "port %d still accepts connections after"
+                  " kumod exited", env->port);
+    ck_assert_msg(port_bindable(env->port), "port %d cannot be bound after kumod exited",
+                  env->port);
+    harness_env_free(env);
+}
+END_TEST
+
+/* A transaction in flight at SIGTERM is finished (250), then the session,
+ * now idle, gets the 421. */
+START_TEST(test_sigterm_inflight_transaction)
+{
+    struct harness_env *env = harness_env_new();
+    harness_start_default(env, NULL);
+    struct smtpc *c = session(env);
+    smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+    smtpc_chat(c, "RCPT TO:<b@example.net>", "250 OK <b@example.net>");
+    smtpc_chat(c, "DATA", GO_AHEAD);
+    smtpc_sendf(c, "Subject: in flight\r\n\r\nfirst half\r\n");
+    ck_assert_int_eq(kill(env->pid, SIGTERM), 0);
+    pause_ms(1000);
+    smtpc_sendf(c, "second half inflight-marker\r\n.\r\n");
+    char ids[1][33];
+    smtpc_expect_ids(c, 1, ids);
+    smtpc_expect(c, SHUTDOWN);
+    smtpc_expect_eof(c, SMTPC_TIMEOUT_MS);
+    smtpc_close(c);
+    int st = 0;
+    if (!harness_wait_exit(env, HARNESS_STOP_TIMEOUT, &st)) {
+        char *ctx = harness_context(env);
+        ck_abort_msg("kumod still running %d s after SIGTERM\n%s", HARNESS_STOP_TIMEOUT, ctx);
+    }
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kumod ended with %s after SIGTERM"
+                  " (want exit 0)", harness_status_str(st));
+    harness_stop(env, NULL);
+    ck_assert_msg(!env->leftover[0], "processes left after kumod exited: %s", env->leftover);
+    free(expect_spooled(env, ids[0], "first half\r\nsecond half inflight-marker\r\n", NULL,
+                        NULL));
+    harness_env_free(env);
+}
+END_TEST
+
+/* ---- supervision -------------------------------------------------------- */
+
+/* Waits up to timeout_s for `want` children named name, none of them in
+ * old[0..nold); returns how many there are. */
+static int wait_children(pid_t parent, const char *name, int want, const pid_t *old, int nold,
+                         pid_t *pids, int timeout_s)
+{
+    double end = now_s() + timeout_s;
+    int n = 0;
+    for (;;) {
+        n = harness_children(parent, name, pids, 16);
+        int fresh = 0;
+        for (int i = 0; i < n && i < 16; i++) {
+            int is_old = 0;
+            for (int j = 0; j < nold; j++)
+                is_old |= pids[i] == old[j];
+            fresh += !is_old;
+        }
+        if (fresh == want && n == want)
+            return n;
+        if (now_s() >= end)
+            return n;
+        pause_ms(100);
+    }
+}
+
+/* One whole transaction without failing the test; 1 if it got its 250. */
+static int try_transaction(struct harness_env *env)
+{
+    struct smtpc *c = smtpc_try_connect(env, env->port, NULL);
+    if (!c)
+        return 0;
+    const char *cmds[] = { NULL, "MAIL FROM:<a@example.com>\r\n", "RCPT TO:<b@example.net>\r\n",
+                           "DATA\r\n", "Subject: retry\r\n\r\nafter restart\r\n.\r\n" };
+    const int codes[] = { 220, 250, 250, 354, 250 };
+    int ok = 1;
+    for (int i = 0; i < 5 && ok; i++) {
+        if (cmds[i] && smtpc_try_send(c, cmds[i], strlen(cmds[i])) != 0)
+            ok = 0;
+        else
+            ok = smtpc_read_reply(c, NULL, 5000) == codes[i];
+    }
+    smtpc_close(c);
+    return ok;
+}
+
+START_TEST(test_worker_restart)
+{
+    struct harness_env *env = harness_env_new();
+    harness_start_default(env, NULL);
+    pid_t old[16], now[16];
+    int n = wait_children(env->pid, "kumo-smtpd", 2, NULL, 0, old, 10);
+    char desc[512];
+    harness_children_desc(env->pid, desc, sizeof desc);
+    ck_assert_msg(n == 2, "want 2 kumo-smtpd children of kumod (--workers 2), found %d;"
+                  " its children: %s", n, desc);
+    for (int i = 0; i < 2; i++)
+        kill(old[i], SIGKILL);
+    n = wait_children(env->pid, "kumo-smtpd", 2, old, 2, now, 30);
+    harness_children_desc(env->pid, desc, sizeof desc);
+    ck_assert_msg(n == 2 && now[0] != old[0] && now[0] != old[1] && now[1] != old[0] &&
+                  now[1] != old[1], "after SIGKILL of both workers (%d, %d), kumod did not"
+                  " start 2 new ones within 30 s; its children: %s\n%s", (int)old[0],
+                  (int)old[1], desc, harness_context(env));
+    double end = now_s() + 20;
+    while (!try_transaction(env) && now_s() < end)
+        pause_ms(200);
+    struct smtpc *c = session(env);
+    const char *rcpts[] = { "b@example.net", NULL };
+    char ids[1][33];
+    smtpc_transaction(c, "a@example.com", rcpts, "Subject: w\r\n\r\nnew worker\r\n", ids);
+    smtpc_close(c);
+    harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_policyd_restart)
+{
+    struct harness_env *env = harness_env_new();
+    harness_start_default(env, NULL);
+    pid_t old[16], now[16];
+    int n = wait_children(env->pid, "kumo-policyd", 1, NULL, 0, old, 10);
+    char desc[512];
+    harness_children_desc(env->pid, desc, sizeof desc);
+    ck_assert_msg(n == 1, "want 1 kumo-policyd child of kumod, found %d; its children: %s", n,
+                  desc);
+    kill(old[0], SIGKILL);
+    n = wait_children(env->pid, "kumo-policyd", 1, old, 1, now, 30);
+    harness_children_desc(env->pid, desc, sizeof desc);
+    ck_assert_msg(n == 1 && now[0] != old[0], "kumod did not restart kumo-policyd (was %d)"
+                  " within 30 s; its children: %s\n%s", (int)old[0], desc, harness_context(env));
+    double end = now_s() + 20;
+    int ok = 0;
+    while (!(ok = try_transaction(env)) && now_s() < end)
+        pause_ms(200);
+    if (!ok) {
+        /* show what a session looks like now */
+        struct smtpc *c = session(env);
+        const char *rcpts[] = { "b@example.net", NULL };
+        char ids[1][33];
+        smtpc_transaction(c, "a@example.com", rcpts, "Subject: p\r\n\r\nnew policyd\r\n", ids);
+        smtpc_close(c);
+    }
+    harness_env_free(env);
+}
+END_TEST
+
+/* ---- start-up errors ---------------------------------------------------- */
+
+/*
+ * Runs kumod on env's policy (or on `policy` if not NULL) and expects: a
+ * non-zero exit within 15 s, one output line matching `regex` (extended,
+ * case-insensitive), at most 3 lines in all, nothing left running and (if
+ * check_port) nothing listening on the port.
+ */
+#define expect_startup_failure(env, policy, regex, check_port) \
+    expect_startup_failure_at(__FILE__, __LINE__, env, policy, regex, check_port)
+static void expect_startup_failure_at(const char *file, int line, struct harness_env *env,
+                                      const char *policy, const char *regex, int check_port)
+{
+    const char *argv[] = { "kumod", "--policy", policy ? policy : env->policy, "--workers",
+                           "2", NULL };
+    char *out = NULL;
+    int st = harness_run_at(file, line, env, argv, 15, &out);
+    int lines = 0;
+    for (const char *p = out; *p;) {
+        const char *nl = strchr(p, '\n');
+        size_t l = nl ? (size_t)(nl - p) : strlen(p);
+        lines += l > 0;
+        p += l + (nl != NULL);
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) == 0)
+        harness_fail(file, line, "kumod should exit non-zero; it ended with %s\noutput:\n%s",
+                     harness_status_str(st), out);
+    if (!harness_regex_match(out, regex, 1))
+        harness_fail(file, line, "kumod's error should match /%s/ on one line; its output"
+                     " (%s):\n%s", regex, harness_status_str(st), out);
+    if (lines > 3)
+        harness_fail(file, line, "kumod should print a one-line error; it printed %d lines:\n%s",
+                     lines, out);
+    if (env->leftover[0])
+        harness_fail(file, line, "processes left running after kumod exited: %s",
+                     env->leftover);
+    if (check_port && harness_port_open(env->port))
+        harness_fail(file, line, "port %d accepts connections after kumod failed", env->port);
+    free(out);
+}
+
+START_TEST(test_startup_missing_policy)
+{
+    struct harness_env *env = harness_env_new();
+    char *missing = harness_path(env, "nope.lua");
+    expect_startup_failure(env, missing, "nope\\.lua", 1);
+    free(missing);
+    harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_startup_syntax_error)
+{
+    struct harness_env *env = harness_env_new();
+    harness_write_policy(env, "local kumo = require 'kumo'\n"
+                              "kumo.on('init', function()\n"
+                              "  local x = = 1\n"
+                              "end)\n", NULL);
+    expect_startup_failure(env, NULL, "policy\\.lua:3:", 1);
+    harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_startup_runtime_error)
+{
+    struct harness_env *env = harness_env_new();
+    harness_write_policy(env, "local kumo = require 'kumo'\n"
+                              "kumo.on('init', function()\n"
+                              "  error('boom')\n"
+                              "end)\n", NULL);
+    expect_startup_failure(env, NULL, "policy\\.lua:3:.*boom", 1);
+    harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_startup_unknown_listener_param)
+{
+    struct harness_env *env = harness_env_new();
+    harness_write_policy(env, HARNESS_POLICY_TEMPLATE, "bannr = 'x',");
+    expect_startup_failure(env, NULL, "bannr", 1);
+    harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_startup_no_spool)
+{
+    struct harness_env *env = harness_env_new();
+    harness_write_policy(env, "local kumo = require 'kumo'\n"
+                              "kumo.on('init', function()\n"
+                              "  kumo.configure_local_logs { log_dir = '@DIR@/logs' }\n"
+                              "  kumo.start_esmtp_listener { listen = '127.0.0.1:@PORT@',"
+                              " hostname = 'mx.test.example' }\n"
+                              "end)\n", NULL);
+    expect_startup_failure(env, NULL, "spool", 1);
+    harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_startup_port_in_use)
+{
+    struct harness_env *env = harness_env_new();
+    harness_write_policy(env, HARNESS_POLICY_TEMPLATE, NULL);
+    int fd = hold_port(env->port);
+    char re[64];
+    snprintf(re, sizeof re, "in use|%d", env->port);
+    expect_startup_failure(env, NULL, re, 0);
+    close(fd);
+    ck_assert_msg(!harness_port_open(env->port), "something listens on port %d after kumod"
+                  " failed", env->port);
+    harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_startup_unwritable_spool)
+{
+    struct harness_env *env = harness_env_new();
+    harness_write_file(env, "afile", "not a directory\n", 16);
+    harness_write_policy(env, "local kumo = require 'kumo'\n"
+                              "kumo.on('init', function()\n"
+                              "  kumo.define_spool { name = 'data', path = '@DIR@/afile/spool' }\n"
+                              "  kumo.define_spool { name = 'meta', path = '@DIR@/spool/meta' }\n"
+                              "  kumo.configure_local_logs { log_dir = '@DIR@/logs' }\n"
+                              "  kumo.start_esmtp_listener { listen = '127.0.0.1:@PORT@',"
+                              " hostname = 'mx.test.example' }\n"
+                              "end)\n", NULL);
+    expect_startup_failure(env, NULL, "afile", 1);
+    harness_env_free(env);
+}
+END_TEST
+
+/* ---- command line ------------------------------------------------------- */
+
+START_TEST(test_validate_good)
+{
+    struct harness_env *env = harness_env_new();
+    harness_write_policy(env, HARNESS_POLICY_TEMPLATE, NULL);
+    const char *argv[] = { "kumod", "--validate", "--policy", env->policy, NULL };
+    char *out = NULL;
+    int st = harness_run(env, argv, 15, &out);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kumod --validate on a good policy:"
+                  " %s (want exit 0)\noutput:\n%s", harness_status_str(st), out);
+    ck_assert_msg(!env->leftover[0], "processes left after --validate: %s", env->leftover);
+    ck_assert_msg(!harness_port_open(env->port), "port %d open after --validate", env->port);
+    free(out);
+    harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_validate_bad)
+{
+    struct harness_env *env = harness_env_new();
+    harness_write_policy(env, "local kumo = require 'kumo'\n"
+                              "kumo.on('init', function()\n"
+                              "  local x = = 1\n"
+                              "end)\n", NULL);
+    const char *argv[] = { "kumod", "--validate", "--policy", env->policy, NULL };
+    char *out = NULL;
+    int st = harness_run(env, argv, 15, &out);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "kumod --validate on a broken policy:"
+                  " %s (want exit 1)\noutput:\n%s", harness_status_str(st), out);
+    ck_assert_msg(harness_regex_match(out, "policy\\.lua:3:", 0), "kumod --validate should"
+                  " print the Lua error (policy.lua:3: ...); output:\n%s", out);
+    free(out);
+
+    harness_write_policy(env, "local kumo = require 'kumo'\n"
+                              "kumo.on('init', function()\n"
+                              "  error('validate-boom')\n"
+                              "end)\n", NULL);
+    st = harness_run(env, argv, 15, &out);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "kumod --validate with an error in"
+                  " init: %s (want exit 1)\noutput:\n%s", harness_status_str(st), out);
+    ck_assert_msg(harness_regex_match(out, "validate-boom", 0), "kumod --validate should"
+                  " print the error raised in init; output:\n%s", out);
+    free(out);
+    harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_version)
+{
+    struct harness_env *env = harness_env_new();
+    const char *argv[] = { "kumod", "--version", NULL };
+    char *out = NULL;
+    int st = harness_run(env, argv, 15, &out);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kumod --version: %s\noutput:\n%s",
+                  harness_status_str(st), out);
+    ck_assert_msg(harness_regex_match(out, "[0-9]", 0), "kumod --version printed no version:"
+                  "\n%s", out);
+    free(out);
+    harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_help)
+{
+    struct harness_env *env = harness_env_new();
+    const char *argv[] = { "kumod", "--help", NULL };
+    char *out = NULL;
+    int st = harness_run(env, argv, 15, &out);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kumod --help: %s\noutput:\n%s",
+                  harness_status_str(st), out);
+    ck_assert_msg(strstr(out, "--policy"), "kumod --help does not mention --policy:\n%s", out);
+    free(out);
+    harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_unknown_option)
+{
+    struct harness_env *env = harness_env_new();
+    const char *argv[] = { "kumod", "--no-such-option", NULL };
+    char *out = NULL;
+    int st = harness_run(env, argv, 15, &out);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0 && out[0], "kumod --no-such-option"
+                  " should fail with a message; got %s, output:\n%s", harness_status_str(st),
+                  out);
+    free(out);
+    harness_env_free(env);
+}
+END_TEST
+
+static Suite *process_suite(void)
+{
+    Suite *s = suite_create("e2e_process");
+    TCase *tc = harness_tcase("lifecycle");
+    tcase_add_test(tc, test_kill9_durability);
+    tcase_add_test(tc, test_sigterm_idle_sessions);
+    tcase_add_test(tc, test_sigterm_inflight_transaction);
+    tcase_add_test(tc, test_worker_restart);
+    tcase_add_test(tc, test_policyd_restart);
+    suite_add_tcase(s, tc);
+    tc = harness_tcase("startup");
+    tcase_add_test(tc, test_startup_missing_policy);
+    tcase_add_test(tc, test_startup_syntax_error);
+    tcase_add_test(tc, test_startup_runtime_error);
+    tcase_add_test(tc, test_startup_unknown_listener_param);
+    tcase_add_test(tc, test_startup_no_spool);
+    tcase_add_test(tc, test_startup_port_in_use);
+    tcase_add_test(tc, test_startup_unwritable_spool);
+    suite_add_tcase(s, tc);
+    tc = harness_tcase("cli");
+    tcase_add_test(tc, test_validate_good);
+    tcase_add_test(tc, test_validate_bad);
+    tcase_add_test(tc, test_version);
+    tcase_add_test(tc, test_help);
+    tcase_add_test(tc, test_unknown_option);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    return harness_run_suite(process_suite());
+}

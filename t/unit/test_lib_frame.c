@@ -1,0 +1,316 @@
+/* Check suite for lib/frame.c, three tables:
+ *  - decode: raw bytes -> frame_decode's return, bytes used, the document
+ *    and what decoding the rest gives; each row is also read through an
+ *    evbuffer with frame_read, which must agree;
+ *  - round trip: documents through frame_encode, then fed back to frame_read
+ *    one byte at a time (0 until the last byte, then the same document);
+ *  - fd: what one end of a socketpair sends (a document, raw bytes, a close)
+ *    -> what frame_recv_fd on the other end returns, timeouts included. */
+#include "lib/frame.h"
+
+#include <check.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <event2/buffer.h>
+
+/* true when text parses to a document equal to doc */
+static bool same_doc(const cJSON *doc, const char *text)
+{
+	cJSON *want = cJSON_Parse(text);
+	ck_assert_msg(want != NULL, "bad expected JSON in the table: %s", text);
+	bool eq = cJSON_Compare(want, doc, 1);
+	cJSON_Delete(want);
+	return eq;
+}
+
+struct decode_case {
+	const char *name;
+	const char *buf;
+	size_t len;
+	int rc;
+	size_t used;            /* rc 1 */
+	const char *json;       /* rc 1 */
+	int next_rc;            /* rc 1: frame_decode on the bytes after the frame */
+	const char *next_json;  /* next_rc 1 */
+	const char *why;        /* rc -1: error substring */
+};
+
+#define RAW(lit) lit, sizeof(lit) - 1
+#define MORE(name, lit) { name, RAW(lit), 0, 0, NULL, 0, NULL, NULL }
+#define BAD(name, lit, why) { name, RAW(lit), -1, 0, NULL, 0, NULL, why }
+#define ONE(name, lit, used, json, nrc, njson) { name, RAW(lit), 1, used, json, nrc, njson, NULL }
+
+static const struct decode_case decode_cases[] = {
+	MORE("empty", ""),
+	MORE("partial header", "\0\0\0"),
+	MORE("header only", "\0\0\0\x07"),
+	MORE("partial body", "\0\0\0\x07" "{\"a\":"),
+	MORE("largest length, no body yet", "\x04\0\0\0" "{"),
+	BAD("zero length", "\0\0\0\0", "bad frame length 0"),
+	BAD("oversize length", "\x04\0\0\x01", "bad frame length 67108865"),
+	BAD("all-ones length", "\xff\xff\xff\xff" "{}", "bad frame length"),
+	BAD("not JSON", "\0\0\0\x03" "abc", "not valid JSON"),
+	BAD("truncated JSON", "\0\0\0\x05" "{\"a\":", "not valid JSON"),
+	BAD("array", "\0\0\0\x03" "[1]", "not a JSON object"),
+	BAD("string", "\0\0\0\x02" "\"\"", "not a JSON object"),
+	BAD("number", "\0\0\0\x01" "7", "not a JSON object"),
+	BAD("null", "\0\0\0\x04" "null", "not a JSON object"),
+	ONE("object", "\0\0\0\x07" "{\"a\":1}", 11, "{\"a\":1}", 0, NULL),
+	ONE("empty object", "\0\0\0\x02" "{}", 6, "{}", 0, NULL),
+	ONE("spaces around", "\0\0\0\x05" " { } ", 9, "{}", 0, NULL),
+	ONE("two frames", "\0\0\0\x02" "{}" "\0\0\0\x07" "{\"b\":2}", 6, "{}", 1, "{\"b\":2}"),
+	ONE("frame, then part of one", "\0\0\0\x02" "{}" "\0\0\0\x07" "{\"b\"", 6, "{}", 0, NULL),
+	ONE("frame, then a bad one", "\0\0\0\x02" "{}" "\0\0\0\0", 6, "{}", -1, NULL),
+};
+
+START_TEST(test_frame_decode)
+{
+	const struct decode_case *c = &decode_cases[_i];
+	cJSON *doc = (cJSON *)1;
+	size_t used = 0;
+	char err[128] = "";
+	int rc = frame_decode((const uint8_t *)c->buf, c->len, &doc, &used, err, sizeof err);
+	ck_assert_msg(rc == c->rc, "%s: frame_decode gave %d (%s)", c->name, rc, err);
+	if (rc == -1)
+		ck_assert_msg(strstr(err, c->why) != NULL, "%s: error \"%s\" lacks \"%s\"", c->name,
+			      err, c->why);
+	if (rc != 1) {
+		ck_assert_ptr_null(doc);
+	} else {
+		ck_assert_uint_eq(used, c->used);
+		ck_assert_msg(same_doc(doc, c->json), "%s: wrong document", c->name);
+		cJSON_Delete(doc);
+		cJSON *next = NULL;
+		size_t used2 = 0;
+		int rc2 = frame_decode((const uint8_t *)c->buf + used, c->len - used, &next, &used2,
+				       err, sizeof err);
+		ck_assert_msg(rc2 == c->next_rc, "%s: next frame gave %d", c->name, rc2);
+		if (rc2 == 1) {
+			ck_assert_uint_eq(used + used2, c->len);
+			ck_assert(same_doc(next, c->next_json));
+			cJSON_Delete(next);
+		}
+	}
+
+	/* the same bytes through an evbuffer */
+	struct evbuffer *in = evbuffer_new();
+	evbuffer_add(in, c->buf, c->len);
+	err[0] = '\0';
+	rc = frame_read(in, &doc, err, sizeof err);
+	ck_assert_msg(rc == c->rc, "%s: frame_read gave %d (%s)", c->name, rc, err);
+	if (rc == -1)
+		ck_assert(strstr(err, c->why) != NULL);
+	if (rc == 0)
+		ck_assert_uint_eq(evbuffer_get_length(in), c->len); /* nothing taken */
+	if (rc == 1) {
+		ck_assert_uint_eq(evbuffer_get_length(in), c->len - c->used);
+		ck_assert(same_doc(doc, c->json));
+		cJSON_Delete(doc);
+		rc = frame_read(in, &doc, err, sizeof err);
+		ck_assert_int_eq(rc, c->next_rc);
+		if (rc == 1) {
+			ck_assert(same_doc(doc, c->next_json));
+			ck_assert_uint_eq(evbuffer_get_length(in), 0);
+			cJSON_Delete(doc);
+		}
+	}
+	evbuffer_free(in);
+}
+END_TEST
+
+struct trip_case {
+	const char *json;
+	size_t pad;   /* adds a string member "pad" of this many bytes */
+};
+
+static const struct trip_case trip_cases[] = {
+	{ "{}", 0 },
+	{ "{\"id\":1}", 0 },
+	{ "{\"id\":42,\"op\":\"rcpt\",\"args\":[1,2.5,{\"x\":null}],\"ok\":true}", 0 },
+	{ "{\"s\":\"caf\\u00e9 \\\"q\\\" \\\\ \\n\"}", 0 },
+	{ "{\"u\":\"\xc3\xa9\xe4\xbe\x8b\"}", 0 },
+	{ "{\"id\":7}", 300 },          /* length needs two bytes */
+	{ "{\"id\":8}", 70000 },        /* three */
+	{ "{\"id\":9}", 1u << 24 },     /* four */
+};
+
+START_TEST(test_frame_round_trip)
+{
+	const struct trip_case *c = &trip_cases[_i];
+	cJSON *doc = cJSON_Parse(c->json);
+	ck_assert_ptr_nonnull(doc);
+	if (c->pad) {
+		char *pad = malloc(c->pad + 1);
+		ck_assert_ptr_nonnull(pad);
+		memset(pad, 'x', c->pad);
+		pad[c->pad] = '\0';
+		cJSON_AddStringToObject(doc, "pad", pad);
+		free(pad);
+	}
+	char *text = cJSON_PrintUnformatted(doc);
+	size_t n = strlen(text);
+	free(text);
+
+	struct evbuffer *out = evbuffer_new();
+	ck_assert_int_eq(frame_encode(out, doc), 0);
+	ck_assert_uint_eq(evbuffer_get_length(out), 4 + n);
+	uint8_t hdr[4];
+	evbuffer_copyout(out, hdr, 4);
+	ck_assert_uint_eq((size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 | (size_t)hdr[2] << 8 | hdr[3], n);
+
+	/* back in, a byte at a time for small frames, in 4 KiB pieces for big
+	 * ones; nothing comes out before the last piece */
+	struct evbuffer *in = evbuffer_new();
+	size_t step = n > 100000 ? 4096 : 1;
+	cJSON *got = NULL;
+	char err[128] = "";
+	int rc = 0;
+	while (evbuffer_get_length(out) > 0) {
+		ck_assert_int_eq(rc, 0);
+		ck_assert_int_eq(evbuffer_remove_buffer(out, in, step) > 0, 1);
+		rc = frame_read(in, &got, err, sizeof err);
+	}
+	ck_assert_msg(rc == 1, "frame_read gave %d (%s)", rc, err);
+	ck_assert(cJSON_Compare(doc, got, 1));
+	ck_assert_uint_eq(evbuffer_get_length(in), 0);
+	cJSON_Delete(got);
+	cJSON_Delete(doc);
+	evbuffer_free(in);
+	evbuffer_free(out);
+}
+END_TEST
+
+enum fd_mode {
+	SEND,            /* frame_send_fd(doc), then raw bytes, then maybe close */
+	SEND_TO_CLOSED,  /* the reading end is closed first: frame_send_fd fails */
+};
+
+struct fd_case {
+	const char *name;
+	enum fd_mode mode;
+	const char *doc;        /* NULL: none */
+	const char *raw;        /* bytes written after it */
+	size_t rawlen;
+	bool close;             /* close the sending end afterwards */
+	int timeout_ms;
+	int rc;
+	const char *json;       /* rc 0 */
+	const char *why;        /* rc -1 */
+};
+
+#define NORAW NULL, 0
+
+static const struct fd_case fd_cases[] = {
+	{ "document", SEND, "{\"id\":1,\"op\":\"hello\"}", NORAW, false, 1000, 0,
+	  "{\"id\":1,\"op\":\"hello\"}", NULL },
+	{ "document, no timeout", SEND, "{\"id\":2}", NORAW, false, -1, 0, "{\"id\":2}", NULL },
+	{ "document, then close", SEND, "{\"id\":3}", NORAW, true, 1000, 0, "{\"id\":3}", NULL },
+	{ "document, then more", SEND, "{\"id\":4}", RAW("\0\0\0\x02" "{}"), false, 1000, 0,
+	  "{\"id\":4}", NULL },
+	{ "raw frame", SEND, NULL, RAW("\0\0\0\x07" "{\"a\":1}"), false, 1000, 0, "{\"a\":1}", NULL },
+	{ "nothing: timeout", SEND, NULL, NORAW, false, 100, -1, NULL, "timed out" },
+	{ "partial header: timeout", SEND, NULL, RAW("\0\0"), false, 100, -1, NULL, "timed out" },
+	{ "partial body: timeout", SEND, NULL, RAW("\0\0\0\x05" "{"), false, 100, -1, NULL,
+	  "timed out" },
+	{ "closed", SEND, NULL, NORAW, true, 1000, -1, NULL, "connection closed" },
+	{ "closed mid-header", SEND, NULL, RAW("\0\0"), true, 1000, -1, NULL, "connection closed" },
+	{ "closed mid-body", SEND, NULL, RAW("\0\0\0\x05" "{"), true, 1000, -1, NULL,
+	  "connection closed" },
+	{ "zero length", SEND, NULL, RAW("\0\0\0\0"), false, 1000, -1, NULL, "bad frame length" },
+	{ "oversize length", SEND, NULL, RAW("\xff\xff\xff\xff"), false, 1000, -1, NULL,
+	  "bad frame length" },
+	{ "not JSON", SEND, NULL, RAW("\0\0\0\x03" "abc"), false, 1000, -1, NULL, "not valid JSON" },
+	{ "not an object", SEND, NULL, RAW("\0\0\0\x03" "[1]"), false, 1000, -1, NULL,
+	  "not a JSON object" },
+	{ "send to a closed peer", SEND_TO_CLOSED, "{\"id\":5}", NORAW, false, 0, -1, NULL,
+	  "write" },
+};
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+START_TEST(test_frame_fd)
+{
+	const struct fd_case *c = &fd_cases[_i];
+	int sv[2];
+	char err[128] = "";
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+
+	if (c->mode == SEND_TO_CLOSED) {
+		close(sv[1]);
+		cJSON *doc = cJSON_Parse(c->doc);
+		int rc = frame_send_fd(sv[0], doc, err, sizeof err);
+		cJSON_Delete(doc);
+		close(sv[0]);
+		ck_assert_int_eq(rc, c->rc);
+		ck_assert_msg(strstr(err, c->why) != NULL, "%s: error \"%s\"", c->name, err);
+		return;
+	}
+
+	if (c->doc) {
+		cJSON *doc = cJSON_Parse(c->doc);
+		ck_assert_ptr_nonnull(doc);
+		ck_assert_int_eq(frame_send_fd(sv[0], doc, err, sizeof err), 0);
+		cJSON_Delete(doc);
+	}
+	if (c->raw)
+		ck_assert_int_eq(write(sv[0], c->raw, c->rawlen), (ssize_t)c->rawlen);
+	if (c->close)
+		close(sv[0]);
+
+	cJSON *got = (cJSON *)1;
+	long long start = now_ms();
+	int rc = frame_recv_fd(sv[1], &got, c->timeout_ms, err, sizeof err);
+	long long took = now_ms() - start;
+	ck_assert_msg(rc == c->rc, "%s: frame_recv_fd gave %d (%s)", c->name, rc, err);
+	if (rc == 0) {
+		ck_assert(same_doc(got, c->json));
+		cJSON_Delete(got);
+	} else {
+		ck_assert_ptr_null(got);
+		ck_assert_msg(strstr(err, c->why) != NULL, "%s: error \"%s\" lacks \"%s\"", c->name,
+			      err, c->why);
+	}
+	if (strcmp(c->why ? c->why : "", "timed out") == 0)
+		ck_assert_msg(took >= c->timeout_ms - 1 && took < c->timeout_ms + 2000,
+			      "%s: took %lld ms", c->name, took);
+	if (!c->close)
+		close(sv[0]);
+	close(sv[1]);
+}
+END_TEST
+
+static Suite *frame_suite(void)
+{
+	Suite *s = suite_create("lib_frame");
+	TCase *tc = tcase_create("tables");
+	tcase_set_timeout(tc, 30);
+	tcase_add_loop_test(tc, test_frame_decode, 0,
+			    (int)(sizeof decode_cases / sizeof decode_cases[0]));
+	tcase_add_loop_test(tc, test_frame_round_trip, 0,
+			    (int)(sizeof trip_cases / sizeof trip_cases[0]));
+	tcase_add_loop_test(tc, test_frame_fd, 0, (int)(sizeof fd_cases / sizeof fd_cases[0]));
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN); /* a write to a closed peer must fail, not kill */
+	SRunner *sr = srunner_create(frame_suite());
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
