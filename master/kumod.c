@@ -457,8 +457,8 @@ int main(int argc, char **argv)
 		M.workers[i].index = i;
 		child_spawn(&M, &M.workers[i]);
 	}
-	log_info("kumod %s: %d workers, %zu listener%s", KUMOD_VERSION, M.n_workers, M.n_listen,
-		 M.n_listen == 1 ? "" : "s");
+	log_info("kumod %s: %d worker%s, %zu listener%s", KUMOD_VERSION, M.n_workers,
+		 M.n_workers == 1 ? "" : "s", M.n_listen, M.n_listen == 1 ? "" : "s");
 
 	struct event *ev_term = evsignal_new(M.base, SIGTERM, on_stop, NULL);
 	struct event *ev_int = evsignal_new(M.base, SIGINT, on_stop, NULL);

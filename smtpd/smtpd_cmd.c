@@ -431,8 +431,10 @@ static void data_complete(struct session *s)
 	for (size_t b = 0; b < nb; b++) {
 		spool_id_new(t->ids[b]);
 		cJSON *m = message_meta(s, first, counts[b]);
-		t->meta_texts[b] = cJSON_PrintUnformatted(m);
+		char *text = cJSON_PrintUnformatted(m);
 		cJSON_Delete(m);
+		t->meta_texts[b] = xasprintf("%s\n", text); /* the trailer then has its own line */
+		free(text);
 		struct spool_item *it = &job->items[b];
 		memcpy(it->id, t->ids[b], sizeof it->id);
 		it->data = vec;
