@@ -23,7 +23,7 @@ static int mkdirs(const char *path)
 	for (char *p = tmp + 1; *p; p++) {
 		if (*p == '/') {
 			*p = '\0';
-			if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+			if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
 				return -1;
 			*p = '/';
 		}

@@ -193,7 +193,8 @@ static int make_config_fd(const cJSON *config)
 	return fd;
 }
 
-static void drop_privileges(const char *user, const char *data, const char *meta, const char *logdir)
+/* Resolves --user before any child starts: every child switches to it. */
+static void resolve_user(const char *user)
 {
 	struct passwd *pw = getpwnam(user);
 	if (!pw)
@@ -203,11 +204,27 @@ static void drop_privileges(const char *user, const char *data, const char *meta
 			startup_fail("--user %s needs kumod to be started as root", user);
 		return;
 	}
-	const char *dirs[] = { data, meta, logdir };
-	for (int i = 0; i < 3; i++)
-		if (dirs[i] && chown(dirs[i], pw->pw_uid, pw->pw_gid) != 0)
-			startup_fail("cannot give %s to %s: %s", dirs[i], user, strerror(errno));
-	if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0)
+	M.drop = true;
+	M.run_uid = pw->pw_uid;
+	M.run_gid = pw->pw_gid;
+}
+
+/* The master's own switch, once the listeners are bound. */
+static void drop_privileges(const char *user, const char *data, const char *meta, const char *logdir)
+{
+	if (!M.drop)
+		return;
+	const char *paths[] = { data, meta, logdir, M.control_path };
+	static const char *const subs[] = { "", "/new", "/quarantine", "/lock" };
+	for (int i = 0; i < 4; i++) {
+		for (int k = 0; k < (i < 2 ? 4 : 1) && paths[i]; k++) {
+			char p[4200];
+			snprintf(p, sizeof p, "%s%s", paths[i], subs[k]);
+			if (chown(p, M.run_uid, M.run_gid) != 0 && errno != ENOENT)
+				startup_fail("cannot give %s to %s: %s", p, user, strerror(errno));
+		}
+	}
+	if (setgroups(0, NULL) != 0 || setgid(M.run_gid) != 0 || setuid(M.run_uid) != 0)
 		startup_fail("cannot switch to user %s: %s", user, strerror(errno));
 }
 
@@ -370,6 +387,8 @@ int main(int argc, char **argv)
 		log_warn("--user root: every process runs as root; use a dedicated user in production");
 	M.policy = xstrdup(policy);
 	M.bindir = self_dir();
+	if (user)
+		resolve_user(user);
 	char sockname[108];
 	M.policy_listen_fd = policy_listen(sockname, sizeof sockname);
 	if (M.policy_listen_fd < 0)
@@ -441,8 +460,16 @@ int main(int argc, char **argv)
 	log_info("spool: recovered %zu message%s (%zu quarantined, %zu temporary files removed)", st.found,
 		 st.found == 1 ? "" : "s", st.quarantined, st.swept);
 
-	if (user)
+	if (user) {
 		drop_privileges(user, data, meta, lr.dir);
+		/* the workers will open the spool as this user: prove they can */
+		struct spool probe;
+		if (spool_open(&probe, data, meta, err, sizeof err) != 0)
+			startup_fail("as user %s: %s", user, err);
+		spool_close(&probe);
+		if (lr.dir && access(lr.dir, W_OK | X_OK) != 0)
+			startup_fail("as user %s: log directory %s is not writable: %s", user, lr.dir, strerror(errno));
+	}
 	logrec_close(&lr);
 
 	M.config_fd = make_config_fd(config);

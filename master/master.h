@@ -37,6 +37,9 @@ struct master {
 	const char *log_level;
 	struct event *stop_timer;
 	cJSON *listen_names;    /* owned: array of "ip:port" */
+	bool drop;              /* started as root with --user: children switch */
+	uid_t run_uid;
+	gid_t run_gid;
 	struct evconnlistener *control;
 	char *control_path;     /* owned */
 };

@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +68,11 @@ void child_spawn(struct master *m, struct child *c)
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		signal(SIGPIPE, SIG_DFL);
 		signal(SIGHUP, SIG_DFL);
+		if (m->drop && getuid() == 0 && (setgroups(0, NULL) != 0 || setgid(m->run_gid) != 0 || setuid(m->run_uid) != 0)) {
+			fprintf(stderr, "kumod: cannot switch %s to uid %d: %s\n", child_name(c), (int)m->run_uid,
+				strerror(errno));
+			_exit(127);
+		}
 		if (c->kind == CHILD_POLICYD) {
 			int src[1] = { m->policy_listen_fd }, dst[1] = { FD_POLICY_LISTEN };
 			place_fds(src, dst, 1);

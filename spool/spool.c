@@ -29,7 +29,8 @@ static int mkdir_p(const char *path, mode_t mode)
 		if (*p != '/')
 			continue;
 		*p = '\0';
-		if (mkdir(tmp, mode) != 0 && errno != EEXIST)
+		/* parents are searchable (0755); only the spool itself is private */
+		if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
 			return -1;
 		*p = '/';
 	}
