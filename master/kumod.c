@@ -9,6 +9,8 @@
 #include "lib/ipc.h"
 #include "lib/log.h"
 #include "lib/logrec.h"
+#include "lib/params.h"
+#include "lib/tls.h"
 #include "lib/xalloc.h"
 #include "spool/spool.h"
 
@@ -170,6 +172,49 @@ static void scan_warn(void *arg, const char *id, const char *why)
 {
 	(void)arg;
 	log_warn("spool: message %s quarantined: %s", id, why);
+}
+
+/* Checks the TLS files each listener names and makes a self-signed
+ * certificate for the others, once, for all the workers. */
+static void prepare_tls(cJSON *config)
+{
+	const cJSON *listeners = cJSON_GetObjectItemCaseSensitive(config, "listeners");
+	cJSON *made = cJSON_CreateArray();
+	const cJSON *l;
+	char err[600];
+	cJSON_ArrayForEach(l, listeners) {
+		struct listener_params p;
+		params_defaults(&p, NULL);
+		if (params_apply(&p, l, PARAMS_TOP, NULL, NULL, err, sizeof err) != 0)
+			startup_fail("listener: %s", err);
+		const cJSON *c = p.tls_certificate, *k = p.tls_private_key;
+		cJSON *entry = cJSON_CreateObject();
+		if (c || k) {
+			if (!c || !k)
+				startup_fail("listener %s: tls_certificate and tls_private_key must be given together", p.listen);
+			const cJSON *cd = cJSON_GetObjectItemCaseSensitive(c, "key_data");
+			const cJSON *kd = cJSON_GetObjectItemCaseSensitive(k, "key_data");
+			if ((cJSON_IsObject(c) && !cd) || (cJSON_IsObject(k) && !kd))
+				startup_fail("listener %s: HashiCorp Vault key sources are not supported by this version", p.listen);
+			SSL_CTX *ctx = tls_server_ctx(cJSON_IsString(c) ? c->valuestring : NULL,
+						      cJSON_IsString(k) ? k->valuestring : NULL,
+						      cd ? cd->valuestring : NULL, kd ? kd->valuestring : NULL, err, sizeof err);
+			if (!ctx)
+				startup_fail("listener %s: %s", p.listen, err);
+			SSL_CTX_free(ctx);
+		} else {
+			char *cert, *key;
+			if (tls_self_signed(p.hostname, &cert, &key, err, sizeof err) != 0)
+				startup_fail("listener %s: self-signed certificate: %s", p.listen, err);
+			cJSON_AddStringToObject(entry, "cert", cert);
+			cJSON_AddStringToObject(entry, "key", key);
+			free(cert);
+			free(key);
+		}
+		cJSON_AddItemToArray(made, entry);
+		params_free(&p);
+	}
+	cJSON_AddItemToObject(config, "tls_self_signed", made);
 }
 
 static int make_config_fd(const cJSON *config)
@@ -412,6 +457,12 @@ int main(int argc, char **argv)
 	if (validate) {
 		printf("policy %s: OK\n", policy);
 		kill_children_now();
+		cJSON_Delete(config);
+		free(M.policy);
+		free(M.bindir);
+		free(M.policy_sock);
+		event_free(ev_chld);
+		event_base_free(M.base);
 		return 0;
 	}
 	const cJSON *sps = cJSON_GetObjectItemCaseSensitive(config, "spools");
@@ -472,6 +523,7 @@ int main(int argc, char **argv)
 	}
 	logrec_close(&lr);
 
+	prepare_tls(config);
 	M.config_fd = make_config_fd(config);
 	cJSON_Delete(config);
 	if (daemon_mode)

@@ -130,6 +130,7 @@ int main(int argc, char **argv)
 		evconnlistener_set_error_cb(l->evl, on_accept_error);
 		i++;
 	}
+	tls_setup(cJSON_GetObjectItemCaseSensitive(conf, "tls_self_signed"));
 	cJSON_Delete(conf);
 
 	smtpd->sigterm_ev = evsignal_new(smtpd->base, SIGTERM, on_signal, NULL);
@@ -154,6 +155,7 @@ int main(int argc, char **argv)
 		cJSON_Delete(smtpd->listeners[i].table);
 		params_free(&smtpd->listeners[i].base);
 	}
+	tls_teardown();
 	free(smtpd->listeners);
 	policy_client_free(smtpd->policy);
 	logrec_close(&smtpd->logs);

@@ -116,6 +116,7 @@ struct listener {
 	struct listener_params base;  /* the table applied over defaults (no peer/via) */
 	struct evconnlistener *evl;
 	size_t sessions;              /* this worker's sessions on it */
+	struct ssl_ctx_st *self_signed; /* owned: context with kumod's self-signed cert */
 	char listen_str[64];
 };
 
@@ -180,6 +181,7 @@ struct session {
 	bool spool_pending;            /* a job is at the writer */
 	bool discarding_line;          /* skipping an over-long command line */
 	bool pumping;                  /* inside session_resume's loop */
+	bool tls;                      /* STARTTLS done (or under way) */
 	/* current command, for rewrite_response and Rejection records */
 	char *cur_cmd;                 /* owned */
 	/* a reply waiting for smtp_server_rewrite_response */
@@ -203,6 +205,14 @@ int session_event_result(struct session *s, const cJSON *reply, const char *erro
 			 const char *event, bool reject_ends_session);
 void session_technical_difficulties(struct session *s, const char *why);
 void smtpd_drain_sessions(void);
+
+void session_set_callbacks(struct session *s);
+
+/* smtpd_tls.c */
+void tls_setup(const cJSON *self_signed);
+void tls_teardown(void);
+bool tls_available(struct session *s);
+void run_starttls(struct session *s, struct smtp_cmd *cmd);
 
 /* smtpd_cmd.c */
 void cmd_dispatch(struct session *s, const char *line, size_t len);

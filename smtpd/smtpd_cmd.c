@@ -153,6 +153,8 @@ static cJSON *default_extensions(struct session *s)
 	char size[48];
 	snprintf(size, sizeof size, "SIZE %zu", s->p.max_message_size);
 	cJSON_AddItemToArray(ext, cJSON_CreateString(size));
+	if (tls_available(s))
+		cJSON_AddItemToArray(ext, cJSON_CreateString("STARTTLS"));
 	return ext;
 }
 
@@ -575,8 +577,12 @@ static void run_auth(struct session *s, struct smtp_cmd *cmd)
 		replyf(s, 504, "5.5.4 AUTH %.*s not supported", (int)(n > 64 ? 64 : n), cmd->arg);
 		return;
 	}
-	/* no TLS in this build of the session yet: AUTH needs an encrypted channel */
-	reply_ok(s, 524, "5.7.11 AUTH PLAIN requires an encrypted channel");
+	if (!s->tls) {
+		reply_ok(s, 524, "5.7.11 AUTH PLAIN requires an encrypted channel");
+		return;
+	}
+	/* smtp_server_auth_plain is not consulted yet: no credentials are valid */
+	reply_ok(s, 535, "5.7.8 AUTH invalid");
 }
 
 static void run_xclient(struct session *s, struct smtp_cmd *cmd)
@@ -600,7 +606,7 @@ static const struct verb_row verb_table[V__COUNT] = {
 	[V_RSET] = { V_RSET, run_rset },
 	[V_NOOP] = { V_NOOP, run_noop },
 	[V_QUIT] = { V_QUIT, run_quit },
-	[V_STARTTLS] = { V_STARTTLS, run_unimplemented },
+	[V_STARTTLS] = { V_STARTTLS, run_starttls },
 	[V_AUTH] = { V_AUTH, run_auth },
 	[V_XCLIENT] = { V_XCLIENT, run_xclient },
 	[V_UNIMPLEMENTED] = { V_UNIMPLEMENTED, run_unimplemented },

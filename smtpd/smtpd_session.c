@@ -283,6 +283,11 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		session_close(s);
 }
 
+void session_set_callbacks(struct session *s)
+{
+	bufferevent_setcb(s->bev, on_read, NULL, on_event, s);
+}
+
 /* ---------------------------------------------------------------- lifecycle */
 
 void session_free(struct session *s)
@@ -366,7 +371,7 @@ void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
 	l->sessions++;
 
 	s->bev = bufferevent_socket_new(smtpd->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	bufferevent_setcb(s->bev, on_read, NULL, on_event, s);
+	session_set_callbacks(s);
 
 	char err[300];
 	params_defaults(&s->p, l->base.hostname);
