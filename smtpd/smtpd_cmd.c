@@ -267,32 +267,115 @@ static void rcpt_done(void *arg, const cJSON *reply, const char *error)
 	free(c);
 }
 
+/* Relay allowed: recipient limit, then smtp_server_rcpt_to. */
+static void rcpt_relay_ok(struct session *s, struct addr_ctx *c)
+{
+	if (s->txn->n_rcpts >= s->p.max_recipients_per_message) {
+		reply_ok(s, 452, "4.5.3 too many recipients");
+	} else if (!policy_has(smtpd->policy, "smtp_server_rcpt_to")) {
+		rcpt_accept(s, &c->addr);
+	} else {
+		cJSON *args = cJSON_CreateArray();
+		cJSON_AddItemToArray(args, addr_arg(&c->addr));
+		s->policy_req = policy_call(smtpd->policy, "smtp_server_rcpt_to", args, 1, s->meta,
+					    s->p.data_processing_timeout, rcpt_done, c);
+		return;
+	}
+	addr_free(&c->addr);
+	free(c);
+}
+
+static void rcpt_refuse(struct session *s, struct addr_ctx *c)
+{
+	replyf(s, 550, "5.7.1 relaying not permitted for %s", s->peer_str);
+	addr_free(&c->addr);
+	free(c);
+}
+
+/* get_listener_domain for the recipient domain (stage 0: relay_to) and
+ * then for the sender domain (stage 1: relay_from holds the peer). */
+struct domain_ctx {
+	struct addr_ctx *c;
+	int stage;
+};
+
+static void ask_listener_domain(struct session *s, struct domain_ctx *d);
+
+static void listener_domain_done(void *arg, const cJSON *reply, const char *error)
+{
+	struct domain_ctx *d = arg;
+	struct addr_ctx *c = d->c;
+	struct session *s = c->s;
+	if (!session_event_result(s, reply, error, "get_listener_domain", false)) {
+		addr_free(&c->addr);
+		free(c);
+		free(d);
+		return;
+	}
+	const cJSON *ret = cJSON_GetObjectItemCaseSensitive(reply, "ret");
+	bool allowed = false;
+	if (ret && !cJSON_IsNull(ret) && !cJSON_IsObject(ret)) {
+		session_technical_difficulties(s, "get_listener_domain: expected a listener domain or nil");
+		addr_free(&c->addr);
+		free(c);
+		free(d);
+		return;
+	}
+	if (d->stage == 0) {
+		allowed = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ret, "relay_to"));
+	} else {
+		const cJSON *from = cJSON_GetObjectItemCaseSensitive(ret, "relay_from"), *e;
+		cJSON_ArrayForEach(e, from) {
+			struct cidr block;
+			char why[100];
+			if (cJSON_IsString(e) && cidr_parse(e->valuestring, &block, why, sizeof why) == 0 &&
+			    cidr_contains(&block, &s->peer_ip))
+				allowed = true;
+		}
+	}
+	if (allowed) {
+		free(d);
+		rcpt_relay_ok(s, c);
+		return;
+	}
+	if (d->stage == 0 && s->txn && s->txn->sender.domain && s->txn->sender.domain[0]) {
+		d->stage = 1;
+		ask_listener_domain(s, d);
+		return;
+	}
+	free(d);
+	rcpt_refuse(s, c);
+}
+
+static void ask_listener_domain(struct session *s, struct domain_ctx *d)
+{
+	const char *domain = d->stage == 0 ? d->c->addr.domain : s->txn->sender.domain;
+	cJSON *args = cJSON_CreateArray();
+	cJSON_AddItemToArray(args, cJSON_CreateString(domain ? domain : ""));
+	cJSON_AddItemToArray(args, cJSON_CreateString(s->local_str));
+	s->policy_req = policy_call(smtpd->policy, "get_listener_domain", args, 2, s->meta,
+				    s->p.data_processing_timeout, listener_domain_done, d);
+}
+
 static void run_rcpt(struct session *s, struct smtp_cmd *cmd)
 {
 	if (!s->txn) {
 		reply_ok(s, 503, "5.5.0 MAIL FROM must be issued first");
 		return;
 	}
-	if (!params_relay_allowed(&s->p, &s->peer_ip)) {
-		replyf(s, 550, "5.7.1 relaying not permitted for %s", s->peer_str);
-		return;
-	}
-	if (s->txn->n_rcpts >= s->p.max_recipients_per_message) {
-		reply_ok(s, 452, "4.5.3 too many recipients");
-		return;
-	}
-	if (!policy_has(smtpd->policy, "smtp_server_rcpt_to")) {
-		rcpt_accept(s, &cmd->addr);
-		return;
-	}
 	struct addr_ctx *c = xcalloc(1, sizeof *c);
 	c->s = s;
 	c->addr = cmd->addr;
 	memset(&cmd->addr, 0, sizeof cmd->addr);
-	cJSON *args = cJSON_CreateArray();
-	cJSON_AddItemToArray(args, addr_arg(&c->addr));
-	s->policy_req = policy_call(smtpd->policy, "smtp_server_rcpt_to", args, 1, s->meta,
-				    s->p.data_processing_timeout, rcpt_done, c);
+	if (params_relay_allowed(&s->p, &s->peer_ip)) {
+		rcpt_relay_ok(s, c);
+	} else if (policy_has(smtpd->policy, "get_listener_domain")) {
+		struct domain_ctx *d = xcalloc(1, sizeof *d);
+		d->c = c;
+		ask_listener_domain(s, d);
+	} else {
+		rcpt_refuse(s, c);
+	}
 }
 
 /* ---------------------------------------------------------------- DATA */

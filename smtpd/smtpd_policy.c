@@ -249,6 +249,12 @@ uint64_t policy_call(struct policy_client *pc, const char *event, cJSON *args, i
 	*bucket(pc, p->id) = p;
 
 	if (!pc->bev) {
+		/* reconnect now: kumod holds the listening socket, so the call
+		 * waits (up to its deadline) for a restarting policyd */
+		evtimer_del(pc->reconnect_ev);
+		pc_connect(pc);
+	}
+	if (!pc->bev) {
 		cJSON_Delete(args);
 		pending_finish(p, NULL, "policyd is not available");
 		return p->id;

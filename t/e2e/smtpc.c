@@ -2,15 +2,21 @@
  * Test SMTP client (see smtpc.h): blocking socket, poll()-bounded reads,
  * one reply at a time, a transcript for failure messages.  Failures go
  * through harness_fail() at the caller's file and line.
+ *
+ * After STARTTLS the socket is non-blocking and owned by OpenSSL: sends and
+ * reads go through SSL_write/SSL_read in poll() loops with the same
+ * deadlines as the plain path, which is otherwise untouched.
  */
 #include "harness.h"
 #include "smtpc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +24,10 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #define SMTPC_MAX_LINE 65536
 
@@ -191,10 +201,33 @@ struct smtpc *smtpc_connect_at(const char *file, int line, const struct harness_
     return c;
 }
 
+struct smtpc *smtpc_attach(const struct harness_env *env, int fd)
+{
+    struct timeval tv = { SMTPC_TIMEOUT_MS / 1000, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct smtpc *c = xrealloc(NULL, sizeof *c);
+    memset(c, 0, sizeof *c);
+    c->fd = fd;
+    c->env = env;
+    snprintf(c->local_ip, sizeof c->local_ip, "fd %d", fd);
+    return c;
+}
+
+static void tls_drop(struct smtpc *c)
+{
+    SSL_free(c->ssl);
+    SSL_CTX_free(c->ssl_ctx);
+    c->ssl = NULL;
+    c->ssl_ctx = NULL;
+}
+
 void smtpc_close(struct smtpc *c)
 {
     if (!c)
         return;
+    if (c->ssl && !c->eof)
+        SSL_shutdown(c->ssl); /* one try at a close_notify; the socket is non-blocking */
+    tls_drop(c);
     if (c->fd >= 0)
         close(c->fd);
     free(c->rbuf);
@@ -204,9 +237,86 @@ void smtpc_close(struct smtpc *c)
 
 /* ---- sending ------------------------------------------------------------ */
 
+/* OpenSSL's queued errors as one line ("" if none); clears the queue. */
+static void ssl_errors(char *buf, size_t len)
+{
+    size_t used = 0;
+    unsigned long e;
+    buf[0] = 0;
+    while ((e = ERR_get_error()) != 0) {
+        char one[256];
+        ERR_error_string_n(e, one, sizeof one);
+        int n = snprintf(buf + used, len - used, "%s%s", used ? "; " : "", one);
+        if (n < 0 || (size_t)n >= len - used)
+            break;
+        used += (size_t)n;
+    }
+    ERR_clear_error();
+}
+
+static void log_tls_error(struct smtpc *c, const char *what, int ssl_err)
+{
+    char errs[600], line[800];
+    ssl_errors(errs, sizeof errs);
+    int n = snprintf(line, sizeof line, "-- TLS %s failed (SSL_get_error %d, errno %d%s%s) --\n",
+                     what, ssl_err, errno, errs[0] ? ": " : "", errs);
+    if (n > 0)
+        log_raw(c, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+}
+
+/* Waits for the socket as OpenSSL asked (SSL_ERROR_WANT_READ/WRITE).
+ * 1 = ready, SMTPC_TIMEOUT, SMTPC_ERR. */
+static int tls_wait(struct smtpc *c, int ssl_err, long deadline)
+{
+    for (;;) {
+        long left = deadline - now_ms();
+        if (left < 0)
+            left = 0;
+        struct pollfd pfd = { c->fd, ssl_err == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN, 0 };
+        int r = poll(&pfd, 1, (int)left);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r == 0)
+            return SMTPC_TIMEOUT;
+        return r < 0 ? SMTPC_ERR : 1;
+    }
+}
+
+static int tls_send(struct smtpc *c, const char *p, size_t len)
+{
+    long deadline = now_ms() + SMTPC_TIMEOUT_MS;
+    size_t off = 0;
+    while (off < len) {
+        size_t chunk = len - off > 1 << 30 ? 1 << 30 : len - off;
+        ERR_clear_error();
+        errno = 0;
+        int n = SSL_write(c->ssl, p + off, (int)chunk);
+        if (n > 0) {
+            off += (size_t)n;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            int w = tls_wait(c, e, deadline);
+            if (w == SMTPC_TIMEOUT)
+                errno = EAGAIN;
+            if (w != 1)
+                return -1;
+            continue;
+        }
+        int saved = errno;
+        log_tls_error(c, "write", e);
+        errno = e == SSL_ERROR_SYSCALL && saved ? saved : EPROTO;
+        return -1;
+    }
+    return 0;
+}
+
 int smtpc_try_send(struct smtpc *c, const void *data, size_t len)
 {
     log_send(c, data, len);
+    if (c->ssl)
+        return tls_send(c, data, len);
     const char *p = data;
     size_t off = 0;
     while (off < len) {
@@ -260,12 +370,62 @@ void smtpc_cmd_at(const char *file, int line, struct smtpc *c, const char *fmt, 
 
 /* ---- receiving ---------------------------------------------------------- */
 
+static void grow_rbuf(struct smtpc *c)
+{
+    if (c->rlen + 4096 > c->rcap) {
+        c->rcap = (c->rlen + 4096) * 2;
+        c->rbuf = xrealloc(c->rbuf, c->rcap);
+    }
+}
+
+/* fill() over TLS.  Records that carry no data (TLS 1.3 session tickets)
+ * just mean waiting on. */
+static int tls_fill(struct smtpc *c, long deadline)
+{
+    for (;;) {
+        grow_rbuf(c);
+        size_t room = c->rcap - c->rlen - 1;
+        ERR_clear_error();
+        errno = 0;
+        int n = SSL_read(c->ssl, c->rbuf + c->rlen, room > 1 << 30 ? 1 << 30 : (int)room);
+        if (n > 0) {
+            c->rlen += (size_t)n;
+            c->rbuf[c->rlen] = 0;
+            return 1;
+        }
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            int w = tls_wait(c, e, deadline);
+            if (w != 1)
+                return w;
+            continue;
+        }
+        if (e == SSL_ERROR_ZERO_RETURN) {
+            /* close_notify, or (SSL_OP_IGNORE_UNEXPECTED_EOF) a bare TCP close */
+            c->eof = 1;
+            log_raw(c, "S: <EOF>\n", 9);
+            return 0;
+        }
+        if (e == SSL_ERROR_SYSCALL && (errno == ECONNRESET || errno == EPIPE || errno == 0)) {
+            c->eof = 1;
+            log_raw(c, "S: <connection reset>\n", 22);
+            ERR_clear_error();
+            return 0;
+        }
+        log_tls_error(c, "read", e);
+        errno = EPROTO;
+        return SMTPC_ERR;
+    }
+}
+
 /* Reads more bytes into rbuf, waiting up to deadline.  1 = got some, 0 = EOF,
  * SMTPC_TIMEOUT, SMTPC_ERR. */
 static int fill(struct smtpc *c, long deadline)
 {
     if (c->eof)
         return 0;
+    if (c->ssl)
+        return tls_fill(c, deadline);
     for (;;) {
         long left = deadline - now_ms();
         if (left < 0)
@@ -565,4 +725,143 @@ void smtpc_transaction_at(const char *file, int line, struct smtpc *c, const cha
     smtpc_send_at(file, line, c, body, strlen(body));
     smtpc_send_at(file, line, c, ".\r\n", 3);
     smtpc_expect_ids_at(file, line, c, n, ids);
+}
+
+/* ---- STARTTLS ----------------------------------------------------------- */
+
+int smtpc_tls_handshake(struct smtpc *c, const struct smtpc_tls_opts *opts, int timeout_ms,
+                        char *err, size_t errlen, int *lib_refused)
+{
+    if (lib_refused)
+        *lib_refused = 0;
+    if (c->ssl) {
+        snprintf(err, errlen, "TLS is already active on this connection");
+        return -1;
+    }
+    /* OpenSSL writes with write(): a server that has closed must give the
+     * test an error, not a SIGPIPE. */
+    signal(SIGPIPE, SIG_IGN);
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        char errs[400];
+        ssl_errors(errs, sizeof errs);
+        snprintf(err, errlen, "SSL_CTX_new: %s", errs);
+        return -1;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    const char *bad = NULL;
+    if (opts && opts->security_level_0)
+        SSL_CTX_set_security_level(ctx, 0);
+    if (opts && opts->min_version && SSL_CTX_set_min_proto_version(ctx, opts->min_version) != 1)
+        bad = "SSL_CTX_set_min_proto_version";
+    if (opts && opts->max_version && SSL_CTX_set_max_proto_version(ctx, opts->max_version) != 1)
+        bad = "SSL_CTX_set_max_proto_version";
+    if (opts && opts->cipher_list && SSL_CTX_set_cipher_list(ctx, opts->cipher_list) != 1)
+        bad = "SSL_CTX_set_cipher_list";
+    SSL *ssl = bad ? NULL : SSL_new(ctx);
+    if (!ssl || SSL_set_fd(ssl, c->fd) != 1) {
+        char errs[400];
+        ssl_errors(errs, sizeof errs);
+        snprintf(err, errlen, "%s: %s", bad ? bad : "SSL_new/SSL_set_fd", errs);
+        if (lib_refused)
+            *lib_refused = 1;
+        SSL_free(ssl);
+        SSL_CTX_free(ctx);
+        return -1;
+    }
+    SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    c->ssl = ssl;
+    c->ssl_ctx = ctx;
+    int fl = fcntl(c->fd, F_GETFL);
+    fcntl(c->fd, F_SETFL, fl | O_NONBLOCK);
+    log_raw(c, "-- TLS handshake --\n", 20);
+
+    long deadline = now_ms() + timeout_ms;
+    for (;;) {
+        ERR_clear_error();
+        errno = 0;
+        int r = SSL_connect(ssl);
+        if (r == 1)
+            break;
+        int e = SSL_get_error(ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            int w = tls_wait(c, e, deadline);
+            if (w == 1)
+                continue;
+            snprintf(err, errlen, "%s", w == SMTPC_TIMEOUT ? "no handshake within the timeout"
+                     : strerror(errno));
+        } else {
+            int saved = errno;
+            char errs[600];
+            ssl_errors(errs, sizeof errs);
+            if (errs[0])
+                snprintf(err, errlen, "%s", errs);
+            else if (e == SSL_ERROR_SYSCALL)
+                snprintf(err, errlen, "connection closed or reset during the handshake%s%s",
+                         saved ? ": " : "", saved ? strerror(saved) : "");
+            else
+                snprintf(err, errlen, "SSL_connect: SSL_get_error %d", e);
+        }
+        /* nothing written: OpenSSL refused before sending a ClientHello */
+        if (lib_refused)
+            *lib_refused = BIO_number_written(SSL_get_wbio(ssl)) == 0;
+        char line[800];
+        int n = snprintf(line, sizeof line, "-- TLS handshake failed: %s --\n", err);
+        if (n > 0)
+            log_raw(c, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+        /* back to the bare socket: the caller can see whether the server
+         * closes it */
+        tls_drop(c);
+        fcntl(c->fd, F_SETFL, fl);
+        return -1;
+    }
+
+    snprintf(c->tls_version, sizeof c->tls_version, "%s", SSL_get_version(ssl));
+    const char *cipher = SSL_get_cipher_name(ssl);
+    snprintf(c->tls_cipher, sizeof c->tls_cipher, "%s", cipher ? cipher : "");
+    c->tls_peer_cn[0] = 0;
+    X509 *x = SSL_get1_peer_certificate(ssl);
+    if (x) {
+        if (X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName,
+                                      c->tls_peer_cn, (int)sizeof c->tls_peer_cn) < 0)
+            c->tls_peer_cn[0] = 0;
+        X509_free(x);
+    }
+    char line[500];
+    int n = snprintf(line, sizeof line, "-- TLS up: %s %s, server certificate CN \"%s\" --\n",
+                     c->tls_version, c->tls_cipher, c->tls_peer_cn);
+    if (n > 0)
+        log_raw(c, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+    return 0;
+}
+
+void smtpc_starttls_at(const char *file, int line, struct smtpc *c,
+                       const struct smtpc_tls_opts *opts)
+{
+    smtpc_cmd_at(file, line, c, "STARTTLS");
+    char *got = NULL;
+    int code = smtpc_read_reply(c, &got, SMTPC_TIMEOUT_MS);
+    if (code != 220) {
+        char *g = describe_got(code, got, SMTPC_TIMEOUT_MS);
+        char *what = NULL;
+        if (asprintf(&what, "STARTTLS: expected a 220 reply, got:\n    %s", g) < 0)
+            abort();
+        fail_with(file, line, c, what);
+    }
+    free(got);
+    if (c->rlen) {
+        char *what = NULL;
+        if (asprintf(&what, "STARTTLS: the server sent %zu plaintext byte(s) after its 220: %.*s",
+                     c->rlen, (int)(c->rlen > 300 ? 300 : c->rlen), c->rbuf) < 0)
+            abort();
+        fail_with(file, line, c, what);
+    }
+    char err[700];
+    if (smtpc_tls_handshake(c, opts, SMTPC_TIMEOUT_MS, err, sizeof err, NULL) != 0) {
+        char what[800];
+        snprintf(what, sizeof what, "STARTTLS: TLS handshake failed: %s", err);
+        fail_with(file, line, c, what);
+    }
 }

@@ -4,6 +4,10 @@
  * detection, and a transcript of everything sent and received that failure
  * messages quote.  The expect macros fail the Check test at the caller's
  * line with expected vs got.
+ *
+ * smtpc_starttls() switches a session to TLS (OpenSSL, no certificate
+ * verification); from then on every send and read goes over TLS and the
+ * plain socket is not touched directly.
  */
 #ifndef SMTPC_H
 #define SMTPC_H
@@ -13,6 +17,8 @@
 #define SMTPC_TIMEOUT_MS 20000     /* default wait for a reply */
 
 struct harness_env;
+struct ssl_st;
+struct ssl_ctx_st;
 
 struct smtpc {
     int fd;
@@ -24,6 +30,20 @@ struct smtpc {
     size_t loglen, logcap;
     const struct harness_env *env; /* for kumod's output in failures; may be NULL */
     int eof;                      /* peer closed */
+    struct ssl_st *ssl;           /* owned: non-NULL once TLS is up (or being set up) */
+    struct ssl_ctx_st *ssl_ctx;   /* owned */
+    char tls_version[32];         /* after the handshake: "TLSv1.3" (OpenSSL's name) */
+    char tls_cipher[96];          /* "TLS_AES_256_GCM_SHA384" */
+    char tls_peer_cn[256];        /* subject CN of the server's certificate, or "" */
+};
+
+/* Client settings for the TLS handshake; NULL or all zero = OpenSSL's defaults. */
+struct smtpc_tls_opts {
+    int min_version;              /* e.g. TLS1_VERSION; 0 = default */
+    int max_version;              /* e.g. TLS1_1_VERSION; 0 = default */
+    int security_level_0;         /* 1: SSL_CTX_set_security_level 0 (lets TLS 1.0/1.1 and
+                                   * SHA-1 through on builds that refuse them by default) */
+    const char *cipher_list;      /* SSL_CTX_set_cipher_list (TLS <= 1.2); NULL = default */
 };
 
 /* Reply codes returned instead of a status when there is no reply. */
@@ -42,6 +62,9 @@ struct smtpc *smtpc_connect_at(const char *file, int line, const struct harness_
                                int port, const char *src_ip);
 /* Same without failing: NULL and errno on failure. */
 struct smtpc *smtpc_try_connect(const struct harness_env *env, int port, const char *src_ip);
+/* Wraps an already connected stream socket (e.g. one end of a socketpair
+ * whose other end is a child's stdin and stdout).  Takes ownership of fd. */
+struct smtpc *smtpc_attach(const struct harness_env *env, int fd);
 void smtpc_close(struct smtpc *c);
 
 /* Raw bytes, exactly as given.  Fails the test if the write fails. */
@@ -106,6 +129,28 @@ void smtpc_expect_ids_at(const char *file, int line, struct smtpc *c, int n, cha
     smtpc_transaction_at(__FILE__, __LINE__, c, from, rcpts, body, ids)
 void smtpc_transaction_at(const char *file, int line, struct smtpc *c, const char *from,
                           const char *const rcpts[], const char *body, char ids[][33]);
+
+/*
+ * STARTTLS: sends "STARTTLS", expects "220 ..." and then a TLS handshake
+ * (TLS_client_method, no verification).  Fails the test on another reply,
+ * on bytes the server sent after the 220 in plaintext, or when the
+ * handshake fails (with OpenSSL's reason).  Afterwards c->tls_version,
+ * c->tls_cipher and c->tls_peer_cn describe the session.
+ */
+#define smtpc_starttls(c) smtpc_starttls_at(__FILE__, __LINE__, c, NULL)
+#define smtpc_starttls_opts(c, opts) smtpc_starttls_at(__FILE__, __LINE__, c, opts)
+void smtpc_starttls_at(const char *file, int line, struct smtpc *c,
+                       const struct smtpc_tls_opts *opts);
+/*
+ * Just the client handshake on the connection as it stands (STARTTLS sent
+ * and its 220 read by the caller), waiting up to timeout_ms.  Returns 0, or
+ * -1 with the reason in err; never fails the test.  On failure c->ssl stays
+ * set (so *lib_refused can tell whether OpenSSL refused to even send a
+ * ClientHello, e.g. no protocol version left; may be NULL) and the session
+ * is only good for smtpc_expect_eof / smtpc_close.
+ */
+int smtpc_tls_handshake(struct smtpc *c, const struct smtpc_tls_opts *opts, int timeout_ms,
+                        char *err, size_t errlen, int *lib_refused);
 
 /* The transcript so far, with non-printable bytes escaped (static-free,
  * caller frees); at most the last max bytes. */

@@ -1,0 +1,278 @@
+/*
+ * End-to-end policy events against a real bin/kumod: each test writes a
+ * KumoMTA policy (the harness's init plus handlers), starts kumod and plays
+ * a transcript.  Covers smtp_server_get_dynamic_parameters,
+ * connection_accepted, ehlo, mail_from, rcpt_to, rewrite_response,
+ * get_listener_domain, kumo.reject/kumo.disconnect modes, connection meta,
+ * Lua errors, and policyd dying (4xx, never 250).
+ */
+#include "expect.h"
+#include "harness.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define BANNER "220 " HARNESS_HOSTNAME " KumoMTA"
+#define TROUBLE "421 4.3.0 " HARNESS_HOSTNAME " technical difficulties"
+
+static struct harness_env *start_with(const char *handlers, const char *extra)
+{
+	struct harness_env *env = harness_env_new();
+	char *tmpl = NULL;
+	if (asprintf(&tmpl, "%s%s", HARNESS_POLICY_TEMPLATE, handlers) < 0)
+		abort();
+	harness_write_policy(env, tmpl, extra);
+	free(tmpl);
+	harness_start(env);
+	return env;
+}
+
+static void finish(struct harness_env *env, struct smtpc *c)
+{
+	if (c)
+		smtpc_close(c);
+	harness_stop(env, NULL);
+	harness_env_free(env);
+}
+
+START_TEST(test_dynamic_parameters_and_accepted)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('smtp_server_get_dynamic_parameters', function(listener, conn_meta)\n"
+		"  return { banner = 'dyn ' .. listener, meta = { x_dyn = 'yes' } }\n"
+		"end)\n"
+		"kumo.on('smtp_server_connection_accepted', function(conn_meta)\n"
+		"  conn_meta:set_meta('x_from', conn_meta:get_meta('received_from'))\n"
+		"  conn_meta:set_meta('x_list', { 1, 'two', true })\n"
+		"end)\n", NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	char want[128];
+	snprintf(want, sizeof want, "220 %s dyn 127.0.0.1:%d", HARNESS_HOSTNAME, env->port);
+	smtpc_expect(c, want);
+	static const char *const rcpts[] = { "b@example.net", NULL };
+	char ids[1][33];
+	smtpc_transaction(c, "a@example.com", rcpts, "Subject: t\r\n\r\nhello\r\n", ids);
+	/* the connection meta set by the hooks reaches the message meta */
+	static const char *const needles[] = { "\"x_dyn\":\"yes\"", "\"x_from\":\"127.0.0.1:",
+					       "\"x_list\":[1,\"two\",true]", "\"reception_protocol\":\"ESMTP\"", NULL };
+	free(expect_spooled(env, ids[0], "hello", needles, NULL));
+	finish(env, c);
+}
+END_TEST
+
+START_TEST(test_reject_before_banner_ends_session)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('smtp_server_connection_accepted', function(conn_meta)\n"
+		"  kumo.reject(554, '5.7.1 go away')\n"
+		"end)\n", NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, "554 5.7.1 go away");
+	smtpc_expect_eof(c, SMTPC_TIMEOUT_MS);
+	finish(env, c);
+}
+END_TEST
+
+START_TEST(test_dynamic_parameters_bad_table)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('smtp_server_get_dynamic_parameters', function(listener, conn_meta)\n"
+		"  return { listen = '127.0.0.1:1' }\n"
+		"end)\n", NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, TROUBLE);
+	smtpc_expect_eof(c, SMTPC_TIMEOUT_MS);
+	finish(env, c);
+}
+END_TEST
+
+START_TEST(test_ehlo_extensions_replaced)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('smtp_server_ehlo', function(domain, conn_meta, extensions)\n"
+		"  if domain == 'reject.example' then kumo.reject(550, '5.7.1 not you') end\n"
+		"  table.insert(extensions, 'X-FOO')\n"
+		"  return extensions\n"
+		"end)\n", NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER);
+	smtpc_chat(c, "EHLO reject.example", "550 5.7.1 not you");
+	smtpc_cmd(c, "EHLO client.example");
+	char *t = smtpc_expect_code(c, 250);
+	ck_assert_msg(strstr(t, "\n250 X-FOO") != NULL, "EHLO reply: %s", t);
+	ck_assert_msg(strstr(t, "250-PIPELINING") != NULL, "EHLO reply: %s", t);
+	free(t);
+	finish(env, c);
+}
+END_TEST
+
+START_TEST(test_disconnect_modes)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('smtp_server_mail_from', function(sender, conn_meta)\n"
+		"  if sender.domain == 'force.example' then kumo.disconnect(451, 'no thank you') end\n"
+		"  if sender.domain == 'follow.example' then kumo.disconnect(451, 'no thank you', 'FollowWith421') end\n"
+		"  if sender.domain == 'if421.example' then kumo.disconnect(451, '4.7.1 later', 'If421') end\n"
+		"  if sender.domain == 'bad.example' then kumo.disconnect(451, 'x', 'Sometimes') end\n"
+		"  if sender.domain == 'reject.example' then kumo.reject(550, '5.7.1 rejected ' .. tostring(sender)) end\n"
+		"end)\n", NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER);
+	smtpc_chat(c, "MAIL FROM:<a@force.example>", "451 no thank you");
+	smtpc_expect_eof(c, SMTPC_TIMEOUT_MS);
+	smtpc_close(c);
+
+	c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER);
+	smtpc_chat(c, "MAIL FROM:<a@follow.example>", "451 no thank you");
+	smtpc_expect(c, "421 " HARNESS_HOSTNAME " disconnecting due to previous error");
+	smtpc_expect_eof(c, SMTPC_TIMEOUT_MS);
+	smtpc_close(c);
+
+	c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER);
+	smtpc_chat(c, "MAIL FROM:<a@if421.example>", "451 4.7.1 later");
+	smtpc_chat(c, "MAIL FROM:<u@reject.example>", "550 5.7.1 rejected u@reject.example");
+	smtpc_chat(c, "MAIL FROM:<a@bad.example>", TROUBLE);
+	smtpc_expect_eof(c, SMTPC_TIMEOUT_MS);
+	finish(env, c);
+}
+END_TEST
+
+START_TEST(test_lua_error_is_technical_difficulties)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('smtp_server_rcpt_to', function(recipient, conn_meta)\n"
+		"  if recipient.user == 'boom' then error('boom') end\n"
+		"end)\n", NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER);
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	smtpc_chat(c, "RCPT TO:<ok@example.net>", "250 OK <ok@example.net>");
+	smtpc_chat(c, "RCPT TO:<boom@example.net>", TROUBLE);
+	smtpc_expect_eof(c, SMTPC_TIMEOUT_MS);
+	ck_assert(harness_output_wait_regex(env, "policy.lua:[0-9]+: boom", 5));
+	finish(env, c);
+}
+END_TEST
+
+START_TEST(test_rewrite_response)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('smtp_server_rewrite_response', function(status, response, command, conn_meta)\n"
+		"  if command == nil and status == 220 then return nil, response .. ' (rewritten)' end\n"
+		"  if command == 'DATA' and status == 250 then return 250, 'super fantastic!\\n' .. response end\n"
+		"  if command == 'NOOP boom' then error('rewrite failed') end\n"
+		"  if command == 'NOOP close' then return 421, '4.7.0 closing' end\n"
+		"end)\n", NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER " (rewritten)");
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	smtpc_chat(c, "RCPT TO:<b@example.net>", "250 OK <b@example.net>");
+	smtpc_chat(c, "DATA", "354 Send body; end with CRLF.CRLF");
+	smtpc_send(c, "Subject: t\r\n\r\nhi\r\n.\r\n", 21);
+	char *t = smtpc_expect_code(c, 250);
+	ck_assert_msg(strncmp(t, "250-super fantastic!\n250 OK ids=", 32) == 0, "DATA reply: %s", t);
+	free(t);
+	smtpc_chat(c, "NOOP boom", "250 the goggles do nothing");
+	smtpc_chat(c, "NOOP close", "421 4.7.0 closing");
+	smtpc_expect_eof(c, SMTPC_TIMEOUT_MS);
+	finish(env, c);
+}
+END_TEST
+
+START_TEST(test_listener_domain_relay)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('get_listener_domain', function(domain, listener, conn_meta)\n"
+		"  if domain == 'example.com' then return kumo.make_listener_domain { relay_to = true } end\n"
+		"  if domain == 'send.example' then return kumo.make_listener_domain { relay_from = { '127.0.0.0/8' } } end\n"
+		"end)\n", "relay_hosts = {}");
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER);
+	smtpc_chat(c, "MAIL FROM:<a@other.example>", "250 OK <a@other.example>");
+	smtpc_chat(c, "RCPT TO:<x@example.com>", "250 OK <x@example.com>");
+	char want[128];
+	snprintf(want, sizeof want, "550 5.7.1 relaying not permitted for 127.0.0.1:%d", c->local_port);
+	smtpc_chat(c, "RCPT TO:<x@example.net>", want);
+	smtpc_chat(c, "RSET", "250 Reset state");
+	smtpc_chat(c, "MAIL FROM:<a@send.example>", "250 OK <a@send.example>");
+	smtpc_chat(c, "RCPT TO:<x@example.net>", "250 OK <x@example.net>");
+	finish(env, c);
+}
+END_TEST
+
+START_TEST(test_dead_policyd_gives_4xx_never_250)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('smtp_server_mail_from', function(sender, conn_meta)\n"
+		"  if sender.domain == 'slow.example' then\n"
+		"    local t = os.clock() while os.clock() - t < 3 do end\n"
+		"  end\n"
+		"end)\n", NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER);
+	pid_t pids[4];
+	int n = harness_children(env->pid, "kumo-policyd", pids, 4);
+	ck_assert_int_eq(n, 1);
+	/* policyd dies while it holds the call: the client gets a 4xx */
+	smtpc_cmd(c, "MAIL FROM:<a@slow.example>");
+	usleep(500 * 1000);
+	kill(pids[0], SIGKILL);
+	smtpc_expect(c, TROUBLE);
+	smtpc_expect_eof(c, SMTPC_TIMEOUT_MS);
+	smtpc_close(c);
+	ck_assert(harness_output_wait_regex(env, "kumo-policyd\\[[0-9]+\\] killed by signal 9", 5));
+	/* calls made while it restarts wait for the new policyd (the master
+	 * holds the listening socket), so policy keeps being applied */
+	c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER);
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	n = harness_children(env->pid, "kumo-policyd", pids, 4);
+	ck_assert_int_eq(n, 1);
+	finish(env, c);
+}
+END_TEST
+
+START_TEST(test_double_registration_is_a_load_error)
+{
+	struct harness_env *env = harness_env_new();
+	char *tmpl = NULL;
+	if (asprintf(&tmpl, "%s%s", HARNESS_POLICY_TEMPLATE,
+		     "kumo.on('smtp_server_ehlo', function() end)\n"
+		     "kumo.on('smtp_server_ehlo', function() end)\n") < 0)
+		abort();
+	harness_write_policy(env, tmpl, NULL);
+	free(tmpl);
+	const char *argv[] = { "kumod", "--policy", env->policy, "--validate", NULL };
+	char *out = NULL;
+	int status = harness_run(env, argv, 20, &out);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "exit %s", harness_status_str(status));
+	ck_assert_msg(strstr(out, "already has a handler defined at") != NULL, "output: %s", out);
+	free(out);
+	harness_env_free(env);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("e2e_policy");
+	TCase *tc = tcase_create("events");
+	tcase_set_timeout(tc, HARNESS_TCASE_TIMEOUT);
+	tcase_add_test(tc, test_dynamic_parameters_and_accepted);
+	tcase_add_test(tc, test_reject_before_banner_ends_session);
+	tcase_add_test(tc, test_dynamic_parameters_bad_table);
+	tcase_add_test(tc, test_ehlo_extensions_replaced);
+	tcase_add_test(tc, test_disconnect_modes);
+	tcase_add_test(tc, test_lua_error_is_technical_difficulties);
+	tcase_add_test(tc, test_rewrite_response);
+	tcase_add_test(tc, test_listener_domain_relay);
+	tcase_add_test(tc, test_dead_policyd_gives_4xx_never_250);
+	tcase_add_test(tc, test_double_registration_is_a_load_error);
+	suite_add_tcase(s, tc);
+	return harness_run_suite(s);
+}
