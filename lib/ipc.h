@@ -26,6 +26,21 @@
  *   -> {"id":3,"ok":true,"result":"error","error":"policy.lua:40: boom"}
  *   -> {"id":3,"ok":false,"error":"..."}       (bad request, no handler, ...)
  *
+ * A message argument (smtp_server_data, smtp_server_message_received) is
+ * passed by reference: the bytes stay in a file smtpd wrote, which policyd
+ * reads only if the policy asks for them.
+ *   {"__msg":{"id":"<32 hex>","sender":"a@b","recipients":["c@d",...],
+ *             "meta":{...message meta...},
+ *             "path":"/abs/file","size":N,"hdr_end":H}}
+ *   hdr_end: bytes [0,H) are the header lines (each ending in CRLF); the
+ *   blank line and the body follow.  -1: the message has no blank line.
+ * The reply then carries what the handler changed, for smtpd to apply:
+ *   "msg":{"sender":"...","recipients":[...],"meta":{...},
+ *          "prefix":"X-A: 1\r\n",   (optional: text to put before the message)
+ *          "headers":"...",          (optional: replaces bytes [0,hdr_end))
+ *          "data":"..."}             (optional: replaces the whole message;
+ *                                     then prefix and headers are absent)
+ *
  * A reply with "ok":false or "result":"error" is a failure of policy: smtpd
  * answers 4xx (421 4.3.0 <host> technical difficulties), never 250.
  */

@@ -144,6 +144,25 @@ struct rcpt {
 	struct smtp_addr addr;
 };
 
+/* One message made from a transaction at the end of DATA: a batch of
+ * recipients (one each, or one per domain), its id, meta and the edits
+ * the policy made to the bytes. */
+struct batch {
+	char id[SPOOL_ID_LEN + 1];
+	char *sender;            /* owned */
+	cJSON *recipients;       /* owned: array of email strings */
+	cJSON *meta;             /* owned: message meta */
+	char *prefix;            /* owned or NULL: bytes before the message */
+	char *headers;           /* owned or NULL: replaces [0,hdr_end) */
+	char *data;              /* owned or NULL: replaces everything */
+	size_t data_len;
+	struct iovec *iov;       /* owned: what is stored */
+	int iovcnt;
+	size_t size;             /* bytes stored */
+	char *meta_text;         /* owned: the meta spool file's JSON */
+	bool discard;            /* queue 'null': logged, not stored */
+};
+
 struct txn {
 	struct smtp_addr sender;
 	struct rcpt *rcpts;      /* owned */
@@ -151,12 +170,15 @@ struct txn {
 	struct evbuffer *body;   /* owned: the unstuffed message */
 	struct data_reader dr;
 	double started;
-	char (*ids)[SPOOL_ID_LEN + 1]; /* owned: one id per message at end of DATA */
-	size_t n_ids;
+	/* end of DATA (smtpd_message.c) */
+	struct batch proto;      /* the whole transaction, as smtp_server_data sees it */
+	struct batch *batches;   /* owned */
+	size_t n_batches, cur;
+	struct iovec *vec;       /* owned: the body as iovecs */
+	int nvec;
+	long long hdr_end;       /* see lib/ipc.h; -1: no blank line */
+	char *msg_path;          /* owned: file policyd reads the bytes from */
 	struct spool_job *job;   /* in flight at the writer, owned by it */
-	char **meta_texts;       /* owned: per message meta JSON */
-	size_t *rcpts_per_msg;   /* owned: recipients in each message */
-	struct iovec *vec;       /* owned: the body as iovecs for the writer */
 };
 
 enum sess_state { SS_START = 0, SS_CMD, SS_DATA, SS_WAIT, SS_CLOSING, SS_DEAD };
@@ -214,8 +236,16 @@ void tls_teardown(void);
 bool tls_available(struct session *s);
 void run_starttls(struct session *s, struct smtp_cmd *cmd);
 
+/* smtpd_message.c: the end of DATA */
+void data_complete(struct session *s);
+void message_free(struct txn *t);
+
 /* smtpd_cmd.c */
 void cmd_dispatch(struct session *s, const char *line, size_t len);
 void txn_free(struct txn *t);
+void txn_reset(struct session *s);
+cJSON *addr_arg(const struct smtp_addr *a);
+void reply_ok(struct session *s, int code, const char *text);
+void replyf(struct session *s, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void data_input(struct session *s);
 #endif

@@ -20,13 +20,12 @@ struct verb_row {
 	void (*run)(struct session *s, struct smtp_cmd *cmd);
 };
 
-static void reply_ok(struct session *s, int code, const char *text)
+void reply_ok(struct session *s, int code, const char *text)
 {
 	session_reply(s, code, text, DISC_NONE, session_resume);
 }
 
-static void replyf(struct session *s, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void replyf(struct session *s, int code, const char *fmt, ...)
+void replyf(struct session *s, int code, const char *fmt, ...)
 {
 	char text[1200];
 	va_list ap;
@@ -46,24 +45,17 @@ void txn_free(struct txn *t)
 	free(t->rcpts);
 	if (t->body)
 		evbuffer_free(t->body);
-	free(t->ids);
-	free(t->vec);
-	free(t->rcpts_per_msg);
-	if (t->meta_texts) {
-		for (size_t i = 0; i < t->n_ids; i++)
-			free(t->meta_texts[i]);
-		free(t->meta_texts);
-	}
+	message_free(t);
 	free(t);
 }
 
-static void txn_reset(struct session *s)
+void txn_reset(struct session *s)
 {
 	txn_free(s->txn);
 	s->txn = NULL;
 }
 
-static cJSON *addr_arg(const struct smtp_addr *a)
+cJSON *addr_arg(const struct smtp_addr *a)
 {
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "__addr", a->email ? a->email : "");
@@ -402,217 +394,6 @@ static void run_data(struct session *s, struct smtp_cmd *cmd)
 		return;
 	}
 	session_reply(s, 354, "Send body; end with CRLF.CRLF", DISC_NONE, enter_data);
-}
-
-static const char *domain_of(const struct smtp_addr *a)
-{
-	return a->domain ? a->domain : "";
-}
-
-static cJSON *message_meta(struct session *s, size_t first, size_t count)
-{
-	struct txn *t = s->txn;
-	cJSON *m = cJSON_CreateObject();
-	cJSON_AddStringToObject(m, "sender", t->sender.email);
-	if (count == 1) {
-		cJSON_AddStringToObject(m, "recipient", t->rcpts[first].addr.email);
-	} else {
-		cJSON *list = cJSON_AddArrayToObject(m, "recipient");
-		for (size_t i = first; i < first + count; i++)
-			cJSON_AddItemToArray(list, cJSON_CreateString(t->rcpts[i].addr.email));
-	}
-	cJSON_AddItemToObject(m, "meta", cJSON_Duplicate(s->meta, 1));
-	cJSON_AddNullToObject(m, "schedule");
-	return m;
-}
-
-static void spool_finished(struct spool_job *job, void *ctx);
-
-/* Groups recipients into messages: one each (BifurcateAlways) or one per
- * lower-cased domain (BatchByDomain).  Fills order[] with recipient
- * indexes grouped, and counts[] with the size of each group. */
-static size_t make_batches(struct session *s, size_t *order, size_t *counts)
-{
-	struct txn *t = s->txn;
-	if (s->p.batch_handling == BATCH_BIFURCATE_ALWAYS) {
-		for (size_t i = 0; i < t->n_rcpts; i++) {
-			order[i] = i;
-			counts[i] = 1;
-		}
-		return t->n_rcpts;
-	}
-	bool *used = xcalloc(t->n_rcpts, sizeof *used);
-	size_t k = 0, nb = 0;
-	for (size_t i = 0; i < t->n_rcpts; i++) {
-		if (used[i])
-			continue;
-		counts[nb] = 0;
-		for (size_t j = i; j < t->n_rcpts; j++) {
-			if (!used[j] && strcasecmp(domain_of(&t->rcpts[i].addr), domain_of(&t->rcpts[j].addr)) == 0) {
-				used[j] = true;
-				order[k++] = j;
-				counts[nb]++;
-			}
-		}
-		nb++;
-	}
-	free(used);
-	return nb;
-}
-
-static void data_complete(struct session *s)
-{
-	struct txn *t = s->txn;
-	free(s->cur_cmd);
-	s->cur_cmd = xstrdup("DATA");
-	s->state = SS_WAIT;
-	if (t->dr.too_big) {
-		txn_reset(s);
-		reply_ok(s, 552, "5.3.4 message too big");
-		return;
-	}
-	if (t->dr.line_too_long) {
-		txn_reset(s);
-		reply_ok(s, 500, "5.2.3 line too long");
-		return;
-	}
-	if (t->dr.bad_line_endings && s->p.invalid_line_endings == ILE_DENY) {
-		txn_reset(s);
-		reply_ok(s, 552, "5.6.0 message data must use CRLF for line endings");
-		return;
-	}
-
-	/* reorder recipients so that each batch is contiguous */
-	size_t *order = xcalloc(t->n_rcpts, sizeof *order);
-	size_t *counts = xcalloc(t->n_rcpts, sizeof *counts);
-	size_t nb = make_batches(s, order, counts);
-	struct rcpt *sorted = xcalloc(t->n_rcpts, sizeof *sorted);
-	for (size_t i = 0; i < t->n_rcpts; i++)
-		sorted[i] = t->rcpts[order[i]];
-	memcpy(t->rcpts, sorted, t->n_rcpts * sizeof *sorted);
-	free(sorted);
-	free(order);
-
-	int nvec = evbuffer_peek(t->body, -1, NULL, NULL, 0);
-	struct iovec *vec = xcalloc((size_t)(nvec > 0 ? nvec : 1), sizeof *vec);
-	struct evbuffer_iovec *ev = xcalloc((size_t)(nvec > 0 ? nvec : 1), sizeof *ev);
-	if (nvec > 0)
-		evbuffer_peek(t->body, -1, NULL, ev, nvec);
-	for (int i = 0; i < nvec; i++) {
-		vec[i].iov_base = ev[i].iov_base;
-		vec[i].iov_len = ev[i].iov_len;
-	}
-	free(ev);
-
-	struct spool_job *job = xcalloc(1, sizeof *job);
-	job->items = xcalloc(nb, sizeof *job->items);
-	job->n = nb;
-	job->done = spool_finished;
-	job->ctx = s;
-	t->ids = xcalloc(nb, sizeof *t->ids);
-	t->meta_texts = xcalloc(nb, sizeof *t->meta_texts);
-	t->n_ids = nb;
-	size_t first = 0;
-	for (size_t b = 0; b < nb; b++) {
-		spool_id_new(t->ids[b]);
-		cJSON *m = message_meta(s, first, counts[b]);
-		char *text = cJSON_PrintUnformatted(m);
-		cJSON_Delete(m);
-		t->meta_texts[b] = xasprintf("%s\n", text); /* the trailer then has its own line */
-		free(text);
-		struct spool_item *it = &job->items[b];
-		memcpy(it->id, t->ids[b], sizeof it->id);
-		it->data = vec;
-		it->data_cnt = nvec > 0 ? nvec : 0;
-		it->meta = t->meta_texts[b];
-		it->meta_len = strlen(t->meta_texts[b]);
-		first += counts[b];
-	}
-	t->job = job;
-	t->vec = vec;
-	t->rcpts_per_msg = counts;
-	s->spool_pending = true;
-	spool_writer_submit(smtpd->writer, job);
-}
-
-static void log_reception(struct session *s, size_t b, size_t first, size_t count)
-{
-	struct txn *t = s->txn;
-	cJSON *r = logrec_new(&smtpd->logs, "Reception", t->ids[b], spool_id_time(t->ids[b]));
-	cJSON_ReplaceItemInObject(r, "sender", cJSON_CreateString(t->sender.email));
-	if (count == 1) {
-		cJSON_ReplaceItemInObject(r, "recipient", cJSON_CreateString(t->rcpts[first].addr.email));
-	} else {
-		cJSON *list = cJSON_CreateArray();
-		for (size_t i = first; i < first + count; i++)
-			cJSON_AddItemToArray(list, cJSON_CreateString(t->rcpts[i].addr.email));
-		cJSON_ReplaceItemInObject(r, "recipient", list);
-	}
-	const cJSON *q = cJSON_GetObjectItemCaseSensitive(s->meta, "queue");
-	cJSON_ReplaceItemInObject(r, "queue", cJSON_CreateString(cJSON_IsString(q) ? q->valuestring
-										: domain_of(&t->rcpts[first].addr)));
-	cJSON_ReplaceItemInObject(r, "size", cJSON_CreateNumber((double)evbuffer_get_length(t->body)));
-	cJSON_ReplaceItemInObject(r, "response", logrec_response(250, "", NULL));
-	cJSON *pa = cJSON_CreateObject();
-	cJSON_AddStringToObject(pa, "name", s->ehlo_domain ? s->ehlo_domain : "");
-	cJSON_AddStringToObject(pa, "addr", s->peer_ip_str);
-	cJSON_ReplaceItemInObject(r, "peer_address", pa);
-	cJSON_AddStringToObject(r, "session_id", s->session_id);
-	char err[200];
-	if (logrec_write(&smtpd->logs, r, err, sizeof err) != 0)
-		log_warn("session %s: %s", s->session_id, err);
-}
-
-static void spool_finished(struct spool_job *job, void *ctx)
-{
-	struct session *s = ctx;
-	s->spool_pending = false;
-	struct txn *t = s->txn;
-	if (s->state == SS_DEAD) {
-		/* the client left; what was stored stays stored and is relayed */
-		for (size_t i = 0; i < job->n; i++)
-			if (job->items[i].result == 0)
-				log_info("session %s: message %s stored after the client disconnected",
-					 s->session_id, job->items[i].id);
-		free(job->items);
-		free(job);
-		session_free(s);
-		return;
-	}
-	size_t stored = 0, first = 0;
-	bool nospace = false;
-	size_t cap = 16 + t->n_ids * (SPOOL_ID_LEN + 1);
-	char *ids = xmalloc(cap);
-	size_t len = 0;
-	ids[0] = '\0';
-	for (size_t b = 0; b < job->n; b++) {
-		struct spool_item *it = &job->items[b];
-		size_t count = t->rcpts_per_msg[b];
-		if (it->result == 0) {
-			log_reception(s, b, first, count);
-			len += (size_t)snprintf(ids + len, cap - len, "%s%s", stored ? " " : "", it->id);
-			stored++;
-		} else {
-			log_warn("session %s: message %s not stored: %s", s->session_id, it->id, it->err);
-			nospace |= strstr(it->err, strerror(ENOSPC)) != NULL ||
-				   strstr(it->err, strerror(EDQUOT)) != NULL;
-		}
-		first += count;
-	}
-	bool all = stored == job->n;
-	free(job->items);
-	free(job);
-	t->job = NULL;
-	txn_reset(s);
-	if (stored == 0) {
-		if (nospace)
-			replyf(s, 452, "4.3.1 %s insufficient system storage", s->p.hostname);
-		else
-			replyf(s, 451, "4.3.0 %s spool write failed. Try later", s->p.hostname);
-	} else {
-		replyf(s, 250, "%s ids=%s", all ? "OK" : "PARTIAL", ids);
-	}
-	free(ids);
 }
 
 void data_input(struct session *s)

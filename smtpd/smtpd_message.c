@@ -1,0 +1,566 @@
+/* smtpd_message: the end of DATA.  Entry point: data_complete, once the
+ * final dot is read.  Steps, each possibly waiting on policyd:
+ *   1. limits found while reading (size, line length, line endings);
+ *   2. smtp_server_data, once, with the whole transaction;
+ *   3. the split into messages (batch_handling), each with its own id;
+ *   4. smtp_server_message_received, once per message, in order;
+ *   5. the spool writer stores them all (one group commit); then the
+ *      Reception records and "250 OK ids=...".
+ * The bytes reach policyd by reference: when a message hook exists, the
+ * body is written once (no fsync) to <data spool>/new/<id>.msg and the
+ * hooks' edits come back as a prefix, a new header block or new data,
+ * applied here without copying the body.  A rejection in any hook
+ * rejects the whole transaction before anything is stored. */
+#include "smtpd/smtpd.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+static void batch_free(struct batch *b)
+{
+	free(b->sender);
+	cJSON_Delete(b->recipients);
+	cJSON_Delete(b->meta);
+	free(b->prefix);
+	free(b->headers);
+	free(b->data);
+	free(b->iov);
+	free(b->meta_text);
+	memset(b, 0, sizeof *b);
+}
+
+void message_free(struct txn *t)
+{
+	batch_free(&t->proto);
+	for (size_t i = 0; i < t->n_batches; i++)
+		batch_free(&t->batches[i]);
+	free(t->batches);
+	free(t->vec);
+	if (t->msg_path) {
+		unlink(t->msg_path);
+		free(t->msg_path);
+	}
+}
+
+static const char *domain_of_email(const char *email)
+{
+	const char *at = strrchr(email, '@');
+	return at ? at + 1 : "";
+}
+
+/* ---------------------------------------------------------- body views */
+
+static void body_vec(struct txn *t)
+{
+	free(t->vec);
+	t->nvec = evbuffer_peek(t->body, -1, NULL, NULL, 0);
+	t->vec = xcalloc((size_t)(t->nvec > 0 ? t->nvec : 1), sizeof *t->vec);
+	struct evbuffer_iovec *ev = xcalloc((size_t)(t->nvec > 0 ? t->nvec : 1), sizeof *ev);
+	if (t->nvec > 0)
+		evbuffer_peek(t->body, -1, NULL, ev, t->nvec);
+	for (int i = 0; i < t->nvec; i++) {
+		t->vec[i].iov_base = ev[i].iov_base;
+		t->vec[i].iov_len = ev[i].iov_len;
+	}
+	free(ev);
+	if (t->nvec < 0)
+		t->nvec = 0;
+	/* the header block ends where the first empty line starts */
+	size_t len = evbuffer_get_length(t->body);
+	t->hdr_end = -1;
+	if (len >= 2) {
+		char two[2];
+		evbuffer_copyout(t->body, two, 2);
+		if (two[0] == '\r' && two[1] == '\n') {
+			t->hdr_end = 0;
+			return;
+		}
+	}
+	struct evbuffer_ptr p = evbuffer_search(t->body, "\r\n\r\n", 4, NULL);
+	if (p.pos >= 0)
+		t->hdr_end = p.pos + 2;
+}
+
+/* Appends to out the iovecs of the body from byte offset `from`. */
+static void add_tail(struct txn *t, size_t from, struct iovec **out, int *n, int *cap)
+{
+	size_t off = 0;
+	for (int i = 0; i < t->nvec; i++) {
+		size_t len = t->vec[i].iov_len;
+		if (off + len > from) {
+			size_t skip = from > off ? from - off : 0;
+			if (*n == *cap) {
+				*cap = *cap * 2 + 4;
+				*out = xrealloc(*out, (size_t)*cap * sizeof **out);
+			}
+			(*out)[*n].iov_base = (char *)t->vec[i].iov_base + skip;
+			(*out)[*n].iov_len = len - skip;
+			(*n)++;
+		}
+		off += len;
+	}
+}
+
+static void push_iov(struct iovec **out, int *n, int *cap, const char *p, size_t len)
+{
+	if (len == 0)
+		return;
+	if (*n == *cap) {
+		*cap = *cap * 2 + 4;
+		*out = xrealloc(*out, (size_t)*cap * sizeof **out);
+	}
+	(*out)[*n].iov_base = (void *)p;
+	(*out)[*n].iov_len = len;
+	(*n)++;
+}
+
+/* The bytes of batch b: its edits over the shared body. */
+static void batch_view(struct txn *t, struct batch *b)
+{
+	struct iovec *v = NULL;
+	int n = 0, cap = 0;
+	if (b->data) {
+		push_iov(&v, &n, &cap, b->data, b->data_len);
+	} else {
+		if (b->prefix)
+			push_iov(&v, &n, &cap, b->prefix, strlen(b->prefix));
+		if (b->headers && t->hdr_end >= 0) {
+			push_iov(&v, &n, &cap, b->headers, strlen(b->headers));
+			add_tail(t, (size_t)t->hdr_end, &v, &n, &cap);
+		} else {
+			add_tail(t, 0, &v, &n, &cap);
+		}
+	}
+	free(b->iov);
+	b->iov = v;
+	b->iovcnt = n;
+	b->size = 0;
+	for (int i = 0; i < n; i++)
+		b->size += v[i].iov_len;
+}
+
+/* Rebuilds the shared body from batch b's edits (after smtp_server_data). */
+static void body_from_batch(struct txn *t, struct batch *b)
+{
+	if (!b->data && !b->prefix && !b->headers)
+		return;
+	batch_view(t, b);
+	struct evbuffer *nb = evbuffer_new();
+	for (int i = 0; i < b->iovcnt; i++)
+		evbuffer_add(nb, b->iov[i].iov_base, b->iov[i].iov_len);
+	evbuffer_free(t->body);
+	t->body = nb;
+	free(b->prefix);
+	free(b->headers);
+	free(b->data);
+	b->prefix = b->headers = b->data = NULL;
+	body_vec(t);
+}
+
+static int write_msg_file(struct txn *t, char *err, size_t errlen)
+{
+	if (!t->msg_path) {
+		char id[SPOOL_ID_LEN + 1];
+		spool_id_new(id);
+		t->msg_path = xasprintf("%s/new/%s.msg", smtpd->spool.data_path, id);
+	}
+	int fd = open(t->msg_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		snprintf(err, errlen, "%s: %s", t->msg_path, strerror(errno));
+		return -1;
+	}
+	int rc = 0;
+	for (int i = 0; i < t->nvec && rc == 0; i++) {
+		const char *p = t->vec[i].iov_base;
+		size_t left = t->vec[i].iov_len;
+		while (left > 0) {
+			ssize_t w = write(fd, p, left);
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0) {
+				snprintf(err, errlen, "%s: %s", t->msg_path, strerror(errno));
+				rc = -1;
+				break;
+			}
+			p += w;
+			left -= (size_t)w;
+		}
+	}
+	close(fd);
+	return rc;
+}
+
+/* ---------------------------------------------------------- hooks */
+
+static cJSON *msg_arg(struct txn *t, const struct batch *b)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON *m = cJSON_AddObjectToObject(o, "__msg");
+	cJSON_AddStringToObject(m, "id", b->id);
+	cJSON_AddStringToObject(m, "sender", b->sender);
+	cJSON_AddItemToObject(m, "recipients", cJSON_Duplicate(b->recipients, 1));
+	cJSON_AddItemToObject(m, "meta", cJSON_Duplicate(b->meta, 1));
+	cJSON_AddStringToObject(m, "path", t->msg_path);
+	cJSON_AddNumberToObject(m, "size", (double)evbuffer_get_length(t->body));
+	cJSON_AddNumberToObject(m, "hdr_end", (double)t->hdr_end);
+	return o;
+}
+
+/* Takes the handler's changes to the message from the reply. */
+static int apply_msg_reply(struct batch *b, const cJSON *reply)
+{
+	const cJSON *m = cJSON_GetObjectItemCaseSensitive(reply, "msg");
+	if (!cJSON_IsObject(m))
+		return -1;
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(m, "sender");
+	if (cJSON_IsString(v)) {
+		free(b->sender);
+		b->sender = xstrdup(v->valuestring);
+	}
+	v = cJSON_GetObjectItemCaseSensitive(m, "recipients");
+	if (cJSON_IsArray(v)) {
+		cJSON_Delete(b->recipients);
+		b->recipients = cJSON_Duplicate(v, 1);
+	}
+	v = cJSON_GetObjectItemCaseSensitive(m, "meta");
+	if (cJSON_IsObject(v)) {
+		cJSON_Delete(b->meta);
+		b->meta = cJSON_Duplicate(v, 1);
+	}
+	v = cJSON_GetObjectItemCaseSensitive(m, "data");
+	if (cJSON_IsString(v)) {
+		free(b->data);
+		free(b->prefix);
+		free(b->headers);
+		b->prefix = b->headers = NULL;
+		b->data_len = strlen(v->valuestring);
+		b->data = xstrdup(v->valuestring);
+		return 0;
+	}
+	v = cJSON_GetObjectItemCaseSensitive(m, "prefix");
+	if (cJSON_IsString(v)) {
+		char *np = xasprintf("%s%s", v->valuestring, b->prefix ? b->prefix : "");
+		free(b->prefix);
+		b->prefix = np;
+	}
+	v = cJSON_GetObjectItemCaseSensitive(m, "headers");
+	if (cJSON_IsString(v)) {
+		free(b->headers);
+		b->headers = xstrdup(v->valuestring);
+	}
+	return 0;
+}
+
+static void store(struct session *s);
+static void next_received(struct session *s);
+
+/* A rejected or failed message hook ends the transaction; it is cleared
+ * before the reply, whose continuation may read the next command. */
+static int message_hook_result(struct session *s, const cJSON *reply, const char *error, const char *event)
+{
+	const cJSON *res = reply ? cJSON_GetObjectItemCaseSensitive(reply, "result") : NULL;
+	bool ok = !error && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok")) && cJSON_IsString(res) &&
+		  strcmp(res->valuestring, "ok") == 0;
+	if (!ok && s->state != SS_DEAD)
+		txn_reset(s);
+	return session_event_result(s, reply, error, event, false);
+}
+
+static void received_done(void *ctx, const cJSON *reply, const char *error)
+{
+	struct session *s = ctx;
+	if (!message_hook_result(s, reply, error, "smtp_server_message_received"))
+		return;
+	struct txn *t = s->txn;
+	if (apply_msg_reply(&t->batches[t->cur], reply) != 0) {
+		session_technical_difficulties(s, "smtp_server_message_received: reply lacks the message");
+		return;
+	}
+	t->cur++;
+	next_received(s);
+}
+
+static void next_received(struct session *s)
+{
+	struct txn *t = s->txn;
+	if (t->cur >= t->n_batches || !policy_has(smtpd->policy, "smtp_server_message_received")) {
+		store(s);
+		return;
+	}
+	cJSON *args = cJSON_CreateArray();
+	cJSON_AddItemToArray(args, msg_arg(t, &t->batches[t->cur]));
+	s->policy_req = policy_call(smtpd->policy, "smtp_server_message_received", args, 1, s->meta,
+				    s->p.data_processing_timeout, received_done, s);
+}
+
+/* Splits the transaction into messages, one per recipient or per domain. */
+static void split(struct session *s)
+{
+	struct txn *t = s->txn;
+	size_t n = (size_t)cJSON_GetArraySize(t->proto.recipients);
+	t->batches = xcalloc(n ? n : 1, sizeof *t->batches);
+	t->n_batches = 0;
+	bool *used = xcalloc(n ? n : 1, sizeof *used);
+	for (size_t i = 0; i < n; i++) {
+		if (used[i])
+			continue;
+		struct batch *b = &t->batches[t->n_batches++];
+		spool_id_new(b->id);
+		b->sender = xstrdup(t->proto.sender);
+		b->meta = cJSON_Duplicate(t->proto.meta, 1);
+		b->recipients = cJSON_CreateArray();
+		const char *di = domain_of_email(cJSON_GetArrayItem(t->proto.recipients, (int)i)->valuestring);
+		for (size_t j = i; j < n; j++) {
+			const char *rj = cJSON_GetArrayItem(t->proto.recipients, (int)j)->valuestring;
+			bool same = j == i || (s->p.batch_handling == BATCH_BY_DOMAIN && !used[j] &&
+					       strcasecmp(di, domain_of_email(rj)) == 0);
+			if (same) {
+				used[j] = true;
+				cJSON_AddItemToArray(b->recipients, cJSON_CreateString(rj));
+			}
+		}
+	}
+	free(used);
+	t->cur = 0;
+}
+
+static void data_hook_done(void *ctx, const cJSON *reply, const char *error)
+{
+	struct session *s = ctx;
+	if (!message_hook_result(s, reply, error, "smtp_server_data"))
+		return;
+	struct txn *t = s->txn;
+	if (apply_msg_reply(&t->proto, reply) != 0) {
+		session_technical_difficulties(s, "smtp_server_data: reply lacks the message");
+		return;
+	}
+	const cJSON *r;
+	cJSON_ArrayForEach(r, t->proto.recipients) {
+		if (!cJSON_IsString(r)) {
+			session_technical_difficulties(s, "smtp_server_data: bad recipient list");
+			return;
+		}
+	}
+	if (t->proto.data || t->proto.prefix || t->proto.headers) {
+		body_from_batch(t, &t->proto);
+		char err[300];
+		if (policy_has(smtpd->policy, "smtp_server_message_received") &&
+		    write_msg_file(t, err, sizeof err) != 0) {
+			session_technical_difficulties(s, err);
+			return;
+		}
+	}
+	split(s);
+	next_received(s);
+}
+
+void data_complete(struct session *s)
+{
+	struct txn *t = s->txn;
+	free(s->cur_cmd);
+	s->cur_cmd = xstrdup("DATA");
+	s->state = SS_WAIT;
+	if (t->dr.too_big) {
+		txn_reset(s);
+		reply_ok(s, 552, "5.3.4 message too big");
+		return;
+	}
+	if (t->dr.line_too_long) {
+		txn_reset(s);
+		reply_ok(s, 500, "5.2.3 line too long");
+		return;
+	}
+	if (t->dr.bad_line_endings && s->p.invalid_line_endings == ILE_DENY) {
+		txn_reset(s);
+		reply_ok(s, 552, "5.6.0 message data must use CRLF for line endings");
+		return;
+	}
+	body_vec(t);
+	/* the transaction as one message: the connection meta becomes its meta */
+	spool_id_new(t->proto.id);
+	t->proto.sender = xstrdup(t->sender.email);
+	t->proto.recipients = cJSON_CreateArray();
+	for (size_t i = 0; i < t->n_rcpts; i++)
+		cJSON_AddItemToArray(t->proto.recipients, cJSON_CreateString(t->rcpts[i].addr.email));
+	t->proto.meta = cJSON_Duplicate(s->meta, 1);
+
+	bool data_hook = policy_has(smtpd->policy, "smtp_server_data");
+	bool recv_hook = policy_has(smtpd->policy, "smtp_server_message_received");
+	if (data_hook || recv_hook) {
+		char err[300];
+		if (write_msg_file(t, err, sizeof err) != 0) {
+			session_technical_difficulties(s, err);
+			return;
+		}
+	}
+	if (!data_hook) {
+		split(s);
+		next_received(s);
+		return;
+	}
+	cJSON *args = cJSON_CreateArray();
+	cJSON_AddItemToArray(args, msg_arg(t, &t->proto));
+	s->policy_req = policy_call(smtpd->policy, "smtp_server_data", args, 1, s->meta,
+				    s->p.data_processing_timeout, data_hook_done, s);
+}
+
+/* ---------------------------------------------------------- storing */
+
+static void log_reception(struct session *s, const struct batch *b)
+{
+	cJSON *r = logrec_new(&smtpd->logs, "Reception", b->id, spool_id_time(b->id));
+	cJSON_ReplaceItemInObject(r, "sender", cJSON_CreateString(b->sender));
+	if (cJSON_GetArraySize(b->recipients) == 1)
+		cJSON_ReplaceItemInObject(r, "recipient", cJSON_CreateString(cJSON_GetArrayItem(b->recipients, 0)->valuestring));
+	else
+		cJSON_ReplaceItemInObject(r, "recipient", cJSON_Duplicate(b->recipients, 1));
+	const cJSON *q = cJSON_GetObjectItemCaseSensitive(b->meta, "queue");
+	const cJSON *first = cJSON_GetArrayItem(b->recipients, 0);
+	cJSON_ReplaceItemInObject(r, "queue", cJSON_CreateString(
+		cJSON_IsString(q) ? q->valuestring : cJSON_IsString(first) ? domain_of_email(first->valuestring) : ""));
+	cJSON_ReplaceItemInObject(r, "size", cJSON_CreateNumber((double)b->size));
+	cJSON_ReplaceItemInObject(r, "response", logrec_response(250, "", NULL));
+	cJSON *pa = cJSON_CreateObject();
+	cJSON_AddStringToObject(pa, "name", s->ehlo_domain ? s->ehlo_domain : "");
+	cJSON_AddStringToObject(pa, "addr", s->peer_ip_str);
+	cJSON_ReplaceItemInObject(r, "peer_address", pa);
+	cJSON_AddStringToObject(r, "session_id", s->session_id);
+	const cJSON *tv = cJSON_GetObjectItemCaseSensitive(b->meta, "tls_protocol_version");
+	const cJSON *tc = cJSON_GetObjectItemCaseSensitive(b->meta, "tls_cipher");
+	if (cJSON_IsString(tv) && cJSON_IsString(tc)) {
+		cJSON_AddStringToObject(r, "tls_protocol_version", tv->valuestring);
+		cJSON_AddStringToObject(r, "tls_cipher", tc->valuestring);
+	}
+	char err[200];
+	if (logrec_write(&smtpd->logs, r, err, sizeof err) != 0)
+		log_warn("session %s: %s", s->session_id, err);
+}
+
+static void finish(struct session *s, size_t stored, size_t failed, bool nospace)
+{
+	struct txn *t = s->txn;
+	size_t cap = 16 + t->n_batches * (SPOOL_ID_LEN + 1), len = 0;
+	char *ids = xmalloc(cap);
+	ids[0] = '\0';
+	size_t ok = 0;
+	for (size_t i = 0; i < t->n_batches; i++) {
+		struct batch *b = &t->batches[i];
+		if (b->iovcnt < 0)
+			continue; /* failed to store */
+		log_reception(s, b);
+		len += (size_t)snprintf(ids + len, cap - len, "%s%s", ok ? " " : "", b->id);
+		ok++;
+	}
+	(void)stored;
+	txn_reset(s);
+	if (ok == 0) {
+		if (nospace)
+			replyf(s, 452, "4.3.1 %s insufficient system storage", s->p.hostname);
+		else
+			replyf(s, 451, "4.3.0 %s spool write failed. Try later", s->p.hostname);
+	} else {
+		replyf(s, 250, "%s ids=%s", failed ? "PARTIAL" : "OK", ids);
+	}
+	free(ids);
+}
+
+static void spool_finished(struct spool_job *job, void *ctx)
+{
+	struct session *s = ctx;
+	s->spool_pending = false;
+	if (s->state == SS_DEAD) {
+		/* the client left; what was stored stays stored and is relayed */
+		for (size_t i = 0; i < job->n; i++)
+			if (job->items[i].result == 0)
+				log_info("session %s: message %s stored after the client disconnected",
+					 s->session_id, job->items[i].id);
+		free(job->items);
+		free(job);
+		session_free(s);
+		return;
+	}
+	struct txn *t = s->txn;
+	size_t stored = 0, failed = 0, k = 0;
+	bool nospace = false;
+	for (size_t i = 0; i < t->n_batches; i++) {
+		struct batch *b = &t->batches[i];
+		if (b->discard)
+			continue;
+		struct spool_item *it = &job->items[k++];
+		if (it->result == 0) {
+			stored++;
+		} else {
+			log_warn("session %s: message %s not stored: %s", s->session_id, it->id, it->err);
+			nospace |= strstr(it->err, strerror(ENOSPC)) != NULL || strstr(it->err, strerror(EDQUOT)) != NULL;
+			b->iovcnt = -1;
+			failed++;
+		}
+	}
+	free(job->items);
+	free(job);
+	t->job = NULL;
+	finish(s, stored, failed, nospace);
+}
+
+static void store(struct session *s)
+{
+	struct txn *t = s->txn;
+	size_t n = 0;
+	for (size_t i = 0; i < t->n_batches; i++) {
+		struct batch *b = &t->batches[i];
+		batch_view(t, b);
+		const cJSON *q = cJSON_GetObjectItemCaseSensitive(b->meta, "queue");
+		b->discard = cJSON_IsString(q) && strcmp(q->valuestring, "null") == 0;
+		if (b->discard)
+			continue;
+		cJSON *m = cJSON_CreateObject();
+		cJSON_AddStringToObject(m, "sender", b->sender);
+		if (cJSON_GetArraySize(b->recipients) == 1)
+			cJSON_AddStringToObject(m, "recipient", cJSON_GetArrayItem(b->recipients, 0)->valuestring);
+		else
+			cJSON_AddItemToObject(m, "recipient", cJSON_Duplicate(b->recipients, 1));
+		cJSON_AddItemToObject(m, "meta", cJSON_Duplicate(b->meta, 1));
+		cJSON_AddNullToObject(m, "schedule");
+		char *text = cJSON_PrintUnformatted(m);
+		cJSON_Delete(m);
+		b->meta_text = xasprintf("%s\n", text); /* the trailer then has its own line */
+		free(text);
+		n++;
+	}
+	if (t->msg_path) {
+		unlink(t->msg_path);
+		free(t->msg_path);
+		t->msg_path = NULL;
+	}
+	if (n == 0) {
+		finish(s, 0, 0, false); /* every message went to the null queue */
+		return;
+	}
+	struct spool_job *job = xcalloc(1, sizeof *job);
+	job->items = xcalloc(n, sizeof *job->items);
+	job->n = n;
+	job->done = spool_finished;
+	job->ctx = s;
+	size_t k = 0;
+	for (size_t i = 0; i < t->n_batches; i++) {
+		struct batch *b = &t->batches[i];
+		if (b->discard)
+			continue;
+		struct spool_item *it = &job->items[k++];
+		memcpy(it->id, b->id, sizeof it->id);
+		it->data = b->iov;
+		it->data_cnt = b->iovcnt;
+		it->meta = b->meta_text;
+		it->meta_len = strlen(b->meta_text);
+	}
+	t->job = job;
+	s->spool_pending = true;
+	spool_writer_submit(smtpd->writer, job);
+}
