@@ -34,6 +34,9 @@
  *             "path":"/abs/file","size":N,"hdr_end":H}}
  *   hdr_end: bytes [0,H) are the header lines (each ending in CRLF); the
  *   blank line and the body follow.  -1: the message has no blank line.
+ *   Optional "prefix":"Received: ...\r\n": text already put before the
+ *   file's bytes (the message is prefix + file); the reply's "prefix" is
+ *   then the whole prefix, this one included.
  * The reply then carries what the handler changed, for smtpd to apply:
  *   "msg":{"sender":"...","recipients":[...],"meta":{...},
  *          "prefix":"X-A: 1\r\n",   (optional: text to put before the message)

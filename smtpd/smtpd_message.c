@@ -12,6 +12,7 @@
  * applied here without copying the body.  A rejection in any hook
  * rejects the whole transaction before anything is stored. */
 #include "smtpd/smtpd.h"
+#include "lib/base64.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 static void batch_free(struct batch *b)
@@ -210,6 +212,8 @@ static cJSON *msg_arg(struct txn *t, const struct batch *b)
 	cJSON_AddStringToObject(m, "path", t->msg_path);
 	cJSON_AddNumberToObject(m, "size", (double)evbuffer_get_length(t->body));
 	cJSON_AddNumberToObject(m, "hdr_end", (double)t->hdr_end);
+	if (b->prefix)
+		cJSON_AddStringToObject(m, "prefix", b->prefix);
 	return o;
 }
 
@@ -246,9 +250,9 @@ static int apply_msg_reply(struct batch *b, const cJSON *reply)
 	}
 	v = cJSON_GetObjectItemCaseSensitive(m, "prefix");
 	if (cJSON_IsString(v)) {
-		char *np = xasprintf("%s%s", v->valuestring, b->prefix ? b->prefix : "");
+		/* the whole prefix: the one sent (if any) plus what the handler added */
 		free(b->prefix);
-		b->prefix = np;
+		b->prefix = xstrdup(v->valuestring);
 	}
 	v = cJSON_GetObjectItemCaseSensitive(m, "headers");
 	if (cJSON_IsString(v)) {
@@ -300,6 +304,115 @@ static void next_received(struct session *s)
 				    s->p.data_processing_timeout, received_done, s);
 }
 
+/* ---------------------------------------------------------- trace headers */
+
+/* RFC 2822 date as chrono's to_rfc2822 prints it: day not zero-padded. */
+static void rfc2822_now(char *buf, size_t len)
+{
+	static const char *const days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
+	static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+					      "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	time_t now = time(NULL);
+	struct tm tm;
+	gmtime_r(&now, &tm);
+	snprintf(buf, len, "%s, %d %s %d %02d:%02d:%02d +0000", days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
+		 tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+/* KumoMTA's Received header, byte for byte (see the wire facts). */
+static char *received_header(struct session *s, const struct batch *b, const char *date)
+{
+	char local_ip[64];
+	const char *colon = strrchr(s->local_str, ':');
+	snprintf(local_ip, sizeof local_ip, "%.*s", (int)(colon ? colon - s->local_str : 0), s->local_str);
+	if (local_ip[0] == '[') { /* [v6] -> v6 */
+		memmove(local_ip, local_ip + 1, strlen(local_ip));
+		local_ip[strlen(local_ip) - 1] = '\0';
+	}
+	const cJSON *tv = cJSON_GetObjectItemCaseSensitive(s->meta, "tls_protocol_version");
+	const cJSON *tc = cJSON_GetObjectItemCaseSensitive(s->meta, "tls_cipher");
+	char tls[200] = "";
+	if (s->tls && cJSON_IsString(tv) && cJSON_IsString(tc))
+		snprintf(tls, sizeof tls, " (%s:%s) ", tv->valuestring, tc->valuestring);
+	const cJSON *first = cJSON_GetArrayItem(b->recipients, 0);
+	return xasprintf("Received: from %s (%s)\r\n  by %s (KumoMTA %s) \r\n  with %s%s id %s for <%s>;\r\n  %s\r\n",
+			 s->ehlo_domain ? s->ehlo_domain : "unspecified", s->peer_ip_str, s->p.hostname,
+			 local_ip, s->tls ? "ESMTPS" : "ESMTP", tls, b->id,
+			 cJSON_IsString(first) ? first->valuestring : "", date);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The supplemental X-KumoRef header: base64 of a JSON object with sorted
+ * keys, folded every 75 characters. */
+static char *supplemental_header(struct session *s, const struct batch *b)
+{
+	const struct trace_headers *th = &s->p.trace_headers;
+	size_t n = th->n_include_meta_names + 2;
+	const char **keys = xcalloc(n, sizeof *keys);
+	keys[0] = "_@_";
+	keys[1] = "recipient";
+	for (size_t i = 0; i < th->n_include_meta_names; i++)
+		keys[2 + i] = th->include_meta_names[i];
+	qsort(keys, n, sizeof *keys, cmp_str);
+	cJSON *o = cJSON_CreateObject();
+	for (size_t i = 0; i < n; i++) {
+		if (i > 0 && strcmp(keys[i], keys[i - 1]) == 0)
+			continue;
+		if (strcmp(keys[i], "_@_") == 0) {
+			cJSON_AddStringToObject(o, "_@_", "\\_/");
+		} else if (strcmp(keys[i], "recipient") == 0) {
+			if (cJSON_GetArraySize(b->recipients) == 1)
+				cJSON_AddItemToObject(o, "recipient", cJSON_Duplicate(cJSON_GetArrayItem(b->recipients, 0), 1));
+			else
+				cJSON_AddItemToObject(o, "recipient", cJSON_Duplicate(b->recipients, 1));
+		} else {
+			const cJSON *v = cJSON_GetObjectItemCaseSensitive(b->meta, keys[i]);
+			cJSON_AddItemToObject(o, keys[i], v ? cJSON_Duplicate(v, 1) : cJSON_CreateNull());
+		}
+	}
+	free(keys);
+	char *json = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	char *b64 = base64_encode(json, strlen(json));
+	free(json);
+	size_t len = strlen(b64), cap = len + len / 75 * 3 + strlen(th->header_name) + 8;
+	char *out = xmalloc(cap);
+	size_t k = (size_t)snprintf(out, cap, "%s: ", th->header_name);
+	for (size_t i = 0; i < len; i += 75) {
+		if (i > 0) {
+			memcpy(out + k, "\r\n\t", 3);
+			k += 3;
+		}
+		size_t chunk = len - i < 75 ? len - i : 75;
+		memcpy(out + k, b64 + i, chunk);
+		k += chunk;
+	}
+	memcpy(out + k, "\r\n", 3);
+	free(b64);
+	return out;
+}
+
+static void prepend(struct batch *b, char *text)
+{
+	if (b->data) {
+		char *nd = xmalloc(strlen(text) + b->data_len + 1);
+		memcpy(nd, text, strlen(text));
+		memcpy(nd + strlen(text), b->data, b->data_len + 1);
+		b->data_len += strlen(text);
+		free(b->data);
+		b->data = nd;
+	} else {
+		char *np = xasprintf("%s%s", text, b->prefix ? b->prefix : "");
+		free(b->prefix);
+		b->prefix = np;
+	}
+	free(text);
+}
+
 /* Splits the transaction into messages, one per recipient or per domain. */
 static void split(struct session *s)
 {
@@ -329,6 +442,12 @@ static void split(struct session *s)
 	}
 	free(used);
 	t->cur = 0;
+	if (s->p.trace_headers.received_header) {
+		char date[64];
+		rfc2822_now(date, sizeof date);
+		for (size_t i = 0; i < t->n_batches; i++)
+			prepend(&t->batches[i], received_header(s, &t->batches[i], date));
+	}
 }
 
 static void data_hook_done(void *ctx, const cJSON *reply, const char *error)
@@ -515,6 +634,8 @@ static void store(struct session *s)
 	size_t n = 0;
 	for (size_t i = 0; i < t->n_batches; i++) {
 		struct batch *b = &t->batches[i];
+		if (s->p.trace_headers.supplemental_header)
+			prepend(b, supplemental_header(s, b));
 		batch_view(t, b);
 		const cJSON *q = cJSON_GetObjectItemCaseSensitive(b->meta, "queue");
 		b->discard = cJSON_IsString(q) && strcmp(q->valuestring, "null") == 0;

@@ -374,12 +374,13 @@ void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
 	session_set_callbacks(s);
 
 	char err[300];
+	s->meta = cJSON_CreateObject();
 	params_defaults(&s->p, l->base.hostname);
 	if (params_apply(&s->p, l->table, PARAMS_TOP, &s->peer_ip, &s->local_ip, err, sizeof err) != 0) {
+		bufferevent_enable(s->bev, EV_WRITE);
 		session_technical_difficulties(s, err);
 		return;
 	}
-	s->meta = cJSON_CreateObject();
 	cJSON_AddStringToObject(s->meta, "reception_protocol", "ESMTP");
 	cJSON_AddStringToObject(s->meta, "received_via", s->local_str);
 	cJSON_AddStringToObject(s->meta, "received_from", s->peer_str);
