@@ -204,6 +204,9 @@ struct session {
 	bool discarding_line;          /* skipping an over-long command line */
 	bool pumping;                  /* inside session_resume's loop */
 	bool tls;                      /* STARTTLS done (or under way) */
+	bool tls_closed;               /* close_notify sent (or not to be sent) */
+	struct evbuffer_cb_entry *under_cb; /* waiting for the socket buffer to drain */
+	struct event *close_ev;        /* owned: runs close_check from the loop */
 	/* current command, for rewrite_response and Rejection records */
 	char *cur_cmd;                 /* owned */
 	/* a reply waiting for smtp_server_rewrite_response */
@@ -229,6 +232,7 @@ void session_technical_difficulties(struct session *s, const char *why);
 void smtpd_drain_sessions(void);
 
 void session_set_callbacks(struct session *s);
+void close_after_flush(struct session *s);
 
 /* smtpd_tls.c */
 void tls_setup(const cJSON *self_signed);

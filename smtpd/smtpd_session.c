@@ -11,6 +11,9 @@
 #include "lib/netaddr.h"
 #include "lib/xalloc.h"
 
+#include <event2/bufferevent_ssl.h>
+#include <openssl/ssl.h>
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -43,6 +46,10 @@ static void make_uuid4(char out[37])
 		 r[13], r[14], r[15]);
 }
 
+static void under_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+static void close_ev_cb(evutil_socket_t fd, short what, void *arg);
+
 /* ---------------------------------------------------------------- replies */
 
 static void log_rejection(struct session *s, int code, const char *text)
@@ -65,25 +72,64 @@ static void log_rejection(struct session *s, int code, const char *text)
 		log_warn("session %s: %s", s->session_id, err);
 }
 
+/* Closing happens from the loop, never inside the call that asked for it,
+ * and only once everything written has left: for TLS the filter's output
+ * and then, after a close_notify, the socket's buffer underneath. */
+static void close_check(struct session *s)
+{
+	if (s->state == SS_DEAD)
+		return;
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
+		return; /* the write callback calls again */
+	if (s->tls) {
+		struct bufferevent *under = bufferevent_get_underlying(s->bev);
+		if (!s->tls_closed) {
+			s->tls_closed = true;
+			SSL_shutdown(bufferevent_openssl_get_ssl(s->bev));
+		}
+		struct evbuffer *uo = under ? bufferevent_get_output(under) : NULL;
+		if (uo && evbuffer_get_length(uo) > 0) {
+			if (!s->under_cb)
+				s->under_cb = evbuffer_add_cb(uo, under_drained, s);
+			return;
+		}
+	}
+	session_close(s);
+}
+
+static void under_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	(void)info;
+	struct session *s = arg;
+	if (evbuffer_get_length(buf) == 0)
+		event_active(s->close_ev, EV_TIMEOUT, 0);
+}
+
+static void close_ev_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	close_check(arg);
+}
+
 static void finish_close(struct bufferevent *bev, void *arg)
 {
 	(void)bev;
-	struct session *s = arg;
-	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-		session_close(s);
+	close_check(arg);
 }
 
 /* Closes once the output is flushed. */
-static void close_after_flush(struct session *s)
+void close_after_flush(struct session *s)
 {
+	if (s->state == SS_CLOSING || s->state == SS_DEAD)
+		return;
 	s->state = SS_CLOSING;
 	bufferevent_disable(s->bev, EV_READ);
 	struct timeval tv = tv_of(s->p.client_timeout > 0 ? s->p.client_timeout : 10);
 	bufferevent_set_timeouts(s->bev, NULL, &tv);
 	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
-	bufferevent_setcb(s->bev, NULL, finish_close, NULL, s);
-	/* the event callback stays as set: errors close too */
-	finish_close(s->bev, s);
+	bufferevent_setcb(s->bev, NULL, finish_close, on_event, s);
+	event_active(s->close_ev, EV_TIMEOUT, 0);
 }
 
 static void write_reply(struct session *s, int code, const char *text, enum disc_mode mode)
@@ -306,6 +352,7 @@ void session_free(struct session *s)
 		txn_free(s->txn);
 	if (s->bev)
 		bufferevent_free(s->bev);
+	event_free(s->close_ev);
 	params_free(&s->p);
 	cJSON_Delete(s->meta);
 	free(s->ehlo_domain);
@@ -322,6 +369,12 @@ void session_close(struct session *s)
 		return;
 	s->state = SS_DEAD;
 	if (s->bev) {
+		if (s->under_cb) {
+			struct bufferevent *under = bufferevent_get_underlying(s->bev);
+			if (under)
+				evbuffer_remove_cb_entry(bufferevent_get_output(under), s->under_cb);
+			s->under_cb = NULL;
+		}
 		bufferevent_free(s->bev);
 		s->bev = NULL;
 	}
@@ -371,6 +424,7 @@ void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
 	l->sessions++;
 
 	s->bev = bufferevent_socket_new(smtpd->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	s->close_ev = evtimer_new(smtpd->base, close_ev_cb, s);
 	session_set_callbacks(s);
 
 	char err[300];

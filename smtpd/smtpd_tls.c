@@ -150,7 +150,12 @@ static void handshake_event(struct bufferevent *bev, short what, void *arg)
 			ERR_error_string_n(e, buf, sizeof buf);
 		log_info("session %s: TLS handshake with %s failed%s%s", s->session_id, s->peer_str,
 			 buf[0] ? ": " : "", buf);
-		session_close(s);
+		if (what & (BEV_EVENT_EOF | BEV_EVENT_TIMEOUT)) {
+			session_close(s);
+		} else {
+			s->tls_closed = true; /* no close_notify; the alert goes out first */
+			close_after_flush(s);
+		}
 		return;
 	}
 	SSL *ssl = bufferevent_openssl_get_ssl(bev);

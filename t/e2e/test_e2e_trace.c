@@ -142,7 +142,8 @@ START_TEST(test_batch_kumoref_lists_recipients)
 	/* one message per domain (compared without case): two ids */
 	char *reply = smtpc_expect_code(c, 250);
 	char ids[2][33];
-	ck_assert_msg(sscanf(reply, "250 OK ids=%32s %32s", ids[0], ids[1]) == 2 && !strchr(reply + 11 + 33 + 33, ' '),
+	int end = 0;
+	ck_assert_msg(sscanf(reply, "250 OK ids=%32s %32s%n", ids[0], ids[1], &end) == 2 && reply[end] == '\0',
 		      "DATA reply: %s", reply);
 	free(reply);
 	smtpc_close(c);
