@@ -204,6 +204,8 @@ struct session {
 	bool discarding_line;          /* skipping an over-long command line */
 	bool pumping;                  /* inside session_resume's loop */
 	bool tls;                      /* STARTTLS done (or under way) */
+	bool authenticated;            /* AUTH PLAIN succeeded */
+	bool auth_pending;             /* the next line answers "334 " */
 	bool tls_closed;               /* close_notify sent (or not to be sent) */
 	struct evbuffer_cb_entry *under_cb; /* waiting for the socket buffer to drain */
 	struct event *close_ev;        /* owned: runs close_check from the loop */
@@ -239,6 +241,11 @@ void tls_setup(const cJSON *self_signed);
 void tls_teardown(void);
 bool tls_available(struct session *s);
 void run_starttls(struct session *s, struct smtp_cmd *cmd);
+
+/* smtpd_auth.c */
+void run_auth(struct session *s, struct smtp_cmd *cmd);
+void auth_response(struct session *s, const char *line, size_t len);
+size_t auth_line_max(void);
 
 /* smtpd_message.c: the end of DATA */
 void data_complete(struct session *s);

@@ -147,6 +147,8 @@ static cJSON *default_extensions(struct session *s)
 	cJSON_AddItemToArray(ext, cJSON_CreateString(size));
 	if (tls_available(s))
 		cJSON_AddItemToArray(ext, cJSON_CreateString("STARTTLS"));
+	else if (s->tls)
+		cJSON_AddItemToArray(ext, cJSON_CreateString("AUTH PLAIN"));
 	return ext;
 }
 
@@ -359,7 +361,7 @@ static void run_rcpt(struct session *s, struct smtp_cmd *cmd)
 	c->s = s;
 	c->addr = cmd->addr;
 	memset(&cmd->addr, 0, sizeof cmd->addr);
-	if (params_relay_allowed(&s->p, &s->peer_ip)) {
+	if (s->authenticated || params_relay_allowed(&s->p, &s->peer_ip)) {
 		rcpt_relay_ok(s, c);
 	} else if (policy_has(smtpd->policy, "get_listener_domain")) {
 		struct domain_ctx *d = xcalloc(1, sizeof *d);
@@ -432,23 +434,6 @@ static void run_quit(struct session *s, struct smtp_cmd *cmd)
 	session_reply(s, 221, "So long, and thanks for all the fish!", DISC_FORCE, NULL);
 }
 
-static void run_auth(struct session *s, struct smtp_cmd *cmd)
-{
-	size_t n = 0;
-	while (n < cmd->arglen && cmd->arg[n] != ' ')
-		n++;
-	if (n != 5 || strncmp(cmd->arg, "PLAIN", 5) != 0) {
-		replyf(s, 504, "5.5.4 AUTH %.*s not supported", (int)(n > 64 ? 64 : n), cmd->arg);
-		return;
-	}
-	if (!s->tls) {
-		reply_ok(s, 524, "5.7.11 AUTH PLAIN requires an encrypted channel");
-		return;
-	}
-	/* smtp_server_auth_plain is not consulted yet: no credentials are valid */
-	reply_ok(s, 535, "5.7.8 AUTH invalid");
-}
-
 static void run_xclient(struct session *s, struct smtp_cmd *cmd)
 {
 	(void)cmd;
@@ -482,6 +467,12 @@ void cmd_dispatch(struct session *s, const char *line, size_t len)
 	s->cur_cmd = xstrndup(line, len > 512 ? 512 : len);
 	struct smtp_cmd cmd;
 	enum parse_status st = smtp_cmd_parse(line, len, &cmd);
+	if (cmd.verb == V_AUTH) {
+		/* never log or hand on the credentials of an initial response */
+		char *sp = strchr(s->cur_cmd, ' ');
+		if (sp && (sp = strchr(sp + 1, ' ')))
+			*sp = '\0';
+	}
 	switch (st) {
 	case PARSE_OK:
 		verb_table[cmd.verb].run(s, &cmd);

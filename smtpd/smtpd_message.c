@@ -337,7 +337,7 @@ static char *received_header(struct session *s, const struct batch *b, const cha
 	const cJSON *first = cJSON_GetArrayItem(b->recipients, 0);
 	return xasprintf("Received: from %s (%s)\r\n  by %s (KumoMTA %s) \r\n  with %s%s id %s for <%s>;\r\n  %s\r\n",
 			 s->ehlo_domain ? s->ehlo_domain : "unspecified", s->peer_ip_str, s->p.hostname,
-			 local_ip, s->tls ? "ESMTPS" : "ESMTP", tls, b->id,
+			 local_ip, s->tls && s->authenticated ? "ESMTPSA" : s->tls ? "ESMTPS" : "ESMTP", tls, b->id,
 			 cJSON_IsString(first) ? first->valuestring : "", date);
 }
 

@@ -260,7 +260,7 @@ void session_resume(struct session *s)
 		}
 		size_t eol_len = 0;
 		struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
-		size_t limit = s->p.line_length_hard_limit;
+		size_t limit = s->auth_pending ? auth_line_max() : s->p.line_length_hard_limit;
 		if (eol.pos < 0) {
 			if (avail > limit + 2) {
 				/* an over-long line: drop what we have, keep skipping */
@@ -276,7 +276,13 @@ void session_resume(struct session *s)
 			free(s->cur_cmd);
 			s->cur_cmd = NULL;
 			s->state = SS_WAIT;
-			session_reply(s, 500, "5.2.3 line too long", DISC_NONE, session_resume);
+			if (s->auth_pending) {
+				s->auth_pending = false;
+				session_reply(s, 500, "5.5.6 authentication exchange line too long", DISC_NONE,
+					      session_resume);
+			} else {
+				session_reply(s, 500, "5.2.3 line too long", DISC_NONE, session_resume);
+			}
 			continue;
 		}
 		char stackbuf[1024];
@@ -285,7 +291,10 @@ void session_resume(struct session *s)
 		evbuffer_drain(in, eol_len);
 		line[len] = '\0';
 		s->state = SS_WAIT;
-		cmd_dispatch(s, line, len);
+		if (s->auth_pending)
+			auth_response(s, line, len);
+		else
+			cmd_dispatch(s, line, len);
 		if (line != stackbuf)
 			free(line);
 	}
