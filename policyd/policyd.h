@@ -7,6 +7,8 @@
  *   policyd_json.c    Lua <-> cJSON conversion and kumo.serde
  *   policyd_addr.c    the EnvelopeAddress userdata
  *   policyd_meta.c    the connection metadata object
+ *   policyd_msg.c     the Message object (bytes read from smtpd's file on demand)
+ *   policyd_hdr.c     header-block text: fields, decoding, folding (no Lua)
  *   policyd_event.c   policy_handle: one lib/ipc.h request in, one reply out
  *   policyd.c         main(): the socket loop */
 #ifndef KUMO_POLICYD_H
@@ -101,5 +103,65 @@ void policy_meta_push(lua_State *L, cJSON *obj);
  * its methods raise an error).  NULL if idx is not a live object. */
 cJSON *policy_meta_take(lua_State *L, int idx);
 void policy_meta_register(lua_State *L);
+/* get_meta/set_meta on a metadata object, shared with the Message:
+ * policy_meta_get pushes obj[name] (nil when absent) and returns 1;
+ * policy_meta_set sets obj[name] to the Lua value at idx, raising a Lua
+ * error when it is not JSON-serializable; policy_meta_obj_set replaces or
+ * adds obj[name] = v, taking ownership of v. */
+int policy_meta_get(lua_State *L, const cJSON *obj, const char *name);
+void policy_meta_set(lua_State *L, cJSON *obj, const char *name, int idx);
+void policy_meta_obj_set(cJSON *obj, const char *name, cJSON *v);
+
+/* --- policyd_hdr.c --- */
+
+struct policy_buf {
+	char *p;            /* owned; NUL-terminated once anything was added */
+	size_t len, cap;
+};
+void policy_buf_add(struct policy_buf *b, const void *data, size_t len);
+/* Makes room for len more bytes (and a NUL) after p[len]. */
+void policy_buf_reserve(struct policy_buf *b, size_t len);
+void policy_buf_reset(struct policy_buf *b);   /* empties it, keeps the memory */
+void policy_buf_free(struct policy_buf *b);
+
+/* One header field of a block: buf[start, end) is the whole field, folds and
+ * line end included; its name is the first name_len bytes; [value,
+ * value_end) is the raw value (after the colon and leading blanks, before
+ * the final line end, folds included). */
+struct policy_hdr_field {
+	size_t start, end;
+	size_t name_len;
+	size_t value, value_end;
+};
+/* Steps from *pos to the next field of the block buf[0, len); false at the
+ * end or at a blank line.  Lines that are not fields (no colon, a name with
+ * spaces or control bytes, a fold with nothing to continue) are skipped. */
+bool policy_hdr_next(const char *buf, size_t len, size_t *pos, struct policy_hdr_field *f);
+/* The field's name equals name, ignoring ASCII case. */
+bool policy_hdr_name_is(const char *buf, const struct policy_hdr_field *f, const char *name);
+/* Replaces out with the raw value unfolded, trimmed of blanks and with its
+ * RFC 2047 encoded words decoded to UTF-8 (undecodable ones kept). */
+void policy_hdr_value(const char *raw, size_t len, struct policy_buf *out);
+/* Replaces out with value as KumoMTA's encode=true writes it: ASCII words
+ * joined by single spaces, folded with CRLF TAB before column 75, a word
+ * over 900 bytes split; with 8-bit bytes, those words become RFC 2047
+ * "=?UTF-8?Q?...?=" encoded words laid out the same way. */
+void policy_hdr_encode(const char *value, size_t len, struct policy_buf *out);
+/* Where the header block of a whole message ends, as smtpd computes it: 0
+ * when it starts with CRLF, else just past the CRLF before the first empty
+ * line, or -1 when there is none. */
+long long policy_hdr_block_end(const char *data, size_t len);
+
+/* --- policyd_msg.c --- */
+
+/* Pushes a Message made from the "__msg" object of an event request
+ * (lib/ipc.h).  0, or -1 with err set and nothing pushed when a field is
+ * missing or invalid. */
+int policy_msg_push(lua_State *L, const cJSON *msg, char *err, size_t errlen);
+/* Detaches the Message at idx (its methods then raise an error) and
+ * returns the reply's "msg" object.  NULL with err set when idx is not a
+ * live Message, or when the edited bytes cannot travel in JSON (a NUL). */
+cJSON *policy_msg_take(lua_State *L, int idx, char *err, size_t errlen);
+void policy_msg_register(lua_State *L);
 
 #endif

@@ -4,6 +4,9 @@
  * and caches the outcome (the relay asks once per policyd); "event" converts
  * the arguments, inserts the connection metadata object at meta_pos, calls
  * the handler(s) and reports ok/reject/error with the metadata afterwards.
+ * An argument {"__msg":{...}} becomes a Message (policyd_msg.c); the reply
+ * then carries its "msg" object (envelope, meta and edits) with ok and
+ * reject results.
  * Failures never escape: a bad request or a missing handler is
  * {"ok":false,...}; a Lua error in a handler is "result":"error"; even an
  * out-of-memory error inside Lua only ends the request (all Lua work runs
@@ -108,6 +111,7 @@ struct event_ctx {
 	cJSON *ret;           /* owned: first return value (OUT_OK) */
 	cJSON *ret2;          /* owned: second return value, NULL if none */
 	cJSON *meta_after;    /* owned: the metadata after the call */
+	cJSON *msg_after;     /* owned: the Message argument's reply object */
 	int code;             /* OUT_REJECT */
 	char *text;           /* owned (OUT_REJECT) */
 	char *mode;           /* owned (OUT_REJECT) */
@@ -119,21 +123,30 @@ static void ctx_clear(struct event_ctx *c)
 	cJSON_Delete(c->ret);
 	cJSON_Delete(c->ret2);
 	cJSON_Delete(c->meta_after);
+	cJSON_Delete(c->msg_after);
 	free(c->text);
 	free(c->mode);
 	free(c->error);
-	c->ret = c->ret2 = c->meta_after = NULL;
+	c->ret = c->ret2 = c->meta_after = c->msg_after = NULL;
 	c->text = c->mode = c->error = NULL;
 }
 
-/* Pushes the handler arguments; returns how many, or -1 (OUT_BAD set). */
-static int push_args(lua_State *L, struct event_ctx *c, int *meta_idx)
+/* The "__msg" object when the argument a is a message reference. */
+static const cJSON *msg_ref(const cJSON *a)
+{
+	return cJSON_IsObject(a) ? cJSON_GetObjectItemCaseSensitive(a, "__msg") : NULL;
+}
+
+/* Pushes the handler arguments; returns how many, or -1 (OUT_BAD set).
+ * *meta_idx and *msg_idx are the stack slots of the connection metadata
+ * and of the Message, 0 when there is none. */
+static int push_args(lua_State *L, struct event_ctx *c, int *meta_idx, int *msg_idx)
 {
 	int nargs = cJSON_GetArraySize(c->args);
 	int n = 0;
 	const cJSON *a = c->args->child;
 	luaL_checkstack(L, nargs + 2, "too many arguments");
-	*meta_idx = 0;
+	*meta_idx = *msg_idx = 0;
 	for (int i = 0; i <= nargs; i++) {
 		if (i == c->meta_pos) {
 			policy_meta_push(L, need(cJSON_Duplicate(c->meta, 1)));
@@ -143,15 +156,38 @@ static int push_args(lua_State *L, struct event_ctx *c, int *meta_idx)
 		if (i == nargs)
 			break;
 		char err[400];
-		if (policy_json_push(L, a, POLICY_JSON_ADDR, err, sizeof err) < 0) {
+		const cJSON *m = msg_ref(a);
+		if (m && *msg_idx) {
+			c->outcome = OUT_BAD;
+			c->error = xasprintf("bad request: args[%d]: a second message argument", i);
+			return -1;
+		}
+		int rc = m ? policy_msg_push(L, m, err, sizeof err)
+			   : policy_json_push(L, a, POLICY_JSON_ADDR, err, sizeof err);
+		if (rc < 0) {
 			c->outcome = OUT_BAD;
 			c->error = xasprintf("bad request: args[%d]: %s", i, err);
 			return -1;
 		}
+		if (m)
+			*msg_idx = lua_gettop(L);
 		a = a->next;
 		n++;
 	}
 	return n;
+}
+
+/* Detaches the Message argument and keeps its reply object; a message
+ * that cannot be returned turns an ok or a reject into an error. */
+static void take_msg(lua_State *L, struct event_ctx *c, int msg_idx)
+{
+	char err[300];
+	c->msg_after = policy_msg_take(L, msg_idx, err, sizeof err);
+	if (!c->msg_after && (c->outcome == OUT_OK || c->outcome == OUT_REJECT)) {
+		c->outcome = OUT_ERROR;
+		free(c->error);
+		c->error = xasprintf("%s: %s", c->event, err);
+	}
 }
 
 /* The first return value is nil (or absent). */
@@ -201,9 +237,9 @@ static int event_protected(lua_State *L)
 		return 0;
 	}
 	int handlers = lua_gettop(L);
-	int meta_idx;
+	int meta_idx, msg_idx;
 	int first_arg = handlers + 1;
-	int nargs = push_args(L, c, &meta_idx);
+	int nargs = push_args(L, c, &meta_idx, &msg_idx);
 	if (nargs < 0)
 		return 0;
 	size_t nh = lua_objlen(L, handlers);
@@ -231,6 +267,8 @@ static int event_protected(lua_State *L)
 	}
 	if (meta_idx)
 		c->meta_after = policy_meta_take(L, meta_idx);
+	if (msg_idx)
+		take_msg(L, c, msg_idx);
 	return 0;
 }
 
@@ -310,6 +348,10 @@ static cJSON *handle_event(struct policy *p, const cJSON *req, cJSON *reply)
 	if ((c.outcome == OUT_OK || c.outcome == OUT_REJECT) && c.meta_after) {
 		cJSON_AddItemToObject(reply, "meta", c.meta_after);
 		c.meta_after = NULL;
+	}
+	if ((c.outcome == OUT_OK || c.outcome == OUT_REJECT) && c.msg_after) {
+		cJSON_AddItemToObject(reply, "msg", c.msg_after);
+		c.msg_after = NULL;
 	}
 	ctx_clear(&c);
 	return reply;

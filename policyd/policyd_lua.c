@@ -347,6 +347,7 @@ static int load_protected(lua_State *L)
 	lua_pop(L, 1);
 	policy_addr_register(L);
 	policy_meta_register(L);
+	policy_msg_register(L);
 
 	push_kumo_module(L);
 	lua_pushvalue(L, -1);

@@ -5,7 +5,9 @@
  * otherwise.  Once the request is answered the object is detached and its
  * methods raise an error (a handler that kept it in a global cannot write
  * into a later session).
- * Entry points: policy_meta_register, policy_meta_push, policy_meta_take. */
+ * Entry points: policy_meta_register, policy_meta_push, policy_meta_take;
+ * policy_meta_get/policy_meta_set/policy_meta_obj_set, the same get/set on
+ * any object, for the Message's metadata. */
 #include "policyd/policyd.h"
 
 #include <stdlib.h>
@@ -26,29 +28,44 @@ static struct lua_meta *check_meta(lua_State *L, int idx)
 	return m;
 }
 
-static int l_get_meta(lua_State *L)
+int policy_meta_get(lua_State *L, const cJSON *obj, const char *name)
 {
-	struct lua_meta *m = check_meta(L, 1);
-	const char *name = luaL_checkstring(L, 2);
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(m->obj, name);
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
 	char err[200];
 	if (policy_json_push(L, v, 0, err, sizeof err) < 0)
 		return luaL_error(L, "get_meta: %s", err);
 	return 1;
 }
 
+void policy_meta_obj_set(cJSON *obj, const char *name, cJSON *v)
+{
+	if (cJSON_GetObjectItemCaseSensitive(obj, name))
+		cJSON_ReplaceItemInObjectCaseSensitive(obj, name, v);
+	else
+		cJSON_AddItemToObject(obj, name, v);
+}
+
+void policy_meta_set(lua_State *L, cJSON *obj, const char *name, int idx)
+{
+	char err[200];
+	cJSON *v = policy_json_from_lua(L, idx, err, sizeof err);
+	if (!v)
+		luaL_error(L, "set_meta '%s': %s", name, err);
+	policy_meta_obj_set(obj, name, v);
+}
+
+static int l_get_meta(lua_State *L)
+{
+	struct lua_meta *m = check_meta(L, 1);
+	const char *name = luaL_checkstring(L, 2);
+	return policy_meta_get(L, m->obj, name);
+}
+
 static int l_set_meta(lua_State *L)
 {
 	struct lua_meta *m = check_meta(L, 1);
 	const char *name = luaL_checkstring(L, 2);
-	char err[200];
-	cJSON *v = policy_json_from_lua(L, 3, err, sizeof err);
-	if (!v)
-		return luaL_error(L, "set_meta '%s': %s", name, err);
-	if (cJSON_GetObjectItemCaseSensitive(m->obj, name))
-		cJSON_ReplaceItemInObjectCaseSensitive(m->obj, name, v);
-	else
-		cJSON_AddItemToObject(m->obj, name, v);
+	policy_meta_set(L, m->obj, name, 3);
 	return 0;
 }
 
