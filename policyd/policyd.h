@@ -139,8 +139,10 @@ struct policy_hdr_field {
 bool policy_hdr_next(const char *buf, size_t len, size_t *pos, struct policy_hdr_field *f);
 /* The field's name equals name, ignoring ASCII case. */
 bool policy_hdr_name_is(const char *buf, const struct policy_hdr_field *f, const char *name);
-/* Replaces out with the raw value unfolded, trimmed of blanks and with its
- * RFC 2047 encoded words decoded to UTF-8 (undecodable ones kept). */
+/* Replaces out with the raw value unfolded (each run of blanks and line
+ * breaks one space, none at either end, as KumoMTA's unstructured parse)
+ * and its RFC 2047 encoded words decoded to UTF-8 (undecodable ones kept,
+ * whitespace between two encoded words dropped). */
 void policy_hdr_value(const char *raw, size_t len, struct policy_buf *out);
 /* Replaces out with value as KumoMTA's encode=true writes it: ASCII words
  * joined by single spaces, folded with CRLF TAB before column 75, a word
