@@ -781,6 +781,11 @@ int policy_msg_push(lua_State *L, const cJSON *j, char *err, size_t errlen)
 	m->path = xstrdup(cJSON_GetObjectItemCaseSensitive(j, "path")->valuestring);
 	m->size = (size_t)size;
 	m->hdr_end = (long long)hdr_end;
+	/* header lines smtpd already put before the file's bytes (Received):
+	 * part of the message for every method, returned in the reply's prefix */
+	const cJSON *prefix = cJSON_GetObjectItemCaseSensitive(j, "prefix");
+	if (cJSON_IsString(prefix))
+		policy_buf_add(&m->prefix, prefix->valuestring, strlen(prefix->valuestring));
 	return 0;
 }
 

@@ -258,6 +258,84 @@ START_TEST(test_double_registration_is_a_load_error)
 }
 END_TEST
 
+START_TEST(test_message_received_edits_and_meta)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('smtp_server_message_received', function(msg, conn_meta)\n"
+		"  msg:prepend_header('X-Added', 'yes')\n"
+		"  msg:set_meta('x_subject', msg:get_first_named_header_value('subject'))\n"
+		"  msg:set_meta('x_has_received', msg:get_data():find('Received: from client.example', 1, true) ~= nil)\n"
+		"  msg:set_meta('x_rcpt', tostring(msg:recipient()))\n"
+		"  if msg:sender().domain == 'blackhole.example' then msg:set_meta('queue', 'null') end\n"
+		"  if msg:sender().domain == 'reject.example' then kumo.reject(550, '5.7.1 not this one') end\n"
+		"end)\n", NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER);
+	smtpc_cmd(c, "EHLO client.example");
+	free(smtpc_expect_code(c, 250));
+	static const char *const rcpts[] = { "b@example.net", NULL };
+	char ids[1][33];
+	smtpc_transaction(c, "a@example.com", rcpts, "Subject: Hello there\r\n\r\nbody\r\n", ids);
+	static const char *const needles[] = { "\"x_subject\":\"Hello there\"", "\"x_has_received\":true",
+					       "\"x_rcpt\":\"b@example.net\"", NULL };
+	size_t len;
+	char *data = expect_spooled(env, ids[0], "body", needles, &len);
+	/* X-KumoRef first, then what the hook prepended, then Received */
+	ck_assert_msg(strncmp(data, "X-KumoRef: ", 11) == 0, "stored: %.300s", data);
+	char *added = strstr(data, "X-Added: yes\r\nReceived: from client.example");
+	ck_assert_msg(added != NULL, "stored: %.400s", data);
+	free(data);
+
+	/* queue 'null': accepted, logged, not stored */
+	smtpc_transaction(c, "a@blackhole.example", rcpts, "Subject: x\r\n\r\nbody\r\n", ids);
+	expect_not_spooled(env, ids[0]);
+	cJSON *rec = harness_log_wait(env, "Reception", ids[0]);
+	ck_assert_ptr_nonnull(rec);
+	cJSON_Delete(rec);
+
+	/* a rejection rejects the transaction; nothing stored */
+	smtpc_chat(c, "MAIL FROM:<a@reject.example>", "250 OK <a@reject.example>");
+	smtpc_chat(c, "RCPT TO:<b@example.net>", "250 OK <b@example.net>");
+	smtpc_chat(c, "DATA", "354 Send body; end with CRLF.CRLF");
+	smtpc_send(c, "Subject: x\r\n\r\nbody\r\n.\r\n", 23);
+	smtpc_expect(c, "550 5.7.1 not this one");
+	/* the transaction is gone: a new one starts cleanly */
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	finish(env, c);
+}
+END_TEST
+
+START_TEST(test_smtp_server_data_changes_recipients)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('smtp_server_data', function(msg, conn_meta)\n"
+		"  msg:set_recipient({ 'c@example.org', 'd@example.org' })\n"
+		"  msg:append_header('X-Data', 'seen')\n"
+		"  msg:set_meta('x_count', #msg:recipient_list())\n"
+		"end)\n", NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER);
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	smtpc_chat(c, "RCPT TO:<b@example.net>", "250 OK <b@example.net>");
+	smtpc_chat(c, "DATA", "354 Send body; end with CRLF.CRLF");
+	smtpc_send(c, "Subject: x\r\n\r\nbody\r\n.\r\n", 23);
+	char *reply = smtpc_expect_code(c, 250);
+	char ids[2][33];
+	int end = 0;
+	ck_assert_msg(sscanf(reply, "250 OK ids=%32s %32s%n", ids[0], ids[1], &end) == 2 && reply[end] == '\0',
+		      "DATA reply: %s", reply);
+	free(reply);
+	static const char *const n0[] = { "\"recipient\":\"c@example.org\"", "\"x_count\":2", NULL };
+	static const char *const n1[] = { "\"recipient\":\"d@example.org\"", NULL };
+	size_t len;
+	char *d0 = expect_spooled(env, ids[0], "Subject: x\r\nX-Data: seen\r\n\r\nbody", n0, &len);
+	char *d1 = expect_spooled(env, ids[1], "X-Data: seen", n1, &len);
+	free(d0);
+	free(d1);
+	finish(env, c);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("e2e_policy");
@@ -273,6 +351,8 @@ int main(void)
 	tcase_add_test(tc, test_listener_domain_relay);
 	tcase_add_test(tc, test_dead_policyd_gives_4xx_never_250);
 	tcase_add_test(tc, test_double_registration_is_a_load_error);
+	tcase_add_test(tc, test_message_received_edits_and_meta);
+	tcase_add_test(tc, test_smtp_server_data_changes_recipients);
 	suite_add_tcase(s, tc);
 	return harness_run_suite(s);
 }
