@@ -166,4 +166,7 @@ int policy_msg_push(lua_State *L, const cJSON *msg, char *err, size_t errlen);
 cJSON *policy_msg_take(lua_State *L, int idx, char *err, size_t errlen);
 void policy_msg_register(lua_State *L);
 
+/* policyd_memo.c: kumo.memoize, added to the kumo table on the stack top */
+void policy_memo_register(lua_State *L);
+
 #endif

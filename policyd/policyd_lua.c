@@ -303,6 +303,7 @@ static void push_kumo_module(lua_State *L)
 	lua_setfield(L, -2, "serde");
 	lua_pushliteral(L, POLICY_VERSION);
 	lua_setfield(L, -2, "version");
+	policy_memo_register(L);
 }
 
 static void prepend_package_path(lua_State *L, const char *path)

@@ -602,6 +602,42 @@ START_TEST(test_logs_last_wins)
 }
 END_TEST
 
+START_TEST(test_memoize)
+{
+	struct policy *p = load_ok(
+		"local calls = 0\n"
+		"local f = kumo.memoize(function(x, y)\n"
+		"  calls = calls + 1\n"
+		"  return { v = x, calls = calls }, y\n"
+		"end, { name = 'n', ttl = '1 minute', capacity = 2 })\n"
+		"local g = kumo.memoize(function() calls = calls + 100 return 1 end, { name = 'z', ttl = 0, capacity = 1 })\n"
+		"kumo.on('x', function()\n"
+		"  local a = f('a')\n"
+		"  a.v = 'changed by the caller'\n"
+		"  local b = f('a')\n"
+		"  assert(b.v == 'a' and calls == 1, 'hit, and a copy')\n"
+		"  local _, y = f('a', 'y')\n"
+		"  assert(y == 'y' and calls == 2, 'other arguments miss')\n"
+		"  f('b'); f('c')\n"
+		"  assert(calls == 4)\n"
+		"  f('a')\n"
+		"  assert(calls == 5, 'the eldest was evicted at capacity')\n"
+		"  g(); g()\n"
+		"  assert(calls == 205, 'ttl 0 never hits')\n"
+		"  local ok, err = pcall(kumo.memoize, f, { name = 'q', ttl = '1 minute' })\n"
+		"  assert(not ok and err:find('capacity'), err)\n"
+		"  ok, err = pcall(kumo.memoize, f, { name = 'q', ttl = 'soon', capacity = 1 })\n"
+		"  assert(not ok and err:find('ttl'), err)\n"
+		"  ok, err = pcall(kumo.memoize, f, { name = 'q', ttl = 1, capacity = 1, colour = 1 })\n"
+		"  assert(not ok and err:find('colour'), err)\n"
+		"  return calls\n"
+		"end)\n");
+	expect(p, "{\"id\":1,\"op\":\"event\",\"event\":\"x\",\"args\":[]}",
+	       "{\"id\":1,\"ok\":true,\"result\":\"ok\",\"ret\":205}");
+	policy_free(p);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("policyd_event");
@@ -618,6 +654,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_huge_args);
 	tcase_add_test(tc, test_require_kumo);
 	tcase_add_test(tc, test_logs_last_wins);
+	tcase_add_test(tc, test_memoize);
 	suite_add_tcase(s, tc);
 	return s;
 }
