@@ -52,8 +52,15 @@
 
 /* Inherited descriptors, fixed numbers. */
 #define FD_CONFIG      3   /* kumo-smtpd: memfd holding the config JSON */
+#define FD_COUNTERS    4   /* kumo-smtpd: memfd of session counters, see below */
 #define FD_POLICY_LISTEN 3 /* kumo-policyd: the listening policy socket */
-#define FD_LISTEN_BASE 4   /* kumo-smtpd: listener sockets 4, 5, ... */
+#define FD_LISTEN_BASE 5   /* kumo-smtpd: listener sockets 5, 6, ... */
+
+/* The session counters (FD_COUNTERS): uint64_t counters[workers][listeners],
+ * shared by every kumo-smtpd through mmap.  A worker changes only its own
+ * row (atomically); max_connections is checked against the sum of a
+ * listener's column.  kumod zeroes a worker's row before restarting it, so
+ * sessions of a dead worker stop counting. */
 
 /* kumo-smtpd's config JSON (FD_CONFIG):
  * {"policy_socket":"@kumomta-123-policyd", "listeners":[{...}, ...],

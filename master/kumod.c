@@ -222,6 +222,7 @@ static int make_config_fd(const cJSON *config)
 	cJSON *c = cJSON_Duplicate(config, 1);
 	cJSON_AddStringToObject(c, "policy_socket", M.policy_sock);
 	cJSON_AddStringToObject(c, "log_level", M.log_level);
+	cJSON_AddNumberToObject(c, "workers", M.n_workers);
 	char *text = cJSON_PrintUnformatted(c);
 	cJSON_Delete(c);
 	int fd = memfd_create("kumod-config", MFD_CLOEXEC);
@@ -524,6 +525,7 @@ int main(int argc, char **argv)
 	logrec_close(&lr);
 
 	prepare_tls(config);
+	M.n_workers = (int)workers;
 	M.config_fd = make_config_fd(config);
 	cJSON_Delete(config);
 	if (daemon_mode)
@@ -531,6 +533,13 @@ int main(int argc, char **argv)
 
 	M.n_workers = (int)workers;
 	M.workers = xcalloc((size_t)M.n_workers, sizeof *M.workers);
+	size_t counters_len = (size_t)M.n_workers * (M.n_listen ? M.n_listen : 1) * sizeof(uint64_t);
+	M.counters_fd = memfd_create("kumod-counters", MFD_CLOEXEC);
+	if (M.counters_fd < 0 || ftruncate(M.counters_fd, (off_t)counters_len) != 0)
+		startup_fail("session counters: %s", strerror(errno));
+	M.counters = mmap(NULL, counters_len, PROT_READ | PROT_WRITE, MAP_SHARED, M.counters_fd, 0);
+	if (M.counters == MAP_FAILED)
+		startup_fail("session counters: mmap: %s", strerror(errno));
 	for (int i = 0; i < M.n_workers; i++) {
 		M.workers[i].kind = CHILD_SMTPD;
 		M.workers[i].index = i;

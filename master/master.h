@@ -3,6 +3,7 @@
 #define KUMO_MASTER_H
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <cjson/cJSON.h>
 #include <event2/event.h>
@@ -30,6 +31,8 @@ struct master {
 	int *listen_fds;        /* owned */
 	size_t n_listen;
 	int config_fd;          /* memfd with the smtpd config */
+	int counters_fd;        /* memfd with the session counters (lib/ipc.h) */
+	uint64_t *counters;     /* its mapping, [workers][listeners] */
 	struct child policyd;
 	struct child *workers;  /* owned */
 	int n_workers;

@@ -55,6 +55,10 @@ static void place_fds(const int *src, const int *dst, int n)
 
 void child_spawn(struct master *m, struct child *c)
 {
+	/* a new worker starts with no sessions: the old one's are gone */
+	if (c->kind == CHILD_SMTPD && m->counters)
+		for (size_t i = 0; i < m->n_listen; i++)
+			__atomic_store_n(&m->counters[(size_t)c->index * m->n_listen + i], 0, __ATOMIC_SEQ_CST);
 	char path[4200];
 	snprintf(path, sizeof path, "%s/%s", m->bindir, child_name(c));
 	pid_t pid = fork();
@@ -79,13 +83,15 @@ void child_spawn(struct master *m, struct child *c)
 			const char *argv[] = { path, "--policy", m->policy, "--log-level", m->log_level, NULL };
 			execv(path, (char *const *)argv);
 		} else {
-			int n = 1 + (int)m->n_listen;
+			int n = 2 + (int)m->n_listen;
 			int *src = xcalloc((size_t)n, sizeof *src), *dst = xcalloc((size_t)n, sizeof *dst);
 			src[0] = m->config_fd;
 			dst[0] = FD_CONFIG;
+			src[1] = m->counters_fd;
+			dst[1] = FD_COUNTERS;
 			for (size_t i = 0; i < m->n_listen; i++) {
-				src[1 + i] = m->listen_fds[i];
-				dst[1 + i] = FD_LISTEN_BASE + (int)i;
+				src[2 + i] = m->listen_fds[i];
+				dst[2 + i] = FD_LISTEN_BASE + (int)i;
 			}
 			place_fds(src, dst, n);
 			char idx[16];

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -130,6 +131,15 @@ int main(int argc, char **argv)
 		evconnlistener_set_error_cb(l->evl, on_accept_error);
 		i++;
 	}
+	const cJSON *nw = cJSON_GetObjectItemCaseSensitive(conf, "workers");
+	smtpd->n_workers = cJSON_IsNumber(nw) ? (int)nw->valuedouble : 1;
+	if (smtpd->worker >= smtpd->n_workers)
+		log_fatal("worker %d of %d", smtpd->worker, smtpd->n_workers);
+	size_t clen = (size_t)smtpd->n_workers * (smtpd->n_listeners ? smtpd->n_listeners : 1) * sizeof(uint64_t);
+	smtpd->counters = mmap(NULL, clen, PROT_READ | PROT_WRITE, MAP_SHARED, FD_COUNTERS, 0);
+	if (smtpd->counters == MAP_FAILED)
+		log_fatal("session counters on descriptor %d: %s", FD_COUNTERS, strerror(errno));
+	close(FD_COUNTERS);
 	tls_setup(cJSON_GetObjectItemCaseSensitive(conf, "tls_self_signed"));
 	cJSON_Delete(conf);
 

@@ -134,6 +134,8 @@ struct smtpd {
 	size_t n_sessions;
 	uint64_t next_sid;
 	struct event *sigterm_ev, *sigint_ev, *drain_timer;
+	uint64_t *counters;           /* shared [workers][listeners], see lib/ipc.h */
+	int n_workers;
 };
 
 extern struct smtpd *smtpd;

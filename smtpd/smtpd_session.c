@@ -345,6 +345,22 @@ void session_set_callbacks(struct session *s)
 
 /* ---------------------------------------------------------------- lifecycle */
 
+/* This worker's count of sessions on l, in the table all workers share. */
+static uint64_t *counter_slot(struct listener *l)
+{
+	return &smtpd->counters[(size_t)smtpd->worker * smtpd->n_listeners + (size_t)l->index];
+}
+
+/* Sessions on l across every worker. */
+static uint64_t listener_sessions(struct listener *l)
+{
+	uint64_t total = 0;
+	for (int w = 0; w < smtpd->n_workers; w++)
+		total += __atomic_load_n(&smtpd->counters[(size_t)w * smtpd->n_listeners + (size_t)l->index],
+					 __ATOMIC_RELAXED);
+	return total;
+}
+
 void session_free(struct session *s)
 {
 	if (s->policy_req || s->spool_pending)
@@ -357,6 +373,7 @@ void session_free(struct session *s)
 		s->next->prev = s->prev;
 	smtpd->n_sessions--;
 	s->listener->sessions--;
+	__atomic_sub_fetch(counter_slot(s->listener), 1, __ATOMIC_RELAXED);
 	if (s->txn)
 		txn_free(s->txn);
 	if (s->bev)
@@ -399,7 +416,7 @@ void session_close(struct session *s)
 void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
 {
 	(void)salen;
-	if (smtpd->draining || (l->base.max_connections && l->sessions >= l->base.max_connections)) {
+	if (smtpd->draining || (l->base.max_connections && listener_sessions(l) >= l->base.max_connections)) {
 		char line[400];
 		int n = smtpd->draining
 			? snprintf(line, sizeof line, "421 4.3.2 %s shutting down\r\n", l->base.hostname)
@@ -431,6 +448,7 @@ void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
 	smtpd->sessions = s;
 	smtpd->n_sessions++;
 	l->sessions++;
+	__atomic_add_fetch(counter_slot(l), 1, __ATOMIC_RELAXED);
 
 	s->bev = bufferevent_socket_new(smtpd->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	s->close_ev = evtimer_new(smtpd->base, close_ev_cb, s);

@@ -1,0 +1,304 @@
+/*
+ * End-to-end listener parameters (kumo.start_esmtp_listener): client_timeout,
+ * max_connections (across workers), max_recipients_per_message,
+ * max_messages_per_connection, line_length_hard_limit, invalid_line_endings,
+ * relay_hosts strictness, meta/peer/via, the default hostname, IPv6 and
+ * several listeners, data_processing_timeout.
+ */
+#include "expect.h"
+#include "harness.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <netinet/in.h>
+
+#define H HARNESS_HOSTNAME
+
+static void stop(struct harness_env *env)
+{
+	harness_stop(env, NULL);
+	harness_env_free(env);
+}
+
+START_TEST(test_client_timeout)
+{
+	struct harness_env *env = harness_env_new();
+	harness_start_default(env, "client_timeout = '1s'");
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, "220 " H " KumoMTA");
+	char *t = NULL;
+	int code = smtpc_read_reply(c, &t, 10000);
+	ck_assert_msg(code == 421 && strcmp(t, "421 4.3.2 " H " idle too long") == 0, "got %d %s", code, t);
+	free(t);
+	smtpc_expect_eof(c, SMTPC_TIMEOUT_MS);
+	smtpc_close(c);
+	stop(env);
+}
+END_TEST
+
+START_TEST(test_max_connections_across_workers)
+{
+	struct harness_env *env = harness_env_new();
+	harness_start_default(env, "max_connections = 3");
+	struct smtpc *c[3];
+	for (int i = 0; i < 3; i++) {
+		c[i] = smtpc_connect(env, env->port, NULL);
+		smtpc_expect(c[i], "220 " H " KumoMTA");
+	}
+	/* two workers share the count: the fourth is refused whichever accepts it */
+	for (int k = 0; k < 4; k++) {
+		struct smtpc *x = smtpc_connect(env, env->port, NULL);
+		smtpc_expect(x, "421 4.3.2 " H " too many concurrent sessions. Try later");
+		smtpc_expect_eof(x, SMTPC_TIMEOUT_MS);
+		smtpc_close(x);
+	}
+	smtpc_chat(c[0], "QUIT", "221 So long, and thanks for all the fish!");
+	smtpc_expect_eof(c[0], SMTPC_TIMEOUT_MS);
+	smtpc_close(c[0]);
+	int ok = 0;
+	for (int i = 0; i < 50 && !ok; i++) {
+		usleep(100 * 1000);
+		struct smtpc *x = smtpc_connect(env, env->port, NULL);
+		char *t = NULL;
+		ok = smtpc_read_reply(x, &t, SMTPC_TIMEOUT_MS) == 220;
+		free(t);
+		smtpc_close(x);
+	}
+	ck_assert_msg(ok, "a slot never came free after a session ended");
+	smtpc_close(c[1]);
+	smtpc_close(c[2]);
+	stop(env);
+}
+END_TEST
+
+START_TEST(test_recipient_and_message_limits)
+{
+	struct harness_env *env = harness_env_new();
+	harness_start_default(env, "max_recipients_per_message = 2, max_messages_per_connection = 2");
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, "220 " H " KumoMTA");
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	smtpc_chat(c, "RCPT TO:<r1@example.net>", "250 OK <r1@example.net>");
+	smtpc_chat(c, "RCPT TO:<r2@example.net>", "250 OK <r2@example.net>");
+	smtpc_chat(c, "RCPT TO:<r3@example.net>", "452 4.5.3 too many recipients");
+	smtpc_chat(c, "DATA", "354 Send body; end with CRLF.CRLF");
+	smtpc_send(c, "Subject: t\r\n\r\nx\r\n.\r\n", 20);
+	char ids[2][33];
+	smtpc_expect_ids(c, 2, ids);
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	smtpc_chat(c, "RSET", "250 Reset state");
+	/* the third MAIL FROM on this connection gets a transient failure */
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "451 4.5.3 " H " too many messages on this connection");
+	smtpc_chat(c, "NOOP", "250 the goggles do nothing");
+	smtpc_close(c);
+	stop(env);
+}
+END_TEST
+
+START_TEST(test_line_length_limit)
+{
+	struct harness_env *env = harness_env_new();
+	harness_start_default(env, "line_length_hard_limit = 100");
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, "220 " H " KumoMTA");
+	char line[200];
+	memset(line, 'x', sizeof line);
+	memcpy(line, "NOOP ", 5);
+	line[100] = 0;
+	smtpc_chat(c, line, "250 the goggles do nothing");
+	line[100] = 'x';
+	line[101] = 0;
+	smtpc_chat(c, line, "500 5.2.3 line too long");
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	smtpc_chat(c, "RCPT TO:<b@example.net>", "250 OK <b@example.net>");
+	smtpc_chat(c, "DATA", "354 Send body; end with CRLF.CRLF");
+	char body[300];
+	memset(body, 'y', 101);
+	snprintf(body + 101, sizeof body - 101, "\r\n.\r\n");
+	smtpc_send(c, body, strlen(body));
+	smtpc_expect(c, "500 5.2.3 line too long");
+	smtpc_chat(c, "NOOP", "250 the goggles do nothing");
+	smtpc_close(c);
+	stop(env);
+}
+END_TEST
+
+static void bare_lf_stored(const char *mode, const char *stored)
+{
+	struct harness_env *env = harness_env_new();
+	char extra[200];
+	snprintf(extra, sizeof extra, "invalid_line_endings = '%s', trace_headers = { received_header = false,"
+		 " supplemental_header = false }", mode);
+	harness_start_default(env, extra);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, "220 " H " KumoMTA");
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	smtpc_chat(c, "RCPT TO:<b@example.net>", "250 OK <b@example.net>");
+	smtpc_chat(c, "DATA", "354 Send body; end with CRLF.CRLF");
+	{ const char *b = "Subject: t\r\n\r\none\ntwo\r\n.\r\n"; smtpc_send(c, b, strlen(b)); }
+	char ids[1][33];
+	smtpc_expect_ids(c, 1, ids);
+	size_t len;
+	free(expect_spooled(env, ids[0], stored, NULL, &len));
+	smtpc_close(c);
+	stop(env);
+}
+
+START_TEST(test_invalid_line_endings_allow_and_fix)
+{
+	bare_lf_stored("Allow", "Subject: t\r\n\r\none\ntwo\r\n");
+	bare_lf_stored("Fix", "Subject: t\r\n\r\none\r\ntwo\r\n");
+}
+END_TEST
+
+START_TEST(test_relay_hosts_strict_cidr)
+{
+	struct harness_env *env = harness_env_new();
+	harness_write_policy(env, HARNESS_POLICY_TEMPLATE, "relay_hosts = { '10.0.0.1/24' }");
+	const char *argv[] = { "kumod", "--policy", env->policy, "--validate", NULL };
+	char *out = NULL;
+	int st = harness_run(env, argv, 20, &out);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit %s", harness_status_str(st));
+	ck_assert_msg(strstr(out, "relay_hosts") && strstr(out, "10.0.0.1/24") && strstr(out, "host bits"),
+		      "output: %s", out);
+	free(out);
+	harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_meta_peer_via)
+{
+	struct harness_env *env = harness_env_new();
+	harness_start_default(env, "meta = { x_base = 'b' },"
+				   " peer = { ['127.0.0.0/8'] = { banner = 'peer8' }, ['127.0.0.1'] = { banner = 'peer32',"
+				   " meta = { x_peer = 'p' } } },"
+				   " via = { ['127.0.0.1'] = { hostname = 'via.example' } }");
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, "220 via.example peer32");
+	const char *const rcpts[] = { "b@example.net", NULL };
+	char ids[1][33];
+	smtpc_transaction(c, "a@example.com", rcpts, "Subject: t\r\n\r\nx\r\n", ids);
+	static const char *const needles[] = { "\"x_base\":\"b\"", "\"x_peer\":\"p\"", "\"hostname\":\"via.example\"", NULL };
+	size_t len;
+	free(expect_spooled(env, ids[0], "x\r\n", needles, &len));
+	smtpc_close(c);
+	/* from 127.0.0.2 only the /8 peer block applies */
+	c = smtpc_connect(env, env->port, "127.0.0.2");
+	smtpc_expect(c, "220 via.example peer8");
+	smtpc_close(c);
+	stop(env);
+}
+END_TEST
+
+#define TWO_LISTENERS                                                            \
+	"local kumo = require 'kumo'\n"                                        \
+	"kumo.on('init', function()\n"                                         \
+	"  kumo.define_spool { name = 'data', path = '@DIR@/spool/data' }\n"   \
+	"  kumo.define_spool { name = 'meta', path = '@DIR@/spool/meta' }\n"   \
+	"  kumo.start_esmtp_listener { listen = '127.0.0.1:@PORT@' }\n"        \
+	"  kumo.start_esmtp_listener { listen = @EXTRA@, banner = 'second' }\n" \
+	"end)\n"
+
+static int ipv6_loopback(void)
+{
+	int fd = socket(AF_INET6, SOCK_STREAM, 0);
+	struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+	int ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+START_TEST(test_default_hostname_and_two_listeners)
+{
+	struct harness_env *env = harness_env_new();
+	int port2 = harness_free_port();
+	char extra[64];
+	int v6 = ipv6_loopback();
+	snprintf(extra, sizeof extra, v6 ? "'[::1]:%d'" : "'127.0.0.1:%d'", port2);
+	harness_write_policy(env, TWO_LISTENERS, extra);
+	harness_start(env);
+	char host[256], want[300];
+	gethostname(host, sizeof host);
+	host[sizeof host - 1] = 0;
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	snprintf(want, sizeof want, "220 %s KumoMTA", host);
+	smtpc_expect(c, want);
+	smtpc_close(c);
+	if (v6) {
+		/* the harness client speaks IPv4; check the IPv6 listener by hand */
+		int fd = socket(AF_INET6, SOCK_STREAM, 0);
+		struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT,
+					  .sin6_port = htons((uint16_t)port2) };
+		ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+		char buf[512];
+		ssize_t n = 0, r;
+		while (n < (ssize_t)sizeof buf - 1 && (r = read(fd, buf + n, sizeof buf - 1 - (size_t)n)) > 0) {
+			n += r;
+			if (memchr(buf, '\n', (size_t)n))
+				break;
+		}
+		buf[n > 0 ? n : 0] = 0;
+		snprintf(want, sizeof want, "220 %s second\r\n", host);
+		ck_assert_str_eq(buf, want);
+		const char *rcpt = "RCPT TO:<x@example.net>\r\n";
+		ck_assert(write(fd, "MAIL FROM:<a@b.example>\r\n", 25) == 25);
+		ck_assert(write(fd, rcpt, strlen(rcpt)) == (ssize_t)strlen(rcpt));
+		usleep(300 * 1000);
+		n = read(fd, buf, sizeof buf - 1);
+		buf[n > 0 ? n : 0] = 0;
+		/* ::1 is in the default relay_hosts */
+		ck_assert_msg(strstr(buf, "250 OK <x@example.net>") != NULL, "got %s", buf);
+		close(fd);
+	} else {
+		c = smtpc_connect(env, port2, NULL);
+		snprintf(want, sizeof want, "220 %s second", host);
+		smtpc_expect(c, want);
+		smtpc_close(c);
+	}
+	stop(env);
+}
+END_TEST
+
+START_TEST(test_data_processing_timeout)
+{
+	struct harness_env *env = harness_env_new();
+	char *tmpl = NULL;
+	if (asprintf(&tmpl, "%s%s", HARNESS_POLICY_TEMPLATE,
+		     "kumo.on('smtp_server_mail_from', function(sender)\n"
+		     "  local t = os.clock() while os.clock() - t < 4 do end\n"
+		     "end)\n") < 0)
+		abort();
+	harness_write_policy(env, tmpl, "data_processing_timeout = '1s'");
+	free(tmpl);
+	harness_start(env);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, "220 " H " KumoMTA");
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "421 4.3.0 " H " technical difficulties");
+	smtpc_expect_eof(c, SMTPC_TIMEOUT_MS);
+	smtpc_close(c);
+	stop(env);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("e2e_params");
+	TCase *tc = tcase_create("params");
+	tcase_set_timeout(tc, HARNESS_TCASE_TIMEOUT);
+	tcase_add_test(tc, test_client_timeout);
+	tcase_add_test(tc, test_max_connections_across_workers);
+	tcase_add_test(tc, test_recipient_and_message_limits);
+	tcase_add_test(tc, test_line_length_limit);
+	tcase_add_test(tc, test_invalid_line_endings_allow_and_fix);
+	tcase_add_test(tc, test_relay_hosts_strict_cidr);
+	tcase_add_test(tc, test_meta_peer_via);
+	tcase_add_test(tc, test_default_hostname_and_two_listeners);
+	tcase_add_test(tc, test_data_processing_timeout);
+	suite_add_tcase(s, tc);
+	return harness_run_suite(s);
+}
