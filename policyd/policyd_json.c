@@ -1,5 +1,6 @@
 /* policyd_json: converts between Lua values and cJSON, and provides
- * kumo.serde.json_encode/json_encode_pretty/json_parse/json_load.
+ * kumo.serde.json_encode/json_encode_pretty/json_parse/json_load and
+ * kumo.serde.toml_encode/toml_encode_pretty/toml_parse/toml_load (lib/toml).
  *
  * Lua -> JSON: nil -> null, booleans, integral numbers as integers, strings,
  * a table with keys exactly 1..n -> array, an empty table -> {}, any other
@@ -11,6 +12,7 @@
  * JSON -> Lua: object -> table, array -> 1..n table, null -> nil.
  * JSON text may carry C, C++ and shell style comments (as KumoMTA allows). */
 #include "policyd/policyd.h"
+#include "lib/toml.h"
 #include "lib/xalloc.h"
 
 #include <errno.h>
@@ -338,13 +340,14 @@ static int l_json_parse(lua_State *L)
 	return push_parsed(L, j, "json_parse");
 }
 
-static int l_json_load(lua_State *L)
+/* Reads a whole file (bounded); NULL with *why set on failure. */
+static char *slurp(const char *path, size_t *lenp, const char **why)
 {
-	const char *path = luaL_checkstring(L, 1);
-	char err[512];
 	FILE *f = fopen(path, "rb");
-	if (!f)
-		return luaL_error(L, "json_load: %s: %s", path, strerror(errno));
+	if (!f) {
+		*why = strerror(errno);
+		return NULL;
+	}
 	size_t cap = 4096, len = 0;
 	char *buf = xmalloc(cap);
 	for (;;) {
@@ -352,7 +355,8 @@ static int l_json_load(lua_State *L)
 			if (cap >= JSON_LOAD_MAX) {
 				fclose(f);
 				free(buf);
-				return luaL_error(L, "json_load: %s: file too large", path);
+				*why = "file too large";
+				return NULL;
 			}
 			cap *= 2;
 			buf = xrealloc(buf, cap);
@@ -366,8 +370,75 @@ static int l_json_load(lua_State *L)
 	fclose(f);
 	if (failed) {
 		free(buf);
-		return luaL_error(L, "json_load: %s: read error", path);
+		*why = "read error";
+		return NULL;
 	}
+	*lenp = len;
+	return buf;
+}
+
+static int toml_encode_common(lua_State *L, int pretty, const char *what)
+{
+	char err[256];
+	luaL_checkany(L, 1);
+	cJSON *j = policy_json_from_lua(L, 1, err, sizeof err);
+	if (!j)
+		return luaL_error(L, "%s: %s", what, err);
+	char *text = toml_encode(j, pretty, err, sizeof err);
+	cJSON_Delete(j);
+	if (!text)
+		return luaL_error(L, "%s: %s", what, err);
+	lua_pushstring(L, text);
+	free(text);
+	return 1;
+}
+
+static int l_toml_encode(lua_State *L)
+{
+	return toml_encode_common(L, 0, "toml_encode");
+}
+
+static int l_toml_encode_pretty(lua_State *L)
+{
+	return toml_encode_common(L, 1, "toml_encode_pretty");
+}
+
+static int l_toml_parse(lua_State *L)
+{
+	size_t len;
+	const char *s = luaL_checklstring(L, 1, &len);
+	char err[256];
+	cJSON *j = toml_parse(s, len, err, sizeof err);
+	if (!j)
+		return luaL_error(L, "toml_parse: %s", err);
+	return push_parsed(L, j, "toml_parse");
+}
+
+static int l_toml_load(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	size_t len;
+	const char *why = "read error";
+	char *buf = slurp(path, &len, &why);
+	if (!buf)
+		return luaL_error(L, "toml_load: %s: %s", path, why);
+	char err[256];
+	cJSON *j = toml_parse(buf, len, err, sizeof err);
+	free(buf);
+	if (!j)
+		return luaL_error(L, "toml_load: %s: %s", path, err);
+	return push_parsed(L, j, "toml_load");
+}
+
+static int l_json_load(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	size_t len;
+	const char *why = "read error";
+	char *buf = slurp(path, &len, &why);
+	if (!buf)
+		return luaL_error(L, "json_load: %s: %s", path, why);
+	char err[512];
 	cJSON *j = policy_json_parse_text(buf, len, err, sizeof err);
 	free(buf);
 	if (!j)
@@ -382,6 +453,10 @@ void policy_json_register(lua_State *L)
 		{ "json_encode_pretty", l_json_encode_pretty },
 		{ "json_parse", l_json_parse },
 		{ "json_load", l_json_load },
+		{ "toml_encode", l_toml_encode },
+		{ "toml_encode_pretty", l_toml_encode_pretty },
+		{ "toml_parse", l_toml_parse },
+		{ "toml_load", l_toml_load },
 		{ NULL, NULL },
 	};
 	luaL_setfuncs(L, fns, 0);

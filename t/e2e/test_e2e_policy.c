@@ -336,6 +336,98 @@ START_TEST(test_smtp_server_data_changes_recipients)
 }
 END_TEST
 
+/* Seed 002, first example, as written (only the listen address differs):
+ * via blocks for 10.0.0.1/10.0.0.2 do not match a loopback connection. */
+#define SEED002_VERBATIM                                                         \
+	"local kumo = require 'kumo'\n"                                        \
+	"kumo.on('init', function()\n"                                         \
+	"  kumo.define_spool { name = 'data', path = '@DIR@/spool/data' }\n"   \
+	"  kumo.define_spool { name = 'meta', path = '@DIR@/spool/meta' }\n"   \
+	"kumo.start_esmtp_listener {\n"                                        \
+	"listen = '127.0.0.1:@PORT@',\n"                                       \
+	"}\n"                                                                  \
+	"end)\n"                                                               \
+	"kumo.on('smtp_server_get_dynamic_parameters', function(listener, conn_meta)\n" \
+	"return {\n"                                                           \
+	"via = {\n"                                                            \
+	"-- When clients connect to this server via its 10.0.0.1 IP\n"        \
+	"['10.0.0.1'] = {\n"                                                   \
+	"hostname = 'mx.example-customer.com',\n"                             \
+	"tls_certificate = '/path/to/customer1.cert',\n"                      \
+	"tls_private_key = '/path/to/customer1.key',\n"                       \
+	"},\n"                                                                 \
+	"['10.0.0.2'] = {\n"                                                   \
+	"hostname = 'mx.other-customer.com',\n"                               \
+	"tls_certificate = '/path/to/customer2.cert',\n"                      \
+	"tls_private_key = '/path/to/customer2.key',\n"                       \
+	"},\n"                                                                 \
+	"},\n"                                                                 \
+	"}\n"                                                                  \
+	"end)\n"
+
+START_TEST(test_seed002_verbatim)
+{
+	struct harness_env *env = harness_env_new();
+	harness_write_policy(env, SEED002_VERBATIM, NULL);
+	harness_start(env);
+	char host[256], want[300];
+	gethostname(host, sizeof host);
+	host[sizeof host - 1] = 0;
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	snprintf(want, sizeof want, "220 %s KumoMTA", host);
+	smtpc_expect(c, want);
+	smtpc_chat(c, "NOOP", "250 the goggles do nothing");
+	finish(env, c);
+}
+END_TEST
+
+/* Seed 002, second example: the overrides in a TOML file with
+ * [via.'IP'] sections, loaded through kumo.memoize. */
+START_TEST(test_seed002_toml_and_memoize)
+{
+	struct harness_env *env = harness_env_new();
+	const char *toml = "[via.'127.0.0.1']\n"
+			   "hostname = 'mx.example-customer.com'\n"
+			   "\n"
+			   "[via.'10.0.0.2']\n"
+			   "hostname = 'mx.other-customer.com'\n"
+			   "tls_certificate = '/path/to/customer2.cert'\n"
+			   "tls_private_key = '/path/to/customer2.key'\n";
+	harness_write_file(env, "listener_params.toml", toml, strlen(toml));
+	char *tmpl = NULL;
+	if (asprintf(&tmpl, "%s%s", HARNESS_POLICY_TEMPLATE,
+		     "local loads = 0\n"
+		     "local cached_load = kumo.memoize(function(path)\n"
+		     "  loads = loads + 1\n"
+		     "  local t = kumo.serde.toml_load(path)\n"
+		     "  t.meta = { x_loads = loads }\n"
+		     "  return t\n"
+		     "end, { name = 'listener_params', ttl = '5 minutes', capacity = 10 })\n"
+		     "kumo.on('smtp_server_get_dynamic_parameters', function(listener, conn_meta)\n"
+		     "  return cached_load '@DIR@/listener_params.toml'\n"
+		     "end)\n") < 0)
+		abort();
+	/* the template sets hostname; the TOML's via block overrides it */
+	harness_write_policy(env, tmpl, NULL);
+	free(tmpl);
+	harness_start(env);
+	static const char *const rcpts[] = { "b@example.net", NULL };
+	static const char *const needles[] = { "\"x_loads\":1", "\"hostname\":\"mx.example-customer.com\"", NULL };
+	for (int i = 0; i < 3; i++) {
+		struct smtpc *c = smtpc_connect(env, env->port, NULL);
+		smtpc_expect(c, "220 mx.example-customer.com KumoMTA");
+		char ids[1][33];
+		smtpc_transaction(c, "a@example.com", rcpts, "Subject: t\r\n\r\nx\r\n", ids);
+		size_t len;
+		/* loaded once: every session sees the first load's count */
+		free(expect_spooled(env, ids[0], "x\r\n", needles, &len));
+		smtpc_close(c);
+	}
+	harness_stop(env, NULL);
+	harness_env_free(env);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("e2e_policy");
@@ -353,6 +445,8 @@ int main(void)
 	tcase_add_test(tc, test_double_registration_is_a_load_error);
 	tcase_add_test(tc, test_message_received_edits_and_meta);
 	tcase_add_test(tc, test_smtp_server_data_changes_recipients);
+	tcase_add_test(tc, test_seed002_verbatim);
+	tcase_add_test(tc, test_seed002_toml_and_memoize);
 	suite_add_tcase(s, tc);
 	return harness_run_suite(s);
 }
