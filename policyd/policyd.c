@@ -3,7 +3,8 @@
  * listening at FD_POLICY_LISTEN.
  *   kumo-policyd --policy FILE [--log-level L]
  * One bufferevent per client; a client must run as our uid or as root
- * (SO_PEERCRED).  Each frame is answered in order by policy_handle.
+ * (SO_PEERCRED).  Each frame goes to a pool of Lua states on worker threads
+ * (policyd_pool.c); replies may come back out of order, matched by id.
  * Failures: bad usage or no listening socket at fd 3 -> exit 1 with one
  * line; a policy that fails to load is reported in the replies (the master
  * decides); a malformed frame closes that connection with a warning;
@@ -38,7 +39,7 @@ struct client {
 	struct client *prev, *next;
 };
 
-static struct policy *policy;
+static struct pool *pool;
 static struct client *clients;
 static unsigned long next_client_id = 1;
 
@@ -75,22 +76,32 @@ static void client_read(struct bufferevent *bev, void *arg)
 			client_free(c);
 			return;
 		}
-		cJSON *reply = policy_handle(policy, req);
-		if (frame_encode(out, reply) < 0) {
-			cJSON *small = cJSON_CreateObject();
-			const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
-			if (!small)
-				abort();
-			if (id)
-				cJSON_AddItemToObject(small, "id", cJSON_Duplicate(id, 1));
-			cJSON_AddBoolToObject(small, "ok", 0);
-			cJSON_AddStringToObject(small, "error", "reply too large");
-			log_warn("client %lu: reply too large", c->id);
-			frame_encode(out, small);
-			cJSON_Delete(small);
-		}
-		cJSON_Delete(reply);
-		cJSON_Delete(req);
+		pool_submit(pool, c->id, req);
+	}
+}
+
+/* A reply from a Lua worker; the client may have gone meanwhile. */
+static void reply_ready(void *arg, unsigned long client, const cJSON *req, const cJSON *reply)
+{
+	(void)arg;
+	struct client *c = clients;
+	while (c && c->id != client)
+		c = c->next;
+	if (!c)
+		return;
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	if (frame_encode(out, reply) < 0) {
+		cJSON *small = cJSON_CreateObject();
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
+		if (!small)
+			abort();
+		if (id)
+			cJSON_AddItemToObject(small, "id", cJSON_Duplicate(id, 1));
+		cJSON_AddBoolToObject(small, "ok", 0);
+		cJSON_AddStringToObject(small, "error", "reply too large");
+		log_warn("client %lu: reply too large", c->id);
+		frame_encode(out, small);
+		cJSON_Delete(small);
 	}
 }
 
@@ -180,7 +191,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: kumo-policyd --policy FILE [--log-level fatal|warn|info|debug]\n");
+	fprintf(stderr, "usage: kumo-policyd --policy FILE [--lua-workers N] [--log-level fatal|warn|info|debug]\n");
 	exit(1);
 }
 
@@ -200,16 +211,26 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "policy", required_argument, NULL, 'p' },
 		{ "log-level", required_argument, NULL, 'l' },
+		{ "lua-workers", required_argument, NULL, 'w' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *path = NULL;
 	int level = -1;
+	long nproc = sysconf(_SC_NPROCESSORS_ONLN);
+	int lua_workers = nproc > 1 ? (int)nproc : 2;
 	int ch;
 	log_init("kumo-policyd");
 	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'p':
 			path = optarg;
+			break;
+		case 'w':
+			lua_workers = atoi(optarg);
+			if (lua_workers < 1 || lua_workers > 64) {
+				fprintf(stderr, "kumo-policyd: --lua-workers must be 1 to 64\n");
+				exit(1);
+			}
 			break;
 		case 'l':
 			level = log_level_parse(optarg);
@@ -232,15 +253,14 @@ int main(int argc, char **argv)
 	cJSON_InitHooks(&hooks);
 
 	char err[512];
-	policy = policy_load(path, err, sizeof err);
-	if (policy_load_error(policy))
-		log_debug("policy %s failed to load: %s", path, err);  /* kumod reports it */
-	else
-		log_debug("policy %s loaded", path);
-
 	struct event_base *base = event_base_new();
 	if (!base)
 		log_fatal("event_base_new failed");
+	pool = pool_new(base, path, lua_workers, reply_ready, NULL, err, sizeof err);
+	if (err[0])
+		log_debug("policy %s failed to load: %s", path, err);  /* kumod reports it */
+	else
+		log_debug("policy %s loaded in %d Lua states", path, lua_workers);
 	evutil_make_socket_nonblocking(FD_POLICY_LISTEN);
 	evutil_make_socket_closeonexec(FD_POLICY_LISTEN);
 	struct evconnlistener *lst = evconnlistener_new(base, on_accept, NULL,
@@ -268,6 +288,6 @@ int main(int argc, char **argv)
 	event_free(sigterm);
 	event_free(sigint);
 	event_base_free(base);
-	policy_free(policy);
+	pool_free(pool);
 	return 0;
 }

@@ -166,6 +166,15 @@ int policy_msg_push(lua_State *L, const cJSON *msg, char *err, size_t errlen);
 cJSON *policy_msg_take(lua_State *L, int idx, char *err, size_t errlen);
 void policy_msg_register(lua_State *L);
 
+/* policyd_pool.c: Lua states answering on worker threads */
+struct pool;
+struct event_base;
+typedef void (*pool_done_cb)(void *arg, unsigned long client, const cJSON *req, const cJSON *reply);
+struct pool *pool_new(struct event_base *base, const char *path, int n, pool_done_cb cb, void *arg,
+		      char *err, size_t errlen);
+void pool_submit(struct pool *p, unsigned long client, cJSON *req); /* takes req */
+void pool_free(struct pool *p);
+
 /* policyd_memo.c: kumo.memoize, added to the kumo table on the stack top */
 void policy_memo_register(lua_State *L);
 

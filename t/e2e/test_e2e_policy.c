@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -428,6 +429,39 @@ START_TEST(test_seed002_toml_and_memoize)
 }
 END_TEST
 
+/* Two hooks that each wait for the other can only both finish when two Lua
+ * states run at once: a proof of parallel policy workers, with no timing
+ * assertion (a single state would fall through the 20 s wait and reject). */
+START_TEST(test_lua_workers_run_in_parallel)
+{
+	struct harness_env *env = start_with(
+		"local function exists(p) local f = io.open(p) if f then f:close() return true end return false end\n"
+		"kumo.on('smtp_server_mail_from', function(sender, conn_meta)\n"
+		"  local me, other = '@DIR@/rv/' .. sender.user, '@DIR@/rv/' .. (sender.user == 'one' and 'two' or 'one')\n"
+		"  io.open(me, 'w'):close()\n"
+		"  local t = os.time()\n"
+		"  while not exists(other) do\n"
+		"    if os.time() - t > 20 then kumo.reject(451, '4.3.0 alone') end\n"
+		"  end\n"
+		"end)\n", NULL);
+	/* kumo-policyd may run as nobody: the rendezvous directory is open to it */
+	char *rv = harness_path(env, "rv");
+	ck_assert_int_eq(mkdir(rv, 0777), 0);
+	ck_assert_int_eq(chmod(rv, 0777), 0);
+	free(rv);
+	struct smtpc *a = smtpc_connect(env, env->port, NULL);
+	struct smtpc *b = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(a, BANNER);
+	smtpc_expect(b, BANNER);
+	smtpc_cmd(a, "MAIL FROM:<one@example.com>");
+	smtpc_cmd(b, "MAIL FROM:<two@example.com>");
+	smtpc_expect(a, "250 OK <one@example.com>");
+	smtpc_expect(b, "250 OK <two@example.com>");
+	smtpc_close(b);
+	finish(env, a);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("e2e_policy");
@@ -446,6 +480,7 @@ int main(void)
 	tcase_add_test(tc, test_message_received_edits_and_meta);
 	tcase_add_test(tc, test_smtp_server_data_changes_recipients);
 	tcase_add_test(tc, test_seed002_verbatim);
+	tcase_add_test(tc, test_lua_workers_run_in_parallel);
 	tcase_add_test(tc, test_seed002_toml_and_memoize);
 	suite_add_tcase(s, tc);
 	return harness_run_suite(s);
