@@ -328,7 +328,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 			free(s->cur_cmd);
 			s->cur_cmd = NULL;
 			log_info("session %s: %s idle too long", s->session_id, s->peer_str);
-			write_reply(s, 421, text, DISC_FORCE);
+			s->state = SS_WAIT; /* read nothing more; the reply may go through policy */
+			session_reply(s, 421, text, DISC_FORCE, NULL);
 			return;
 		}
 		session_close(s);

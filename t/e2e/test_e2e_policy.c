@@ -462,6 +462,69 @@ START_TEST(test_lua_workers_run_in_parallel)
 }
 END_TEST
 
+/* The examples of seed pages 003 (smtp_server_rewrite_response) and 004
+ * (kumo.disconnect), each pasted verbatim after the harness's init. */
+static const struct seed_row {
+	const char *handler;
+	const char *const replies[3]; /* to MAIL FROM, then what follows */
+	int eof;                      /* the session ends after them */
+} seed_rows[] = {
+	{ "kumo.on('smtp_server_mail_from', function(sender)\n"
+	  "  kumo.disconnect(421, 'mta.example.com go away!')\n"
+	  "  -- this line is not reached\n"
+	  "  -- The service responds to the peer with '421 mta.example.com go away!'\n"
+	  "  -- and then drops the connection\n"
+	  "end)\n",
+	  { "421 mta.example.com go away!", NULL }, 1 },
+	{ "kumo.on('smtp_server_mail_from', function(sender)\n"
+	  "  kumo.disconnect(451, 'no thank you')\n"
+	  "  -- this line is not reached\n"
+	  "  -- The service responds to the peer with '451 no thank you'\n"
+	  "  -- and then drops the connection\n"
+	  "end)\n",
+	  { "451 no thank you", NULL }, 1 },
+	{ "kumo.on('smtp_server_mail_from', function(sender)\n"
+	  "  kumo.disconnect(451, 'no thank you', 'FollowWith421')\n"
+	  "  -- this line is not reached\n"
+	  "  -- The service responds to the peer with '451 no thank you\\r\\n421 HOSTNAME disconnecting due to previous error'\n"
+	  "  -- and then drops the connection\n"
+	  "end)\n",
+	  { "451 no thank you", "421 " HARNESS_HOSTNAME " disconnecting due to previous error", NULL }, 1 },
+	{ "kumo.on(\n"
+	  "'smtp_server_rewrite_response',\n"
+	  "function(status, response, command, conn_meta)\n"
+	  "if command == 'DATA' and status == 250 then\n"
+	  "return 250, 'super fantastic!\\n' .. response\n"
+	  "end\n"
+	  "-- leave the status and response unchanged\n"
+	  "end\n"
+	  ")\n",
+	  { "250 OK <a@example.com>", NULL }, 0 },
+};
+
+START_TEST(test_seed_examples_verbatim)
+{
+	const struct seed_row *r = &seed_rows[_i];
+	struct harness_env *env = start_with(r->handler, NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER);
+	smtpc_cmd(c, "MAIL FROM:<a@example.com>");
+	for (int k = 0; r->replies[k]; k++)
+		smtpc_expect(c, r->replies[k]);
+	if (r->eof) {
+		smtpc_expect_eof(c, SMTPC_TIMEOUT_MS);
+	} else {
+		smtpc_chat(c, "RCPT TO:<b@example.net>", "250 OK <b@example.net>");
+		smtpc_chat(c, "DATA", "354 Send body; end with CRLF.CRLF");
+		smtpc_send(c, "Subject: t\r\n\r\nx\r\n.\r\n", 20);
+		char *t = smtpc_expect_code(c, 250);
+		ck_assert_msg(strncmp(t, "250-super fantastic!\n250 OK ids=", 32) == 0, "DATA reply: %s", t);
+		free(t);
+	}
+	finish(env, c);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("e2e_policy");
@@ -481,6 +544,7 @@ int main(void)
 	tcase_add_test(tc, test_smtp_server_data_changes_recipients);
 	tcase_add_test(tc, test_seed002_verbatim);
 	tcase_add_test(tc, test_lua_workers_run_in_parallel);
+	tcase_add_loop_test(tc, test_seed_examples_verbatim, 0, (int)(sizeof seed_rows / sizeof seed_rows[0]));
 	tcase_add_test(tc, test_seed002_toml_and_memoize);
 	suite_add_tcase(s, tc);
 	return harness_run_suite(s);
