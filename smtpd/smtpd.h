@@ -82,6 +82,7 @@ size_t data_reader_feed(struct data_reader *r, const char *in, size_t len, struc
 struct policy_client;
 /* reply is the whole reply frame (ok/result/...), or NULL with error set. */
 typedef void (*policy_cb)(void *ctx, const cJSON *reply, const char *error);
+#define POLICY_TIMEOUT "policy call timed out" /* the error of a late call */
 
 struct policy_client *policy_client_new(struct event_base *base, const char *sockname,
 					const cJSON *handlers);

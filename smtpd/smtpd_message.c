@@ -274,6 +274,13 @@ static int message_hook_result(struct session *s, const cJSON *reply, const char
 		  strcmp(res->valuestring, "ok") == 0;
 	if (!ok && s->state != SS_DEAD)
 		txn_reset(s);
+	if (error && strcmp(error, POLICY_TIMEOUT) == 0 && s->state != SS_DEAD) {
+		/* as KumoMTA: a transient failure for this message, the session goes on */
+		s->policy_req = 0;
+		log_warn("session %s: %s: data_processing_timeout exceeded", s->session_id, event);
+		reply_ok(s, 451, "4.4.5 data_processing_timeout exceeded (rx)");
+		return 0;
+	}
 	return session_event_result(s, reply, error, event, false);
 }
 

@@ -79,7 +79,7 @@ static void pending_fire(evutil_socket_t fd, short what, void *arg)
 	if (!pending_take(pc, p->id))
 		return;
 	if (!p->reply && !p->error)
-		p->error = xstrdup("policy call timed out");
+		p->error = xstrdup(POLICY_TIMEOUT);
 	p->cb(p->ctx, p->reply, p->error);
 	pending_free(p);
 }

@@ -285,6 +285,33 @@ START_TEST(test_data_processing_timeout)
 }
 END_TEST
 
+START_TEST(test_data_processing_timeout_after_data)
+{
+	struct harness_env *env = harness_env_new();
+	char *tmpl = NULL;
+	if (asprintf(&tmpl, "%s%s", HARNESS_POLICY_TEMPLATE,
+		     "kumo.on('smtp_server_message_received', function(msg)\n"
+		     "  local t = os.clock() while os.clock() - t < 4 do end\n"
+		     "end)\n") < 0)
+		abort();
+	harness_write_policy(env, tmpl, "data_processing_timeout = '1s'");
+	free(tmpl);
+	harness_start(env);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, "220 " H " KumoMTA");
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	smtpc_chat(c, "RCPT TO:<b@example.net>", "250 OK <b@example.net>");
+	smtpc_chat(c, "DATA", "354 Send body; end with CRLF.CRLF");
+	smtpc_send(c, "Subject: slow\r\n\r\nx\r\n.\r\n", 23);
+	smtpc_expect(c, "451 4.4.5 data_processing_timeout exceeded (rx)");
+	/* nothing stored; the session goes on */
+	expect_not_spooled(env, "Subject: slow");
+	smtpc_chat(c, "NOOP", "250 the goggles do nothing");
+	smtpc_close(c);
+	stop(env);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("e2e_params");
@@ -299,6 +326,7 @@ int main(void)
 	tcase_add_test(tc, test_meta_peer_via);
 	tcase_add_test(tc, test_default_hostname_and_two_listeners);
 	tcase_add_test(tc, test_data_processing_timeout);
+	tcase_add_test(tc, test_data_processing_timeout_after_data);
 	suite_add_tcase(s, tc);
 	return harness_run_suite(s);
 }
