@@ -242,10 +242,12 @@ static void rcpt_accept(struct session *s, struct smtp_addr *rcpt)
 		t->cap_rcpts = t->cap_rcpts ? t->cap_rcpts * 2 : 4;
 		t->rcpts = xrealloc(t->rcpts, t->cap_rcpts * sizeof *t->rcpts);
 	}
-	t->rcpts[t->n_rcpts].addr = *rcpt;
+	/* state first, reply last: the reply's continuation may run the next
+	 * pipelined command at once */
+	struct smtp_addr *a = &t->rcpts[t->n_rcpts++].addr;
+	*a = *rcpt;
 	memset(rcpt, 0, sizeof *rcpt);
-	replyf(s, 250, "OK <%s>", t->rcpts[t->n_rcpts].addr.email);
-	t->n_rcpts++;
+	replyf(s, 250, "OK <%s>", a->email);
 }
 
 static void rcpt_done(void *arg, const cJSON *reply, const char *error)

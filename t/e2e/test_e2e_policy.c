@@ -525,6 +525,41 @@ START_TEST(test_seed_examples_verbatim)
 }
 END_TEST
 
+/* Pipelined MAIL/RCPT/DATA/body with a handler on every step: each reply
+ * comes from a policy callback, and the next command must see the state the
+ * previous one left (the benchmark found DATA answered 503 here). */
+START_TEST(test_pipelined_group_with_hooks)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('smtp_server_mail_from', function(sender, conn_meta) end)\n"
+		"kumo.on('smtp_server_rcpt_to', function(recipient, conn_meta) end)\n"
+		"kumo.on('smtp_server_ehlo', function(domain, conn_meta, ext) end)\n"
+		"kumo.on('smtp_server_data', function(msg, conn_meta) end)\n"
+		"kumo.on('smtp_server_message_received', function(msg, conn_meta) end)\n", NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER);
+	const char *group = "EHLO client.example\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\n"
+			    "DATA\r\nSubject: t\r\n\r\nx\r\n.\r\nMAIL FROM:<a@example.com>\r\n"
+			    "RCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\nDATA\r\nSubject: u\r\n\r\ny\r\n.\r\n"
+			    "QUIT\r\n";
+	smtpc_send(c, group, strlen(group));
+	free(smtpc_expect_code(c, 250));
+	smtpc_expect(c, "250 OK <a@example.com>");
+	smtpc_expect(c, "250 OK <b@example.net>");
+	smtpc_expect(c, "354 Send body; end with CRLF.CRLF");
+	char ids[2][33];
+	smtpc_expect_ids(c, 1, ids);
+	smtpc_expect(c, "250 OK <a@example.com>");
+	smtpc_expect(c, "250 OK <b@example.net>");
+	smtpc_expect(c, "250 OK <c@example.net>");
+	smtpc_expect(c, "354 Send body; end with CRLF.CRLF");
+	smtpc_expect_ids(c, 2, ids);
+	smtpc_expect(c, "221 So long, and thanks for all the fish!");
+	smtpc_expect_eof(c, SMTPC_TIMEOUT_MS);
+	finish(env, c);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("e2e_policy");
@@ -544,6 +579,7 @@ int main(void)
 	tcase_add_test(tc, test_smtp_server_data_changes_recipients);
 	tcase_add_test(tc, test_seed002_verbatim);
 	tcase_add_test(tc, test_lua_workers_run_in_parallel);
+	tcase_add_test(tc, test_pipelined_group_with_hooks);
 	tcase_add_loop_test(tc, test_seed_examples_verbatim, 0, (int)(sizeof seed_rows / sizeof seed_rows[0]));
 	tcase_add_test(tc, test_seed002_toml_and_memoize);
 	suite_add_tcase(s, tc);
