@@ -208,6 +208,7 @@ struct session {
 	bool pumping;                  /* inside session_resume's loop */
 	bool tls;                      /* STARTTLS done (or under way) */
 	bool authenticated;            /* AUTH PLAIN succeeded */
+	bool reevaluating;             /* XCLIENT: dynamic parameters again */
 	bool auth_pending;             /* the next line answers "334 " */
 	bool tls_closed;               /* close_notify sent (or not to be sent) */
 	struct evbuffer_cb_entry *under_cb; /* waiting for the socket buffer to drain */
@@ -238,12 +239,16 @@ void smtpd_drain_sessions(void);
 
 void session_set_callbacks(struct session *s);
 void close_after_flush(struct session *s);
+void session_reevaluate(struct session *s);
 
 /* smtpd_tls.c */
 void tls_setup(const cJSON *self_signed);
 void tls_teardown(void);
 bool tls_available(struct session *s);
 void run_starttls(struct session *s, struct smtp_cmd *cmd);
+
+/* smtpd_xclient.c */
+void run_xclient(struct session *s, struct smtp_cmd *cmd);
 
 /* smtpd_auth.c */
 void run_auth(struct session *s, struct smtp_cmd *cmd);

@@ -149,6 +149,8 @@ static cJSON *default_extensions(struct session *s)
 		cJSON_AddItemToArray(ext, cJSON_CreateString("STARTTLS"));
 	else if (s->tls)
 		cJSON_AddItemToArray(ext, cJSON_CreateString("AUTH PLAIN"));
+	if (s->p.allow_xclient)
+		cJSON_AddItemToArray(ext, cJSON_CreateString("XCLIENT ADDR PORT DESTADDR DESTPORT"));
 	return ext;
 }
 
@@ -434,12 +436,6 @@ static void run_quit(struct session *s, struct smtp_cmd *cmd)
 {
 	(void)cmd;
 	session_reply(s, 221, "So long, and thanks for all the fish!", DISC_FORCE, NULL);
-}
-
-static void run_xclient(struct session *s, struct smtp_cmd *cmd)
-{
-	(void)cmd;
-	reply_ok(s, 550, "insufficient authorization");
 }
 
 static void run_unimplemented(struct session *s, struct smtp_cmd *cmd)

@@ -27,6 +27,9 @@ struct smtpd *smtpd; /* the worker; set up by main() */
 
 void session_free(struct session *s);
 static void start_session(struct session *s);
+static void meta_from_params(struct session *s);
+static void dynamic_done(void *ctx, const cJSON *reply, const char *error);
+static void send_banner(struct session *s);
 
 static struct timeval tv_of(double secs)
 {
@@ -466,12 +469,7 @@ void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
 	cJSON_AddStringToObject(s->meta, "reception_protocol", "ESMTP");
 	cJSON_AddStringToObject(s->meta, "received_via", s->local_str);
 	cJSON_AddStringToObject(s->meta, "received_from", s->peer_str);
-	cJSON_AddStringToObject(s->meta, "hostname", s->p.hostname);
-	const cJSON *m;
-	cJSON_ArrayForEach(m, s->p.meta) {
-		cJSON_DeleteItemFromObjectCaseSensitive(s->meta, m->string);
-		cJSON_AddItemToObject(s->meta, m->string, cJSON_Duplicate(m, 1));
-	}
+	meta_from_params(s);
 	size_t wm = s->p.data_buffer_size > 65536 ? s->p.data_buffer_size : 65536;
 	bufferevent_setwatermark(s->bev, EV_READ, 0, wm);
 	struct timeval tv = tv_of(s->p.client_timeout);
@@ -481,6 +479,18 @@ void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
 }
 
 /* ------------------------------------------- dynamic parameters, accepted */
+
+/* The parameters' meta entries and hostname into the connection meta. */
+static void meta_from_params(struct session *s)
+{
+	const cJSON *m;
+	cJSON_ArrayForEach(m, s->p.meta) {
+		cJSON_DeleteItemFromObjectCaseSensitive(s->meta, m->string);
+		cJSON_AddItemToObject(s->meta, m->string, cJSON_Duplicate(m, 1));
+	}
+	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "hostname");
+	cJSON_AddStringToObject(s->meta, "hostname", s->p.hostname);
+}
 
 static void apply_meta_reply(struct session *s, const cJSON *reply)
 {
@@ -585,15 +595,15 @@ static void dynamic_done(void *ctx, const cJSON *reply, const char *error)
 			session_technical_difficulties(s, why);
 			return;
 		}
-		const cJSON *m;
-		cJSON_ArrayForEach(m, s->p.meta) {
-			cJSON_DeleteItemFromObjectCaseSensitive(s->meta, m->string);
-			cJSON_AddItemToObject(s->meta, m->string, cJSON_Duplicate(m, 1));
-		}
-		cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "hostname");
-		cJSON_AddStringToObject(s->meta, "hostname", s->p.hostname);
+		meta_from_params(s);
 		struct timeval tv = tv_of(s->p.client_timeout);
 		bufferevent_set_timeouts(s->bev, &tv, &tv);
+	}
+	if (s->reevaluating) {
+		/* after XCLIENT: the (new) banner, no connection_accepted */
+		s->reevaluating = false;
+		send_banner(s);
+		return;
 	}
 	connection_accepted(s);
 }
@@ -605,6 +615,30 @@ static void start_session(struct session *s)
 		connection_accepted(s);
 		return;
 	}
+	cJSON *args = cJSON_CreateArray();
+	cJSON_AddItemToArray(args, cJSON_CreateString(s->local_str));
+	s->policy_req = policy_call(smtpd->policy, "smtp_server_get_dynamic_parameters", args, 1, s->meta,
+				    s->p.data_processing_timeout, dynamic_done, s);
+}
+
+/* After XCLIENT changed the addresses: the parameters are computed again
+ * from the defaults (listener table, peer, via, then the dynamic table),
+ * and the session answers with the banner they give. */
+void session_reevaluate(struct session *s)
+{
+	char err[300];
+	params_free(&s->p);
+	params_defaults(&s->p, s->listener->base.hostname);
+	if (params_apply(&s->p, s->listener->table, PARAMS_TOP, &s->peer_ip, &s->local_ip, err, sizeof err) != 0) {
+		session_technical_difficulties(s, err);
+		return;
+	}
+	meta_from_params(s);
+	if (!policy_has(smtpd->policy, "smtp_server_get_dynamic_parameters")) {
+		send_banner(s);
+		return;
+	}
+	s->reevaluating = true;
 	cJSON *args = cJSON_CreateArray();
 	cJSON_AddItemToArray(args, cJSON_CreateString(s->local_str));
 	s->policy_req = policy_call(smtpd->policy, "smtp_server_get_dynamic_parameters", args, 1, s->meta,

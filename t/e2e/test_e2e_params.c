@@ -312,6 +312,69 @@ START_TEST(test_data_processing_timeout_after_data)
 }
 END_TEST
 
+START_TEST(test_xclient)
+{
+	/* off by default */
+	struct harness_env *env = harness_env_new();
+	harness_start_default(env, NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, "220 " H " KumoMTA");
+	smtpc_chat(c, "XCLIENT ADDR=42.42.42.42", "550 insufficient authorization");
+	smtpc_close(c);
+	stop(env);
+
+	/* allowed only from 127.0.0.1 (a peer block), re-running the parameters */
+	env = harness_env_new();
+	char *tmpl = NULL;
+	if (asprintf(&tmpl, "%s%s", HARNESS_POLICY_TEMPLATE,
+		     "kumo.on('smtp_server_get_dynamic_parameters', function(listener, conn_meta)\n"
+		     "  return { banner = 'from ' .. conn_meta:get_meta('received_from') }\n"
+		     "end)\n") < 0)
+		abort();
+	harness_write_policy(env, tmpl, "peer = { ['127.0.0.1'] = { allow_xclient = true } }");
+	free(tmpl);
+	harness_start(env);
+	c = smtpc_connect(env, env->port, NULL);
+	char want[200];
+	snprintf(want, sizeof want, "220 " H " from 127.0.0.1:%d", c->local_port);
+	smtpc_expect(c, want);
+	smtpc_cmd(c, "EHLO proxy.example");
+	char *t = smtpc_expect_code(c, 250);
+	ck_assert_msg(strstr(t, "\n250 XCLIENT ADDR PORT DESTADDR DESTPORT") != NULL, "EHLO: %s", t);
+	free(t);
+	smtpc_chat(c, "XCLIENT ADDR=nonsense", "501 ADDR nonsense is invalid");
+	smtpc_chat(c, "XCLIENT PORT=70000", "501 PORT 70000 is invalid");
+	smtpc_chat(c, "XCLIENT NAME=x.example", "501 parameter NAME is not supported");
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	smtpc_chat(c, "XCLIENT ADDR=42.42.42.42", "503 mail transaction in progress");
+	smtpc_chat(c, "RSET", "250 Reset state");
+	smtpc_chat(c, "XCLIENT ADDR=42.42.42.42 PORT=42", "220 " H " from 42.42.42.42:42");
+	/* the new peer is not in relay_hosts, and no longer allowed XCLIENT */
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	smtpc_chat(c, "RCPT TO:<b@example.net>", "550 5.7.1 relaying not permitted for 42.42.42.42:42");
+	smtpc_chat(c, "RSET", "250 Reset state");
+	smtpc_chat(c, "XCLIENT ADDR=127.0.0.1", "550 insufficient authorization");
+	smtpc_close(c);
+
+	/* the meta of a message after XCLIENT names both */
+	c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect_prefix(c, "220 ");
+	smtpc_chat(c, "XCLIENT ADDR=127.0.0.1 PORT=99 DESTADDR=127.0.0.1 DESTPORT=25", "220 " H " from 127.0.0.1:99");
+	const char *const rcpts[] = { "b@example.net", NULL };
+	char ids[1][33];
+	smtpc_transaction(c, "a@example.com", rcpts, "Subject: t\r\n\r\nx\r\n", ids);
+	static const char *const needles[] = { "\"received_from\":\"127.0.0.1:99\"", "\"received_via\":\"127.0.0.1:25\"",
+					       "\"orig_received_from\":\"127.0.0.1:", NULL };
+	size_t len;
+	char *data = expect_spooled(env, ids[0], "x\r\n", needles, &len);
+	ck_assert_msg(strstr(data, "Received: from unspecified (127.0.0.1)\r\n  by " H " (KumoMTA 127.0.0.1)") != NULL,
+		      "stored: %.300s", data);
+	free(data);
+	smtpc_close(c);
+	stop(env);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("e2e_params");
@@ -327,6 +390,7 @@ int main(void)
 	tcase_add_test(tc, test_default_hostname_and_two_listeners);
 	tcase_add_test(tc, test_data_processing_timeout);
 	tcase_add_test(tc, test_data_processing_timeout_after_data);
+	tcase_add_test(tc, test_xclient);
 	suite_add_tcase(s, tc);
 	return harness_run_suite(s);
 }

@@ -49,7 +49,7 @@ static const struct row rows[] = {
 	{ "{\"via\":{\"10.0.0.1\":{\"bannr\":\"x\"}}}", PARAMS_TOP, "bannr" },
 	{ "[1,2]", PARAMS_TOP, "table" },
 	{ "{\"require_proxy_protocol\":true}", PARAMS_TOP, "not supported" },
-	{ "{\"require_proxy_protocol\":false,\"allow_xclient\":false}", PARAMS_TOP, NULL },
+	{ "{\"require_proxy_protocol\":false,\"allow_xclient\":true}", PARAMS_TOP, NULL },
 	{ "{\"deferred_queue\":true}", PARAMS_TOP, "not supported" },
 };
 
