@@ -184,7 +184,7 @@ struct txn {
 	struct spool_job *job;   /* in flight at the writer, owned by it */
 };
 
-enum sess_state { SS_START = 0, SS_CMD, SS_DATA, SS_WAIT, SS_CLOSING, SS_DEAD };
+enum sess_state { SS_START = 0, SS_CMD, SS_DATA, SS_WAIT, SS_PROXY, SS_CLOSING, SS_DEAD };
 
 struct session {
 	struct session *prev, *next;
@@ -240,12 +240,26 @@ void smtpd_drain_sessions(void);
 void session_set_callbacks(struct session *s);
 void close_after_flush(struct session *s);
 void session_reevaluate(struct session *s);
+/* New client/local addresses (XCLIENT, PROXY): meta, originals kept. */
+void session_set_addresses(struct session *s, const struct sockaddr_storage *peer,
+			   const struct sockaddr_storage *local);
+void session_after_proxy(struct session *s);
 
 /* smtpd_tls.c */
 void tls_setup(const cJSON *self_signed);
 void tls_teardown(void);
 bool tls_available(struct session *s);
 void run_starttls(struct session *s, struct smtp_cmd *cmd);
+
+/* smtpd_proxy.c */
+#define PROXY_MAX 552 /* v1 is at most 107 bytes; v2 here at most 16 + 536 */
+struct proxy_result {
+	bool local;                  /* keep the real addresses */
+	struct sockaddr_storage src, dst;
+};
+/* 1: a header of *used bytes; 0: need more; -1: not a valid header */
+int proxy_parse(const uint8_t *buf, size_t len, struct proxy_result *out, size_t *used);
+void proxy_input(struct session *s);
 
 /* smtpd_xclient.c */
 void run_xclient(struct session *s, struct smtp_cmd *cmd);

@@ -30,6 +30,7 @@ static void start_session(struct session *s);
 static void meta_from_params(struct session *s);
 static void dynamic_done(void *ctx, const cJSON *reply, const char *error);
 static void send_banner(struct session *s);
+static int params_again(struct session *s);
 
 static struct timeval tv_of(double secs)
 {
@@ -314,12 +315,19 @@ static void on_read(struct bufferevent *bev, void *arg)
 	struct session *s = arg;
 	if (s->state == SS_CMD || s->state == SS_DATA)
 		session_resume(s);
+	else if (s->state == SS_PROXY)
+		proxy_input(s);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct session *s = arg;
 	if (what & BEV_EVENT_TIMEOUT) {
+		if (s->state == SS_PROXY) {
+			log_info("session %s: no PROXY header from %s in time; dropped", s->session_id, s->peer_str);
+			session_close(s);
+			return;
+		}
 		if ((what & BEV_EVENT_READING) && s->state != SS_CLOSING) {
 			if (s->state == SS_WAIT || s->spool_pending) {
 				/* waiting on us, not on the client */
@@ -474,6 +482,12 @@ void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
 	bufferevent_setwatermark(s->bev, EV_READ, 0, wm);
 	struct timeval tv = tv_of(s->p.client_timeout);
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	if (s->p.require_proxy_protocol) {
+		/* the proxy's header comes first; nothing is sent before it */
+		s->state = SS_PROXY;
+		bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+		return;
+	}
 	s->state = SS_WAIT;
 	start_session(s);
 }
@@ -621,19 +635,55 @@ static void start_session(struct session *s)
 				    s->p.data_processing_timeout, dynamic_done, s);
 }
 
-/* After XCLIENT changed the addresses: the parameters are computed again
- * from the defaults (listener table, peer, via, then the dynamic table),
- * and the session answers with the banner they give. */
-void session_reevaluate(struct session *s)
+void session_set_addresses(struct session *s, const struct sockaddr_storage *peer,
+			   const struct sockaddr_storage *local)
+{
+	if (!cJSON_GetObjectItemCaseSensitive(s->meta, "orig_received_from")) {
+		cJSON_AddStringToObject(s->meta, "orig_received_from", s->peer_str);
+		cJSON_AddStringToObject(s->meta, "orig_received_via", s->local_str);
+	}
+	s->peer = *peer;
+	s->local = *local;
+	netaddr_format((struct sockaddr *)&s->peer, s->peer_str, sizeof s->peer_str);
+	netaddr_format((struct sockaddr *)&s->local, s->local_str, sizeof s->local_str);
+	netaddr_format_ip((struct sockaddr *)&s->peer, s->peer_ip_str, sizeof s->peer_ip_str);
+	cidr_from_sockaddr((struct sockaddr *)&s->peer, &s->peer_ip);
+	cidr_from_sockaddr((struct sockaddr *)&s->local, &s->local_ip);
+	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "received_from");
+	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "received_via");
+	cJSON_AddStringToObject(s->meta, "received_from", s->peer_str);
+	cJSON_AddStringToObject(s->meta, "received_via", s->local_str);
+}
+
+/* Parameters from scratch for the session's current addresses. */
+static int params_again(struct session *s)
 {
 	char err[300];
 	params_free(&s->p);
 	params_defaults(&s->p, s->listener->base.hostname);
 	if (params_apply(&s->p, s->listener->table, PARAMS_TOP, &s->peer_ip, &s->local_ip, err, sizeof err) != 0) {
 		session_technical_difficulties(s, err);
-		return;
+		return -1;
 	}
 	meta_from_params(s);
+	return 0;
+}
+
+/* The PROXY header was read: parameters for the addresses it gave, then
+ * the session starts as any other (dynamic parameters, accepted, banner). */
+void session_after_proxy(struct session *s)
+{
+	if (params_again(s) == 0)
+		start_session(s);
+}
+
+/* After XCLIENT changed the addresses: the parameters are computed again
+ * from the defaults (listener table, peer, via, then the dynamic table),
+ * and the session answers with the banner they give. */
+void session_reevaluate(struct session *s)
+{
+	if (params_again(s) != 0)
+		return;
 	if (!policy_has(smtpd->policy, "smtp_server_get_dynamic_parameters")) {
 		send_banner(s);
 		return;

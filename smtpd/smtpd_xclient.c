@@ -7,7 +7,6 @@
  * parameters see the new addresses) and the session restarts with the new
  * banner, as in KumoMTA.  Replies follow KumoMTA's texts. */
 #include "smtpd/smtpd.h"
-#include "lib/netaddr.h"
 #include "lib/xalloc.h"
 
 #include <arpa/inet.h>
@@ -61,12 +60,6 @@ static int set_port(struct sockaddr_storage *ss, const char *v)
 	return 0;
 }
 
-static void set_meta_str(cJSON *meta, const char *key, const char *value)
-{
-	cJSON_DeleteItemFromObjectCaseSensitive(meta, key);
-	cJSON_AddStringToObject(meta, key, value);
-}
-
 void run_xclient(struct session *s, struct smtp_cmd *cmd)
 {
 	if (!s->p.allow_xclient) {
@@ -106,19 +99,7 @@ void run_xclient(struct session *s, struct smtp_cmd *cmd)
 		}
 	}
 	free(args);
-	if (!cJSON_GetObjectItemCaseSensitive(s->meta, "orig_received_from")) {
-		set_meta_str(s->meta, "orig_received_from", s->peer_str);
-		set_meta_str(s->meta, "orig_received_via", s->local_str);
-	}
-	s->peer = peer;
-	s->local = local;
-	netaddr_format((struct sockaddr *)&s->peer, s->peer_str, sizeof s->peer_str);
-	netaddr_format((struct sockaddr *)&s->local, s->local_str, sizeof s->local_str);
-	netaddr_format_ip((struct sockaddr *)&s->peer, s->peer_ip_str, sizeof s->peer_ip_str);
-	cidr_from_sockaddr((struct sockaddr *)&s->peer, &s->peer_ip);
-	cidr_from_sockaddr((struct sockaddr *)&s->local, &s->local_ip);
-	set_meta_str(s->meta, "received_from", s->peer_str);
-	set_meta_str(s->meta, "received_via", s->local_str);
+	session_set_addresses(s, &peer, &local);
 	/* a new client: what the proxy said before does not carry over */
 	free(s->ehlo_domain);
 	s->ehlo_domain = NULL;

@@ -375,6 +375,42 @@ START_TEST(test_xclient)
 }
 END_TEST
 
+START_TEST(test_proxy_protocol)
+{
+	struct harness_env *env = harness_env_new();
+	harness_start_default(env, "require_proxy_protocol = true");
+	/* v1: the banner waits for the header; the addresses are the header's */
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	const char *v1 = "PROXY TCP4 192.0.2.7 127.0.0.1 4711 25\r\n";
+	smtpc_send(c, v1, strlen(v1));
+	smtpc_expect(c, "220 " H " KumoMTA");
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	smtpc_chat(c, "RCPT TO:<b@example.net>", "550 5.7.1 relaying not permitted for 192.0.2.7:4711");
+	smtpc_close(c);
+
+	/* v2, binary, from a relayable address: the meta records both */
+	c = smtpc_connect(env, env->port, NULL);
+	static const char v2[] = "\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\x7f\x00\x00\x01\x7f\x00\x00\x01\x00\x2a\x00\x19";
+	smtpc_send(c, v2, sizeof v2 - 1);
+	smtpc_expect(c, "220 " H " KumoMTA");
+	const char *const rcpts[] = { "b@example.net", NULL };
+	char ids[1][33];
+	smtpc_transaction(c, "a@example.com", rcpts, "Subject: t\r\n\r\nx\r\n", ids);
+	static const char *const needles[] = { "\"received_from\":\"127.0.0.1:42\"", "\"received_via\":\"127.0.0.1:25\"",
+					       "\"orig_received_from\":\"127.0.0.1:", NULL };
+	size_t len;
+	free(expect_spooled(env, ids[0], "x\r\n", needles, &len));
+	smtpc_close(c);
+
+	/* no header: dropped without a reply */
+	c = smtpc_connect(env, env->port, NULL);
+	smtpc_send(c, "EHLO x\r\n", 8);
+	smtpc_expect_eof(c, SMTPC_TIMEOUT_MS);
+	smtpc_close(c);
+	stop(env);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("e2e_params");
@@ -391,6 +427,7 @@ int main(void)
 	tcase_add_test(tc, test_data_processing_timeout);
 	tcase_add_test(tc, test_data_processing_timeout_after_data);
 	tcase_add_test(tc, test_xclient);
+	tcase_add_test(tc, test_proxy_protocol);
 	suite_add_tcase(s, tc);
 	return harness_run_suite(s);
 }

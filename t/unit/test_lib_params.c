@@ -48,7 +48,7 @@ static const struct row rows[] = {
 	{ "{\"via\":{\"10.0.0.1\":{\"listen\":\"1.2.3.4:25\"}}}", PARAMS_TOP, "listen" },
 	{ "{\"via\":{\"10.0.0.1\":{\"bannr\":\"x\"}}}", PARAMS_TOP, "bannr" },
 	{ "[1,2]", PARAMS_TOP, "table" },
-	{ "{\"require_proxy_protocol\":true}", PARAMS_TOP, "not supported" },
+	{ "{\"require_proxy_protocol\":true}", PARAMS_TOP, NULL },
 	{ "{\"require_proxy_protocol\":false,\"allow_xclient\":true}", PARAMS_TOP, NULL },
 	{ "{\"deferred_queue\":true}", PARAMS_TOP, "not supported" },
 };
