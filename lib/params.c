@@ -53,6 +53,11 @@ static const struct param_def param_defs[] = {
 	{ "via", PT_SPECIAL, false, 0 },
 };
 
+const char *params_name(size_t i)
+{
+	return i < sizeof param_defs / sizeof param_defs[0] ? param_defs[i].name : NULL;
+}
+
 static const struct param_def *find_def(const char *name)
 {
 	for (size_t i = 0; i < sizeof param_defs / sizeof param_defs[0]; i++)

@@ -71,6 +71,10 @@ int params_apply(struct listener_params *p, const cJSON *table, enum params_leve
 		 const struct cidr *peer_ip, const struct cidr *local_ip,
 		 char *err, size_t errlen);
 
+/* The name of the i-th listener parameter this code accepts, NULL past
+ * the end (the man page test walks it). */
+const char *params_name(size_t i);
+
 /* true when the peer address is within relay_hosts. */
 bool params_relay_allowed(const struct listener_params *p, const struct cidr *peer_ip);
 

@@ -1,6 +1,8 @@
 /* Unit tests for listener parameters: validation rows, defaults and the
  * peer/via merge order. */
 #include <check.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "lib/params.h"
@@ -129,6 +131,43 @@ START_TEST(peer_then_via_then_longest_prefix)
 }
 END_TEST
 
+/* Every listener parameter the code accepts has an entry in kumo-policy(5):
+ * a tagged paragraph whose first line names it (".B name" or in ".BR"). */
+START_TEST(every_parameter_is_documented)
+{
+	const char *src = getenv("KUMO_SRC");
+	char path[4096];
+	snprintf(path, sizeof path, "%s/man/kumo-policy.5", src ? src : ".");
+	FILE *f = fopen(path, "r");
+	ck_assert_msg(f != NULL, "cannot open %s", path);
+	static char page[1 << 18];
+	size_t n = fread(page, 1, sizeof page - 1, f);
+	fclose(f);
+	page[n] = 0;
+	for (size_t i = 0; params_name(i); i++) {
+		const char *name = params_name(i);
+		bool found = false;
+		/* look for ".TP\n.B name\n" or ".TP\n.BR ... name ..." */
+		for (const char *p = strstr(page, ".TP\n"); p && !found; p = strstr(p + 1, ".TP\n")) {
+			const char *line = p + 4, *end = strchr(line, '\n');
+			if (!end || (strncmp(line, ".B ", 3) != 0 && strncmp(line, ".BR ", 4) != 0))
+				continue;
+			size_t len = strlen(name);
+			for (const char *q = line; q && q < end; q = strstr(q + 1, name)) {
+				q = strstr(q, name);
+				if (!q || q >= end)
+					break;
+				if ((q[-1] == ' ' || q[-1] == '"') && (q[len] == ' ' || q[len] == '\n' || q[len] == '"')) {
+					found = true;
+					break;
+				}
+			}
+		}
+		ck_assert_msg(found, "listener parameter '%s' has no entry in %s", name, path);
+	}
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("params");
@@ -136,6 +175,7 @@ int main(void)
 	tcase_add_loop_test(tc, check_row, 0, (int)(sizeof rows / sizeof rows[0]));
 	tcase_add_test(tc, defaults_match_kumomta);
 	tcase_add_test(tc, peer_then_via_then_longest_prefix);
+	tcase_add_test(tc, every_parameter_is_documented);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
