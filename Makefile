@@ -4,6 +4,7 @@
 #   make run      build and start the relay in the foreground on 127.0.0.1:2525
 #   make check    build, run every test, then again under ASan+UBSan
 #   make deps     install missing Debian packages (as root) or print the apt-get line
+#   make install  PREFIX=/usr/local DESTDIR=... (see the install section below)
 #
 # Objects go to $(BUILD); a sanitizer build uses BUILD=build/asan SAN=1.
 
@@ -136,6 +137,7 @@ check: deps
 	@$(MAKE) --no-print-directory test-run
 	@$(MAKE) --no-print-directory SAN=1 BUILD=build/asan BIN=build/asan/bin test-run
 	@./t/lint-man
+	@./t/test_install.sh | tail -n 1
 
 asan:
 	@$(MAKE) --no-print-directory SAN=1 BUILD=build/asan BIN=build/asan/bin build
@@ -143,6 +145,48 @@ asan:
 run: all
 	@mkdir -p var
 	exec $(BIN)/kumod --policy conf/policy/init.lua --user $$(id -un)
+
+# ---- install ----------------------------------------------------------------
+#   make install [PREFIX=/usr/local] [DESTDIR=...]   kumod and kumoctl in sbin/,
+#   the helpers in libexec/kumomta/, man pages, and under etc/: the default
+#   policy (not overwritten), the init script and the systemd unit.
+PREFIX     ?= /usr/local
+SBINDIR    := $(PREFIX)/sbin
+LIBEXECDIR := $(PREFIX)/libexec/kumomta
+MANDIR     := $(PREFIX)/share/man
+SYSCONFDIR := $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+SUBST      := sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g'
+
+.PHONY: install uninstall
+install: all
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(MANDIR)/man5 \
+		$(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/kumomta/policy \
+		$(DESTDIR)$(SYSCONFDIR)/init.d $(DESTDIR)$(SYSCONFDIR)/systemd/system
+	install -m 0755 $(BIN)/kumod $(BIN)/kumoctl $(DESTDIR)$(SBINDIR)/
+	install -m 0755 $(BIN)/kumo-smtpd $(BIN)/kumo-policyd $(DESTDIR)$(LIBEXECDIR)/
+	install -m 0644 man/kumo-policy.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 man/kumomta.7 $(DESTDIR)$(MANDIR)/man7/
+	install -m 0644 man/kumod.8 man/kumoctl.8 $(DESTDIR)$(MANDIR)/man8/
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/kumomta/policy/init.lua ]; then \
+		echo "keeping $(DESTDIR)$(SYSCONFDIR)/kumomta/policy/init.lua"; \
+	else \
+		sed -e 's|\./var/spool/|/var/spool/kumomta/|' -e 's|\./var/log|/var/log/kumomta|' \
+			conf/policy/init.lua > $(DESTDIR)$(SYSCONFDIR)/kumomta/policy/init.lua; \
+		chmod 0644 $(DESTDIR)$(SYSCONFDIR)/kumomta/policy/init.lua; \
+	fi
+	$(SUBST) conf/init.d/kumomta > $(DESTDIR)$(SYSCONFDIR)/init.d/kumomta
+	chmod 0755 $(DESTDIR)$(SYSCONFDIR)/init.d/kumomta
+	$(SUBST) conf/kumomta.service > $(DESTDIR)$(SYSCONFDIR)/systemd/system/kumomta.service
+	chmod 0644 $(DESTDIR)$(SYSCONFDIR)/systemd/system/kumomta.service
+
+# The policy is configuration: uninstall leaves it.
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/kumod $(DESTDIR)$(SBINDIR)/kumoctl
+	rm -f $(DESTDIR)$(LIBEXECDIR)/kumo-smtpd $(DESTDIR)$(LIBEXECDIR)/kumo-policyd
+	-rmdir $(DESTDIR)$(LIBEXECDIR) 2>/dev/null
+	rm -f $(DESTDIR)$(MANDIR)/man5/kumo-policy.5 $(DESTDIR)$(MANDIR)/man7/kumomta.7
+	rm -f $(DESTDIR)$(MANDIR)/man8/kumod.8 $(DESTDIR)$(MANDIR)/man8/kumoctl.8
+	rm -f $(DESTDIR)$(SYSCONFDIR)/init.d/kumomta $(DESTDIR)$(SYSCONFDIR)/systemd/system/kumomta.service
 
 clean:
 	rm -rf build bin

@@ -74,14 +74,23 @@ static void startup_fail(const char *fmt, ...)
 	exit(1);
 }
 
-static char *self_dir(void)
+/* Where kumo-smtpd and kumo-policyd are: beside kumod (the build tree's
+ * bin/), else ../libexec/kumomta from it (an installed tree). */
+static char *helper_dir(void)
 {
 	char buf[4096];
 	ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
 	if (n <= 0)
 		return xstrdup(".");
 	buf[n] = '\0';
-	return xstrdup(dirname(buf));
+	char *dir = xstrdup(dirname(buf));
+	char probe[4200];
+	snprintf(probe, sizeof probe, "%s/kumo-smtpd", dir);
+	if (access(probe, X_OK) == 0)
+		return dir;
+	char *installed = xasprintf("%s/../libexec/kumomta", dir);
+	free(dir);
+	return installed;
 }
 
 static int policy_listen(char *name, size_t namelen)
@@ -432,7 +441,7 @@ int main(int argc, char **argv)
 	if (user && strcmp(user, "root") == 0)
 		log_warn("--user root: every process runs as root; use a dedicated user in production");
 	M.policy = xstrdup(policy);
-	M.bindir = self_dir();
+	M.bindir = helper_dir();
 	if (user)
 		resolve_user(user);
 	char sockname[108];
