@@ -23,6 +23,7 @@ static void usage(FILE *f)
 		"usage: kumoctl [--socket PATH] COMMAND\n"
 		"commands:\n"
 		"  status    print kumod's state as JSON (version, uptime, pids, listeners)\n"
+		"  reload    load the policy file again (the old one keeps serving if it fails)\n"
 		"  stop      stop kumod gracefully (as SIGTERM does)\n"
 		"  version   print kumod's version\n"
 		"The socket defaults to %s (kumod puts it beside the meta spool).\n",
@@ -52,7 +53,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	const char *cmd = argv[optind];
-	if (strcmp(cmd, "status") != 0 && strcmp(cmd, "stop") != 0 && strcmp(cmd, "version") != 0) {
+	if (strcmp(cmd, "status") != 0 && strcmp(cmd, "stop") != 0 && strcmp(cmd, "version") != 0 &&
+	    strcmp(cmd, "reload") != 0) {
 		fprintf(stderr, "kumoctl: unknown command '%s'\n", cmd);
 		usage(stderr);
 		return 2;
@@ -75,7 +77,7 @@ int main(int argc, char **argv)
 	cJSON_AddStringToObject(req, "op", cmd);
 	char err[256];
 	cJSON *reply = NULL;
-	if (frame_send_fd(fd, req, err, sizeof err) != 0 || frame_recv_fd(fd, &reply, 30000, err, sizeof err) != 0) {
+	if (frame_send_fd(fd, req, err, sizeof err) != 0 || frame_recv_fd(fd, &reply, 150000, err, sizeof err) != 0) {
 		fprintf(stderr, "kumoctl: no answer from kumod on %s: %s\n", path, err);
 		return 3;
 	}
@@ -96,6 +98,8 @@ int main(int argc, char **argv)
 	} else if (strcmp(cmd, "version") == 0) {
 		const cJSON *v = cJSON_GetObjectItemCaseSensitive(reply, "version");
 		printf("kumod %s\n", cJSON_IsString(v) ? v->valuestring : "?");
+	} else if (strcmp(cmd, "reload") == 0) {
+		printf("policy reloaded\n");
 	} else {
 		printf("kumod is stopping\n");
 	}

@@ -341,12 +341,43 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 	evtimer_add(M.stop_timer, &tv);
 }
 
+int master_reload(struct master *m, char *err, size_t errlen)
+{
+	int fd = policy_connect(m->policy_sock);
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot reach kumo-policyd: %s", strerror(errno));
+		return -1;
+	}
+	cJSON *req = cJSON_CreateObject();
+	cJSON_AddNumberToObject(req, "id", 1);
+	cJSON_AddStringToObject(req, "op", "reload");
+	cJSON *reply = NULL;
+	char why[256];
+	int rc = -1;
+	if (frame_send_fd(fd, req, why, sizeof why) != 0 || frame_recv_fd(fd, &reply, 120000, why, sizeof why) != 0) {
+		snprintf(err, errlen, "kumo-policyd did not answer the reload: %s", why);
+	} else if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok"))) {
+		const cJSON *e = cJSON_GetObjectItemCaseSensitive(reply, "error");
+		snprintf(err, errlen, "%s", cJSON_IsString(e) ? e->valuestring : "reload failed");
+	} else {
+		rc = 0;
+	}
+	cJSON_Delete(req);
+	cJSON_Delete(reply);
+	close(fd);
+	return rc;
+}
+
 static void on_hup(evutil_socket_t sig, short what, void *arg)
 {
 	(void)sig;
 	(void)what;
 	(void)arg;
-	log_info("SIGHUP ignored: policy reload is not available in this version; restart kumod");
+	char err[1024];
+	if (master_reload(&M, err, sizeof err) == 0)
+		log_info("SIGHUP: policy %s reloaded", M.policy);
+	else
+		log_warn("SIGHUP: policy reload failed; the old policy keeps serving: %s", err);
 }
 
 static void daemonize(const char *pidfile)

@@ -53,6 +53,10 @@ void child_reap(struct master *m);
 int children_running(const struct master *m);
 double monotime(void);
 
+/* kumod.c: has kumo-policyd load the policy file again (SIGHUP, kumoctl
+ * reload).  0, or -1 with the Lua error; the old policy keeps serving. */
+int master_reload(struct master *m, char *err, size_t errlen);
+
 /* master_control.c: the kumoctl socket */
 int control_open(struct master *m, const char *path, char *err, size_t errlen);
 void control_close(struct master *m);

@@ -81,6 +81,17 @@ static void ctl_read(struct bufferevent *bev, void *arg)
 		reply = cJSON_CreateObject();
 		cJSON_AddBoolToObject(reply, "ok", 1);
 		cJSON_AddStringToObject(reply, "version", KUMOD_VERSION);
+	} else if (cJSON_IsString(op) && strcmp(op->valuestring, "reload") == 0) {
+		char err[1024];
+		reply = cJSON_CreateObject();
+		if (master_reload(m, err, sizeof err) == 0) {
+			log_info("control: policy %s reloaded", m->policy);
+			cJSON_AddBoolToObject(reply, "ok", 1);
+		} else {
+			log_warn("control: policy reload failed; the old policy keeps serving: %s", err);
+			cJSON_AddBoolToObject(reply, "ok", 0);
+			cJSON_AddStringToObject(reply, "error", err);
+		}
 	} else if (cJSON_IsString(op) && strcmp(op->valuestring, "stop") == 0) {
 		reply = cJSON_CreateObject();
 		cJSON_AddBoolToObject(reply, "ok", 1);

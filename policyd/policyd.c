@@ -41,6 +41,10 @@ struct client {
 
 static struct pool *pool;
 static struct client *clients;
+static struct event_base *loop;
+static const char *policy_path;
+static int lua_workers_n;
+static unsigned generation;   /* bumped by each successful reload */
 static unsigned long next_client_id = 1;
 
 static void client_free(struct client *c)
@@ -53,6 +57,37 @@ static void client_free(struct client *c)
 		c->next->prev = c->prev;
 	bufferevent_free(c->bev);
 	free(c);
+}
+
+static void reply_ready(void *arg, unsigned long client, const cJSON *req, const cJSON *reply);
+
+/* {"op":"reload"}: the policy file is loaded again in a new pool of Lua
+ * states; only if that works does the new pool take over, while the old one
+ * finishes what it holds.  init is not run again: listeners, spools and
+ * logs need a restart of kumod. */
+static cJSON *reload(const cJSON *req)
+{
+	char err[512];
+	cJSON *reply = cJSON_CreateObject();
+	const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
+	if (id)
+		cJSON_AddItemToObject(reply, "id", cJSON_Duplicate(id, 1));
+	struct pool *fresh = pool_new(loop, policy_path, lua_workers_n, reply_ready, NULL, err, sizeof err);
+	if (err[0]) {
+		pool_free(fresh);
+		log_warn("reload: the policy failed to load; the old one keeps serving: %s", err);
+		cJSON_AddBoolToObject(reply, "ok", 0);
+		cJSON_AddStringToObject(reply, "error", err);
+		return reply;
+	}
+	struct pool *old = pool;
+	pool = fresh;
+	generation++;
+	pool_retire(old);
+	log_info("reload: policy %s loaded (generation %u)", policy_path, generation);
+	cJSON_AddBoolToObject(reply, "ok", 1);
+	cJSON_AddNumberToObject(reply, "generation", generation);
+	return reply;
 }
 
 static void client_read(struct bufferevent *bev, void *arg)
@@ -76,11 +111,20 @@ static void client_read(struct bufferevent *bev, void *arg)
 			client_free(c);
 			return;
 		}
+		const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");
+		if (cJSON_IsString(op) && strcmp(op->valuestring, "reload") == 0) {
+			cJSON *reply = reload(req);
+			frame_encode(out, reply);
+			cJSON_Delete(reply);
+			cJSON_Delete(req);
+			continue;
+		}
 		pool_submit(pool, c->id, req);
 	}
 }
 
-/* A reply from a Lua worker; the client may have gone meanwhile. */
+/* A reply from a Lua worker; the client may have gone meanwhile.  Every
+ * reply carries the generation, so a client learns of a reload. */
 static void reply_ready(void *arg, unsigned long client, const cJSON *req, const cJSON *reply)
 {
 	(void)arg;
@@ -89,6 +133,8 @@ static void reply_ready(void *arg, unsigned long client, const cJSON *req, const
 		c = c->next;
 	if (!c)
 		return;
+	cJSON_DeleteItemFromObjectCaseSensitive((cJSON *)reply, "generation");
+	cJSON_AddNumberToObject((cJSON *)reply, "generation", generation);
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 	if (frame_encode(out, reply) < 0) {
 		cJSON *small = cJSON_CreateObject();
@@ -256,6 +302,9 @@ int main(int argc, char **argv)
 	struct event_base *base = event_base_new();
 	if (!base)
 		log_fatal("event_base_new failed");
+	loop = base;
+	policy_path = path;
+	lua_workers_n = lua_workers;
 	pool = pool_new(base, path, lua_workers, reply_ready, NULL, err, sizeof err);
 	if (err[0])
 		log_debug("policy %s failed to load: %s", path, err);  /* kumod reports it */

@@ -174,6 +174,7 @@ struct pool *pool_new(struct event_base *base, const char *path, int n, pool_don
 		      char *err, size_t errlen);
 void pool_submit(struct pool *p, unsigned long client, cJSON *req); /* takes req */
 void pool_free(struct pool *p);
+void pool_retire(struct pool *p); /* finishes what it holds, delivers, frees */
 
 /* policyd_memo.c: kumo.memoize, added to the kumo table on the stack top */
 void policy_memo_register(lua_State *L);

@@ -98,7 +98,7 @@ static cJSON *handle_hello(struct policy *p, cJSON *reply)
 
 /* --- event --- */
 
-enum outcome { OUT_OK, OUT_REJECT, OUT_ERROR, OUT_BAD };
+enum outcome { OUT_OK, OUT_REJECT, OUT_ERROR, OUT_BAD, OUT_NOHANDLER };
 
 struct event_ctx {
 	struct policy *p;
@@ -232,8 +232,9 @@ static int event_protected(lua_State *L)
 {
 	struct event_ctx *c = lua_touserdata(L, 1);
 	if (!policy_push_handlers(L, c->event)) {
-		c->outcome = OUT_BAD;
-		c->error = xasprintf("no handler for %s", c->event);
+		/* after a reload the caller may not know yet that the handler is
+		 * gone: no handler means the event's default behaviour */
+		c->outcome = OUT_NOHANDLER;
 		return 0;
 	}
 	int handlers = lua_gettop(L);
@@ -321,6 +322,12 @@ static cJSON *handle_event(struct policy *p, const cJSON *req, cJSON *reply)
 	switch (c.outcome) {
 	case OUT_BAD:
 		fail(reply, "%s", c.error);
+		break;
+	case OUT_NOHANDLER:
+		cJSON_AddBoolToObject(reply, "ok", 1);
+		cJSON_AddStringToObject(reply, "result", "ok");
+		cJSON_AddNullToObject(reply, "ret");
+		cJSON_AddBoolToObject(reply, "nohandler", 1);
 		break;
 	case OUT_ERROR:
 		cJSON_AddBoolToObject(reply, "ok", 1);

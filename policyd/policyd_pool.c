@@ -166,10 +166,8 @@ void pool_submit(struct pool *p, unsigned long client, cJSON *req)
 	pthread_mutex_unlock(&p->mu);
 }
 
-void pool_free(struct pool *p)
+static void pool_stop(struct pool *p)
 {
-	if (!p)
-		return;
 	pthread_mutex_lock(&p->mu);
 	p->stop = true;
 	pthread_cond_broadcast(&p->cv);
@@ -177,7 +175,29 @@ void pool_free(struct pool *p)
 	for (int i = 0; i < p->n; i++) {
 		pthread_join(p->workers[i].thread, NULL);
 		policy_free(p->workers[i].policy);
+		p->workers[i].policy = NULL;
 	}
+}
+
+/* Reload: the workers finish every request already queued, their replies
+ * are delivered, then the pool goes. */
+void pool_retire(struct pool *p)
+{
+	pool_stop(p);
+	pool_notify(p->pipe_fd[0], EV_READ, p);
+	pool_free(p);
+}
+
+const char *pool_load_error(struct pool *p)
+{
+	return policy_load_error(p->workers[0].policy);
+}
+
+void pool_free(struct pool *p)
+{
+	if (!p)
+		return;
+	pool_stop(p);
 	/* whatever was answered but not yet sent is dropped with the clients */
 	struct job *lists[3] = { p->queue, p->init_queue, p->done };
 	for (int k = 0; k < 3; k++) {

@@ -220,6 +220,8 @@ static cJSON *msg_arg(struct txn *t, const struct batch *b)
 /* Takes the handler's changes to the message from the reply. */
 static int apply_msg_reply(struct batch *b, const cJSON *reply)
 {
+	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "nohandler")))
+		return 0; /* a reload removed the handler: nothing changed */
 	const cJSON *m = cJSON_GetObjectItemCaseSensitive(reply, "msg");
 	if (!cJSON_IsObject(m))
 		return -1;

@@ -39,6 +39,8 @@ struct policy_client {
 	struct pending *buckets[PENDING_BUCKETS];
 	char **handlers;              /* owned */
 	size_t n_handlers;
+	double generation;            /* policyd's, from its replies */
+	uint64_t hello_id;            /* a hello in flight, 0 if none */
 };
 
 static void pc_connect(struct policy_client *pc);
@@ -111,10 +113,40 @@ static void pc_drop(struct policy_client *pc, const char *why)
 		log_warn("policyd connection lost: %s", why);
 	}
 	fail_all(pc, "policyd is not available");
+	pc->generation = -1; /* a restarted policyd: learn its handlers again */
 	struct timeval tv = { (time_t)pc->backoff, (suseconds_t)((pc->backoff - (long)pc->backoff) * 1e6) };
 	evtimer_add(pc->reconnect_ev, &tv);
 	pc->backoff = pc->backoff < 2 ? pc->backoff * 2 : 2;
 }
+
+static void set_handlers(struct policy_client *pc, const cJSON *handlers)
+{
+	for (size_t i = 0; i < pc->n_handlers; i++)
+		free(pc->handlers[i]);
+	free(pc->handlers);
+	size_t n = (size_t)cJSON_GetArraySize(handlers), i = 0;
+	pc->handlers = xcalloc(n + 1, sizeof(char *));
+	const cJSON *h;
+	cJSON_ArrayForEach(h, handlers) {
+		if (cJSON_IsString(h))
+			pc->handlers[i++] = xstrdup(h->valuestring);
+	}
+	pc->n_handlers = i;
+}
+
+static void hello_done(void *ctx, const cJSON *reply, const char *error)
+{
+	struct policy_client *pc = ctx;
+	pc->hello_id = 0;
+	if (error || !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok"))) {
+		log_warn("policyd: cannot refresh the handler list after a reload");
+		return;
+	}
+	set_handlers(pc, cJSON_GetObjectItemCaseSensitive(reply, "handlers"));
+	log_info("policyd generation %.0f: %zu event handlers", pc->generation, pc->n_handlers);
+}
+
+static void send_hello(struct policy_client *pc);
 
 static void pc_read(struct bufferevent *bev, void *arg)
 {
@@ -129,6 +161,13 @@ static void pc_read(struct bufferevent *bev, void *arg)
 		if (rc < 0) {
 			pc_drop(pc, err);
 			return;
+		}
+		const cJSON *gen = cJSON_GetObjectItemCaseSensitive(doc, "generation");
+		if (cJSON_IsNumber(gen) && gen->valuedouble > pc->generation) {
+			/* the policy was reloaded: learn its handlers */
+			pc->generation = gen->valuedouble;
+			if (!pc->hello_id)
+				send_hello(pc);
 		}
 		const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
 		struct pending *p = NULL;
@@ -193,14 +232,7 @@ struct policy_client *policy_client_new(struct event_base *base, const char *soc
 	pc->backoff = 0.05;
 	pc->next_id = 1;
 	pc->reconnect_ev = evtimer_new(base, pc_reconnect, pc);
-	size_t n = (size_t)cJSON_GetArraySize(handlers), i = 0;
-	pc->handlers = xcalloc(n + 1, sizeof(char *));
-	const cJSON *h;
-	cJSON_ArrayForEach(h, handlers) {
-		if (cJSON_IsString(h))
-			pc->handlers[i++] = xstrdup(h->valuestring);
-	}
-	pc->n_handlers = i;
+	set_handlers(pc, handlers);
 	if (sockname[0] && strlen(sockname) < sizeof(((struct sockaddr_un *)0)->sun_path))
 		pc_connect(pc);
 	return pc;
@@ -236,8 +268,22 @@ bool policy_has(const struct policy_client *pc, const char *event)
 	return false;
 }
 
+static uint64_t send_request(struct policy_client *pc, const char *op, const char *event, cJSON *args,
+			     int meta_pos, const cJSON *meta, double timeout, policy_cb cb, void *ctx);
+
+static void send_hello(struct policy_client *pc)
+{
+	pc->hello_id = send_request(pc, "hello", NULL, NULL, -1, NULL, 30, hello_done, pc);
+}
+
 uint64_t policy_call(struct policy_client *pc, const char *event, cJSON *args, int meta_pos,
 		     const cJSON *meta, double timeout, policy_cb cb, void *ctx)
+{
+	return send_request(pc, "event", event, args, meta_pos, meta, timeout, cb, ctx);
+}
+
+static uint64_t send_request(struct policy_client *pc, const char *op, const char *event, cJSON *args,
+			     int meta_pos, const cJSON *meta, double timeout, policy_cb cb, void *ctx)
 {
 	struct pending *p = xcalloc(1, sizeof *p);
 	p->id = pc->next_id++;
@@ -261,9 +307,11 @@ uint64_t policy_call(struct policy_client *pc, const char *event, cJSON *args, i
 	}
 	cJSON *req = cJSON_CreateObject();
 	cJSON_AddNumberToObject(req, "id", (double)p->id);
-	cJSON_AddStringToObject(req, "op", "event");
-	cJSON_AddStringToObject(req, "event", event);
-	cJSON_AddItemToObject(req, "args", args);
+	cJSON_AddStringToObject(req, "op", op);
+	if (event)
+		cJSON_AddStringToObject(req, "event", event);
+	if (args)
+		cJSON_AddItemToObject(req, "args", args);
 	if (meta_pos >= 0) {
 		cJSON_AddNumberToObject(req, "meta_pos", meta_pos);
 		cJSON_AddItemToObject(req, "meta", cJSON_Duplicate(meta, 1));

@@ -1,0 +1,173 @@
+/*
+ * End-to-end policy reload: kumoctl reload and SIGHUP load the policy file
+ * again while a client keeps sending; a policy that fails to load is
+ * refused with its Lua error and the old one keeps serving; no SMTP error,
+ * no dropped connection.
+ */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+/* The generation tag (@EXTRA@) appears in the banner and the meta. */
+#define GEN_POLICY                                                               \
+	"local kumo = require 'kumo'\n"                                        \
+	"kumo.on('init', function()\n"                                         \
+	"  kumo.define_spool { name = 'data', path = '@DIR@/spool/data' }\n"   \
+	"  kumo.define_spool { name = 'meta', path = '@DIR@/spool/meta' }\n"   \
+	"  kumo.start_esmtp_listener { listen = '127.0.0.1:@PORT@', hostname = '" HARNESS_HOSTNAME "' }\n" \
+	"end)\n"                                                               \
+	"kumo.on('smtp_server_mail_from', function(sender, conn_meta) conn_meta:set_meta('x_gen', '@EXTRA@') end)\n" \
+	"kumo.on('smtp_server_rewrite_response', function(s, r, c) if s == 220 then return nil, r .. ' gen @EXTRA@' end end)\n"
+
+static void write_gen(struct harness_env *env, const char *g)
+{
+	harness_write_policy(env, GEN_POLICY, g);
+}
+
+static int line_reply(FILE *f, char *buf, size_t len)
+{
+	for (;;) {
+		if (!fgets(buf, (int)len, f))
+			return -1;
+		if (strlen(buf) < 4 || buf[3] != '-')
+			return atoi(buf);
+	}
+}
+
+/* A child that sends transactions on one connection, new connections now
+ * and then, until told to stop; exits with the number of errors. */
+static void client_loop(int port, int stop_fd)
+{
+	int errors = 0, messages = 0;
+	while (errors == 0) {
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+			_exit(100);
+		FILE *f = fdopen(fd, "r+");
+		setvbuf(f, NULL, _IONBF, 0);
+		char buf[1024];
+		if (line_reply(f, buf, sizeof buf) != 220)
+			errors++;
+		for (int i = 0; i < 20 && errors == 0; i++) {
+			fputs("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n", f);
+			if (line_reply(f, buf, sizeof buf) != 250 || line_reply(f, buf, sizeof buf) != 250 ||
+			    line_reply(f, buf, sizeof buf) != 354) {
+				errors++;
+				break;
+			}
+			fputs("Subject: r\r\n\r\nx\r\n.\r\n", f);
+			if (line_reply(f, buf, sizeof buf) != 250)
+				errors++;
+			messages++;
+		}
+		fputs("QUIT\r\n", f);
+		line_reply(f, buf, sizeof buf);
+		fclose(f);
+		char c;
+		if (read(stop_fd, &c, 1) >= 0)
+			break;
+	}
+	fprintf(stderr, "reload client: %d messages, %d errors\n", messages, errors);
+	_exit(errors ? 1 : 0);
+}
+
+static int kumoctl(struct harness_env *env, const char *cmd, char **out)
+{
+	char *sock = harness_path(env, "spool/kumod.sock");
+	const char *bin = getenv("KUMO_BIN");
+	char path[4096];
+	snprintf(path, sizeof path, "%s/kumoctl", bin ? bin : "bin");
+	char line[8192];
+	snprintf(line, sizeof line, "'%s' --socket '%s' %s 2>&1", path, sock, cmd);
+	free(sock);
+	FILE *p = popen(line, "r");
+	size_t n = fread(line, 1, sizeof line - 1, p);
+	line[n] = 0;
+	int st = pclose(p);
+	if (out)
+		*out = strdup(line);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void expect_banner(struct harness_env *env, const char *gen)
+{
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	char want[200];
+	snprintf(want, sizeof want, "220 " HARNESS_HOSTNAME " KumoMTA gen %s", gen);
+	smtpc_expect(c, want);
+	smtpc_close(c);
+}
+
+START_TEST(test_reload_under_load)
+{
+	struct harness_env *env = harness_env_new();
+	write_gen(env, "1");
+	harness_start(env);
+	expect_banner(env, "1");
+
+	int pipefd[2];
+	ck_assert_int_eq(pipe(pipefd), 0);
+	pid_t child = fork();
+	if (child == 0) {
+		close(pipefd[1]);
+		/* nonblocking read end: a byte (or EOF) means stop */
+		fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
+		client_loop(env->port, pipefd[0]);
+	}
+	close(pipefd[0]);
+	usleep(300 * 1000);
+
+	char *out = NULL;
+	write_gen(env, "2");
+	ck_assert_int_eq(kumoctl(env, "reload", &out), 0);
+	free(out);
+	expect_banner(env, "2");
+
+	/* a broken policy: refused with the Lua error, generation 2 serves on */
+	char *broken = harness_path(env, "policy.lua");
+	FILE *f = fopen(broken, "a");
+	fputs("this is not Lua ((\n", f);
+	fclose(f);
+	free(broken);
+	ck_assert_int_eq(kumoctl(env, "reload", &out), 1);
+	ck_assert_msg(strstr(out, "policy.lua:") != NULL, "kumoctl reload said: %s", out);
+	free(out);
+	expect_banner(env, "2");
+
+	/* SIGHUP does the same */
+	write_gen(env, "3");
+	kill(env->pid, SIGHUP);
+	ck_assert(harness_output_wait_regex(env, "SIGHUP: policy .* reloaded", 10));
+	expect_banner(env, "3");
+
+	ck_assert_int_eq(write(pipefd[1], "x", 1), 1);
+	close(pipefd[1]);
+	int st;
+	ck_assert_int_eq(waitpid(child, &st, 0), child);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the client saw errors across the reloads (%s)\n%s",
+		      harness_status_str(st), harness_output(env));
+	harness_stop(env, NULL);
+	harness_env_free(env);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("e2e_reload");
+	TCase *tc = tcase_create("reload");
+	tcase_set_timeout(tc, HARNESS_TCASE_TIMEOUT);
+	tcase_add_test(tc, test_reload_under_load);
+	suite_add_tcase(s, tc);
+	return harness_run_suite(s);
+}
