@@ -467,6 +467,10 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if (access(policy, R_OK) != 0)
 		startup_fail("cannot read policy %s: %s", policy, strerror(errno));
+	struct stat pst;
+	if (stat(policy, &pst) == 0 && (pst.st_mode & S_IWOTH))
+		startup_fail("policy %s is writable by other users (mode %04o): refusing to run it", policy,
+			     (unsigned)(pst.st_mode & 07777));
 	if (getuid() == 0 && !user && !validate)
 		startup_fail("started as root: --user USER is required (give --user root to really run as root)");
 	if (user && strcmp(user, "root") == 0)

@@ -43,6 +43,10 @@ static cJSON *status_doc(struct master *m)
 	for (int i = 0; i < m->n_workers; i++)
 		cJSON_AddItemToArray(w, cJSON_CreateNumber(m->workers[i].pid));
 	cJSON_AddItemToObject(r, "listeners", cJSON_Duplicate(m->listen_names, 1));
+	uint64_t sessions = 0;
+	for (size_t i = 0; m->counters && i < (size_t)m->n_workers * m->n_listen; i++)
+		sessions += __atomic_load_n(&m->counters[i], __ATOMIC_RELAXED);
+	cJSON_AddNumberToObject(r, "sessions", (double)sessions);
 	cJSON_AddStringToObject(r, "policy", m->policy);
 	cJSON_AddBoolToObject(r, "stopping", m->stopping);
 	return r;

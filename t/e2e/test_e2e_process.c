@@ -13,6 +13,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -514,6 +515,74 @@ START_TEST(test_unknown_option)
 }
 END_TEST
 
+START_TEST(test_startup_policy_writable_by_others)
+{
+    struct harness_env *env = harness_env_new();
+    harness_write_policy(env, HARNESS_POLICY_TEMPLATE, NULL);
+    ck_assert_int_eq(chmod(env->policy, 0666), 0);
+    expect_startup_failure(env, NULL, "writable by other users", 1);
+    harness_env_free(env);
+}
+END_TEST
+
+/* A second kumod on the same spool is refused while the first runs. */
+START_TEST(test_startup_spool_locked)
+{
+    struct harness_env *env = harness_env_new();
+    harness_start_default(env, NULL);
+    struct harness_env *other = harness_env_new();
+    /* same spool directories, another port */
+    char *tmpl = harness_subst(env, HARNESS_POLICY_TEMPLATE, NULL);
+    char port[16], other_port[16];
+    snprintf(port, sizeof port, ":%d'", env->port);
+    snprintf(other_port, sizeof other_port, ":%d'", other->port);
+    char *at = strstr(tmpl, port);
+    ck_assert_ptr_nonnull(at);
+    char *text = NULL;
+    ck_assert(asprintf(&text, "%.*s%s%s", (int)(at - tmpl), tmpl, other_port, at + strlen(port)) > 0);
+    harness_write_file(other, "policy.lua", text, strlen(text));
+    free(text);
+    free(tmpl);
+    expect_startup_failure(other, NULL, "locked by pid [0-9]+", 1);
+    harness_env_free(other);
+    harness_stop(env, NULL);
+    harness_env_free(env);
+}
+END_TEST
+
+/* Started as root, every process of the relay runs as --user. */
+START_TEST(test_children_not_root)
+{
+    struct harness_env *env = harness_env_new();
+    harness_start_default(env, NULL);
+    if (geteuid() != 0) {
+        harness_stop(env, NULL);
+        harness_env_free(env);
+        return; /* nothing to check: not started as root */
+    }
+    pid_t pids[16];
+    int n = 0;
+    n += harness_children(env->pid, "kumo-smtpd", pids + n, 16 - n);
+    n += harness_children(env->pid, "kumo-policyd", pids + n, 16 - n);
+    ck_assert_int_ge(n, 3);
+    pids[n++] = env->pid;
+    for (int i = 0; i < n; i++) {
+        char path[64], line[256];
+        snprintf(path, sizeof path, "/proc/%d/status", (int)pids[i]);
+        FILE *f = fopen(path, "r");
+        ck_assert_ptr_nonnull(f);
+        unsigned ruid = 0, euid = 0;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "Uid: %u %u", &ruid, &euid) == 2)
+                break;
+        fclose(f);
+        ck_assert_msg(ruid != 0 && euid != 0, "pid %d runs as uid %u/%u", (int)pids[i], ruid, euid);
+    }
+    harness_stop(env, NULL);
+    harness_env_free(env);
+}
+END_TEST
+
 static Suite *process_suite(void)
 {
     Suite *s = suite_create("e2e_process");
@@ -532,6 +601,9 @@ static Suite *process_suite(void)
     tcase_add_test(tc, test_startup_no_spool);
     tcase_add_test(tc, test_startup_port_in_use);
     tcase_add_test(tc, test_startup_unwritable_spool);
+    tcase_add_test(tc, test_startup_policy_writable_by_others);
+    tcase_add_test(tc, test_startup_spool_locked);
+    tcase_add_test(tc, test_children_not_root);
     suite_add_tcase(s, tc);
     tc = harness_tcase("cli");
     tcase_add_test(tc, test_validate_good);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "lib/params.h"
+#include "lib/toml.h"
 
 struct row {
 	const char *json;
@@ -168,6 +169,25 @@ START_TEST(every_parameter_is_documented)
 }
 END_TEST
 
+/* conf/listener_params.toml, the documented example, stays valid. */
+START_TEST(example_toml_is_valid)
+{
+	const char *src = getenv("KUMO_SRC");
+	char path[4096];
+	snprintf(path, sizeof path, "%s/conf/listener_params.toml", src ? src : ".");
+	FILE *f = fopen(path, "r");
+	ck_assert_msg(f != NULL, "cannot open %s", path);
+	static char text[1 << 16];
+	size_t n = fread(text, 1, sizeof text - 1, f);
+	fclose(f);
+	char err[300];
+	cJSON *j = toml_parse(text, n, err, sizeof err);
+	ck_assert_msg(j != NULL, "%s: %s", path, err);
+	ck_assert_msg(params_check(j, PARAMS_NESTED, err, sizeof err) == 0, "%s: %s", path, err);
+	cJSON_Delete(j);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("params");
@@ -176,6 +196,7 @@ int main(void)
 	tcase_add_test(tc, defaults_match_kumomta);
 	tcase_add_test(tc, peer_then_via_then_longest_prefix);
 	tcase_add_test(tc, every_parameter_is_documented);
+	tcase_add_test(tc, example_toml_is_valid);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
