@@ -9,7 +9,7 @@
 # Objects go to $(BUILD); a sanitizer build uses BUILD=build/asan SAN=1.
 
 DEB_PKGS := build-essential pkg-config libssl-dev libluajit-5.1-dev libcjson-dev \
-            libevent-dev check openssl mandoc
+            libevent-dev check openssl mandoc clang libclang-rt-14-dev
 PKGS     := openssl luajit libcjson libevent_core libevent_extra libevent_openssl \
             libevent_pthreads
 
@@ -138,6 +138,7 @@ check: deps
 	@$(MAKE) --no-print-directory SAN=1 BUILD=build/asan BIN=build/asan/bin test-run
 	@./t/lint-man
 	@./t/test_install.sh | tail -n 1
+	@$(MAKE) --no-print-directory fuzz-smoke
 
 asan:
 	@$(MAKE) --no-print-directory SAN=1 BUILD=build/asan BIN=build/asan/bin build
@@ -145,6 +146,33 @@ asan:
 run: all
 	@mkdir -p var
 	exec $(BIN)/kumod --policy conf/policy/init.lua --user $$(id -un)
+
+# ---- fuzzing (issue 8) ------------------------------------------------------
+#   make fuzz         libFuzzer targets in build/fuzz/ (clang, ASan, UBSan)
+#   make fuzz-smoke   each target for FUZZ_SECS seconds on a copy of its seed
+#                     corpus in fuzz/corpus/<name>/ (part of make check)
+FUZZ_NAMES := cmd data addr frame toml proxy
+FUZZ_BINS  := $(patsubst %,build/fuzz/fuzz_%,$(FUZZ_NAMES))
+FUZZ_SECS  ?= 5
+FUZZ_CFLAGS := -std=c11 -g -O1 -Wall -Wextra -Werror -D_GNU_SOURCE -I. \
+               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+               $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+FUZZ_SRC_cmd   := smtpd/smtpd_parse.c lib/addr.c lib/xalloc.c
+FUZZ_SRC_data  := smtpd/smtpd_data.c lib/xalloc.c
+FUZZ_SRC_addr  := lib/addr.c lib/xalloc.c
+FUZZ_SRC_frame := lib/frame.c lib/xalloc.c
+FUZZ_SRC_toml  := lib/toml.c lib/xalloc.c
+FUZZ_SRC_proxy := $(filter-out smtpd/smtpd.c,$(SMTPD_SRC)) $(SPOOL_SRC) $(LIB_SRC)
+
+.PHONY: fuzz fuzz-smoke
+fuzz: deps $(FUZZ_BINS)
+
+build/fuzz/fuzz_%: fuzz/fuzz_%.c $(LIB_SRC) $(SMTPD_SRC) $(SPOOL_SRC)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SRC_$*) $(LDLIBS)
+
+fuzz-smoke: fuzz
+	@./t/fuzz-smoke $(FUZZ_SECS) $(FUZZ_NAMES)
 
 # ---- install ----------------------------------------------------------------
 #   make install [PREFIX=/usr/local] [DESTDIR=...]   kumod and kumoctl in sbin/,
