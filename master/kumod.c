@@ -572,8 +572,14 @@ int main(int argc, char **argv)
 	M.n_workers = (int)workers;
 	M.config_fd = make_config_fd(config);
 	cJSON_Delete(config);
-	if (daemon_mode)
+	if (daemon_mode) {
 		daemonize(pidfile);
+		/* the lock (inherited with its descriptor) names the daemon's pid */
+		char pid[32];
+		int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+		if (ftruncate(spool.lock_fd, 0) != 0 || pwrite(spool.lock_fd, pid, (size_t)n, 0) != n)
+			log_warn("cannot write the pid into %s/lock: %s", meta, strerror(errno));
+	}
 
 	M.n_workers = (int)workers;
 	M.workers = xcalloc((size_t)M.n_workers, sizeof *M.workers);

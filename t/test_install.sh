@@ -54,6 +54,7 @@ init status >/dev/null 2>&1; check "init status says running" test $? -eq 0
 banner=$(timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port; head -1 <&3" 2>/dev/null | tr -d '\r')
 check "daemonized kumod answers SMTP" test "$banner" = "220 install.test KumoMTA"
 check "kumoctl status answers" "$D/usr/sbin/kumoctl" --socket "$T/kumod.sock" status
+check "the pid file and the spool lock name the daemon" test "$(cat "$T/kumod.pid")" = "$(cat "$T/spool/meta/lock")"
 init reload >/dev/null 2>&1; check "init reload" test $? -eq 0
 init stop >/dev/null 2>&1; check "init stop" test $? -eq 0
 init status >/dev/null 2>&1; check "init status after stop (3)" test $? -eq 3
