@@ -38,4 +38,13 @@ void expect_reception_at(const char *file, int line, const struct harness_env *e
 /* A listing of spool/data and spool/meta, for failure messages; caller frees. */
 char *expect_spool_listing(const struct harness_env *env);
 
+
+/* kumod with this policy (env's when NULL) must fail to start: non-zero
+ * exit, one output line matching regex, nothing left running and, if
+ * check_port, nothing listening on env's port. */
+#define expect_startup_failure(env, policy, regex, check_port) \
+    expect_startup_failure_at(__FILE__, __LINE__, env, policy, regex, check_port)
+void expect_startup_failure_at(const char *file, int line, struct harness_env *env,
+                               const char *policy, const char *regex, int check_port);
+
 #endif

@@ -296,45 +296,6 @@ END_TEST
 
 /* ---- start-up errors ---------------------------------------------------- */
 
-/*
- * Runs kumod on env's policy (or on `policy` if not NULL) and expects: a
- * non-zero exit within 15 s, one output line matching `regex` (extended,
- * case-insensitive), at most 3 lines in all, nothing left running and (if
- * check_port) nothing listening on the port.
- */
-#define expect_startup_failure(env, policy, regex, check_port) \
-    expect_startup_failure_at(__FILE__, __LINE__, env, policy, regex, check_port)
-static void expect_startup_failure_at(const char *file, int line, struct harness_env *env,
-                                      const char *policy, const char *regex, int check_port)
-{
-    const char *argv[] = { "kumod", "--policy", policy ? policy : env->policy, "--workers",
-                           "2", NULL };
-    char *out = NULL;
-    int st = harness_run_at(file, line, env, argv, 15, &out);
-    int lines = 0;
-    for (const char *p = out; *p;) {
-        const char *nl = strchr(p, '\n');
-        size_t l = nl ? (size_t)(nl - p) : strlen(p);
-        lines += l > 0;
-        p += l + (nl != NULL);
-    }
-    if (!WIFEXITED(st) || WEXITSTATUS(st) == 0)
-        harness_fail(file, line, "kumod should exit non-zero; it ended with %s\noutput:\n%s",
-                     harness_status_str(st), out);
-    if (!harness_regex_match(out, regex, 1))
-        harness_fail(file, line, "kumod's error should match /%s/ on one line; its output"
-                     " (%s):\n%s", regex, harness_status_str(st), out);
-    if (lines > 3)
-        harness_fail(file, line, "kumod should print a one-line error; it printed %d lines:\n%s",
-                     lines, out);
-    if (env->leftover[0])
-        harness_fail(file, line, "processes left running after kumod exited: %s",
-                     env->leftover);
-    if (check_port && harness_port_open(env->port))
-        harness_fail(file, line, "port %d accepts connections after kumod failed", env->port);
-    free(out);
-}
-
 START_TEST(test_startup_missing_policy)
 {
     struct harness_env *env = harness_env_new();
