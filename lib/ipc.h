@@ -24,7 +24,13 @@
  *   -> {"id":3,"ok":true,"result":"reject","code":550,"text":"5.7.1 no",
  *       "mode":"If421"|"ForceDisconnect"|"FollowWith421","meta":{...}}
  *   -> {"id":3,"ok":true,"result":"error","error":"policy.lua:40: boom"}
- *   -> {"id":3,"ok":false,"error":"..."}       (bad request, no handler, ...)
+ *   -> {"id":3,"ok":true,"result":"ok","ret":null,"nohandler":true}
+ *        (no handler for the event, e.g. removed by a reload: the event's
+ *        default behaviour applies)
+ *   -> {"id":3,"ok":false,"error":"..."}       (bad request, ...)
+ * Every reply to smtpd also carries "generation": it grows with each
+ * successful reload ({"op":"reload"} from kumod), and smtpd then asks
+ * "hello" again for the new policy's handlers.
  *
  * A message argument (smtp_server_data, smtp_server_message_received) is
  * passed by reference: the bytes stay in a file smtpd wrote, which policyd

@@ -487,7 +487,7 @@ static const struct {
 	  "{\"id\":37,\"ok\":true,\"result\":\"ok\",\"ret\":\"" POLICY_VERSION "\",\"meta\":{}}" },
 	/* bad requests */
 	{ "{\"id\":40,\"op\":\"event\",\"event\":\"no_such_event\",\"args\":[]}",
-	  "{\"id\":40,\"ok\":false,\"error\":\"no handler for no_such_event\"}" },
+	  "{\"id\":40,\"ok\":true,\"result\":\"ok\",\"ret\":null,\"nohandler\":true}" },
 	{ "{\"id\":41,\"op\":\"event\",\"args\":[]}",
 	  "{\"id\":41,\"ok\":false,\"error\":\"bad request: missing event\"}" },
 	{ "{\"id\":42,\"op\":\"event\",\"event\":\"x_none\",\"args\":{}}",
