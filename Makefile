@@ -137,7 +137,8 @@ check: deps
 	@$(MAKE) --no-print-directory test-run
 	@$(MAKE) --no-print-directory SAN=1 BUILD=build/asan BIN=build/asan/bin test-run
 	@./t/lint-man
-	@./t/test_install.sh | tail -n 1
+	@./t/test_install.sh > build/test_install.log 2>&1 || { cat build/test_install.log; exit 1; }
+	@tail -n 1 build/test_install.log
 	@$(MAKE) --no-print-directory fuzz-smoke
 
 asan:
