@@ -1,9 +1,11 @@
 /* netaddr: parse and print "ip:port" socket addresses.
- * Entry points: netaddr_parse, netaddr_format, netaddr_format_ip. */
+ * Entry points: netaddr_parse, netaddr_format, netaddr_format_ip, and
+ * netaddr_unix for Unix socket names. */
 #include "lib/netaddr.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +75,22 @@ int netaddr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len,
 	}
 	snprintf(err, errlen, "'%s' does not hold an IP address", s);
 	return -1;
+}
+
+socklen_t netaddr_unix(const char *name, struct sockaddr_un *sun)
+{
+	size_t n = strlen(name);
+	memset(sun, 0, sizeof *sun);
+	sun->sun_family = AF_UNIX;
+	if (n == 0 || n >= sizeof sun->sun_path)
+		return 0;
+	if (name[0] == '@') {
+		/* abstract: a leading NUL, and the length says where it ends */
+		memcpy(sun->sun_path + 1, name + 1, n - 1);
+		return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+	}
+	memcpy(sun->sun_path, name, n);
+	return (socklen_t)sizeof *sun;
 }
 
 static int mapped_v4(const struct sockaddr_in6 *sin6, struct in_addr *out)

@@ -3,6 +3,7 @@
  * an error, 2 for usage errors, 3 when kumod is not running (no socket or
  * nobody answering). */
 #include "lib/frame.h"
+#include "lib/netaddr.h"
 #include "lib/xalloc.h"
 
 #include <errno.h>
@@ -60,13 +61,10 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	struct sockaddr_un sun;
-	memset(&sun, 0, sizeof sun);
-	sun.sun_family = AF_UNIX;
-	if (strlen(path) >= sizeof sun.sun_path) {
+	if (netaddr_unix(path, &sun) == 0) {
 		fprintf(stderr, "kumoctl: socket path too long: %s\n", path);
 		return 2;
 	}
-	memcpy(sun.sun_path, path, strlen(path));
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof sun) != 0) {
 		fprintf(stderr, "kumoctl: kumod is not running (cannot connect to %s: %s)\n", path, strerror(errno));

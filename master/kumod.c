@@ -9,6 +9,7 @@
 #include "lib/ipc.h"
 #include "lib/log.h"
 #include "lib/logrec.h"
+#include "lib/netaddr.h"
 #include "lib/params.h"
 #include "lib/tls.h"
 #include "lib/xalloc.h"
@@ -104,11 +105,7 @@ static int policy_listen(char *name, size_t namelen)
 	if (fd < 0)
 		return -1;
 	struct sockaddr_un sun;
-	memset(&sun, 0, sizeof sun);
-	sun.sun_family = AF_UNIX;
-	size_t n = strlen(name);
-	memcpy(sun.sun_path + 1, name + 1, n - 1);
-	socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+	socklen_t len = netaddr_unix(name, &sun);
 	if (bind(fd, (struct sockaddr *)&sun, len) != 0 || listen(fd, 512) != 0) {
 		close(fd);
 		return -1;
@@ -120,11 +117,7 @@ static int policy_connect(const char *name)
 {
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	struct sockaddr_un sun;
-	memset(&sun, 0, sizeof sun);
-	sun.sun_family = AF_UNIX;
-	size_t n = strlen(name);
-	memcpy(sun.sun_path + 1, name + 1, n - 1);
-	socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+	socklen_t len = netaddr_unix(name, &sun);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sun, len) != 0) {
 		if (fd >= 0)
 			close(fd);

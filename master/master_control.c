@@ -6,6 +6,7 @@
 #include "master/master.h"
 #include "lib/frame.h"
 #include "lib/log.h"
+#include "lib/netaddr.h"
 #include "lib/xalloc.h"
 
 #include <errno.h>
@@ -143,13 +144,10 @@ int control_open(struct master *m, const char *path, char *err, size_t errlen)
 {
 	started_at = monotime();
 	struct sockaddr_un sun;
-	memset(&sun, 0, sizeof sun);
-	sun.sun_family = AF_UNIX;
-	if (strlen(path) >= sizeof sun.sun_path) {
+	if (netaddr_unix(path, &sun) == 0) {
 		snprintf(err, errlen, "control socket path %s is too long", path);
 		return -1;
 	}
-	memcpy(sun.sun_path, path, strlen(path));
 	/* a socket file left by a kumod that died: remove it if nobody answers */
 	int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (probe >= 0) {

@@ -26,7 +26,7 @@
 /* ---- command parsing (smtpd_parse.c, pure) ---- */
 enum verb {
 	V_NONE = 0, V_EHLO, V_HELO, V_MAIL, V_RCPT, V_DATA, V_RSET, V_NOOP, V_QUIT,
-	V_STARTTLS, V_AUTH, V_XCLIENT, V_UNIMPLEMENTED, V__COUNT
+	V_STARTTLS, V_AUTH, V_XCLIENT, V_OTHER, V__COUNT
 };
 
 enum parse_status {
@@ -116,7 +116,6 @@ struct listener {
 	cJSON *table;                 /* owned: the start_esmtp_listener table */
 	struct listener_params base;  /* the table applied over defaults (no peer/via) */
 	struct evconnlistener *evl;
-	size_t sessions;              /* this worker's sessions on it */
 	struct ssl_ctx_st *self_signed; /* owned: context with kumod's self-signed cert */
 	char listen_str[64];
 };
@@ -172,7 +171,6 @@ struct txn {
 	size_t n_rcpts, cap_rcpts;
 	struct evbuffer *body;   /* owned: the unstuffed message */
 	struct data_reader dr;
-	double started;
 	/* end of DATA (smtpd_message.c) */
 	struct batch proto;      /* the whole transaction, as smtp_server_data sees it */
 	struct batch *batches;   /* owned */
@@ -181,10 +179,9 @@ struct txn {
 	int nvec;
 	long long hdr_end;       /* see lib/ipc.h; -1: no blank line */
 	char *msg_path;          /* owned: file policyd reads the bytes from */
-	struct spool_job *job;   /* in flight at the writer, owned by it */
 };
 
-enum sess_state { SS_START = 0, SS_CMD, SS_DATA, SS_WAIT, SS_PROXY, SS_CLOSING, SS_DEAD };
+enum sess_state { SS_CMD = 0, SS_DATA, SS_WAIT, SS_PROXY, SS_CLOSING, SS_DEAD };
 
 struct session {
 	struct session *prev, *next;
@@ -198,7 +195,6 @@ struct session {
 	char peer_str[64], local_str[64], peer_ip_str[48];
 	cJSON *meta;                   /* owned: connection metadata */
 	char *ehlo_domain;             /* owned */
-	bool said_hello;
 	enum sess_state state;
 	struct txn *txn;               /* owned */
 	size_t mail_count;             /* MAIL FROM commands on this connection */

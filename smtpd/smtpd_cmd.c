@@ -76,7 +76,6 @@ static void ehlo_finish(struct session *s, const char *domain, bool esmtp, const
 	txn_reset(s); /* RFC 5321 4.1.4: a later EHLO resets the state as RSET does */
 	free(s->ehlo_domain);
 	s->ehlo_domain = xstrdup(domain);
-	s->said_hello = true;
 	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "ehlo_domain");
 	cJSON_AddStringToObject(s->meta, "ehlo_domain", domain);
 	if (!esmtp) {
@@ -190,9 +189,6 @@ static void mail_accept(struct session *s, struct smtp_addr *sender)
 	struct txn *t = xcalloc(1, sizeof *t);
 	t->sender = *sender;
 	memset(sender, 0, sizeof *sender);
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	t->started = (double)ts.tv_sec + ts.tv_nsec / 1e9;
 	s->txn = t;
 	replyf(s, 250, "OK <%s>", t->sender.email);
 }
@@ -438,7 +434,8 @@ static void run_quit(struct session *s, struct smtp_cmd *cmd)
 	session_reply(s, 221, "So long, and thanks for all the fish!", DISC_FORCE, NULL);
 }
 
-static void run_unimplemented(struct session *s, struct smtp_cmd *cmd)
+/* VRFY, EXPN, HELP, BDAT, LHLO and any other verb: not offered. */
+static void run_not_offered(struct session *s, struct smtp_cmd *cmd)
 {
 	(void)cmd;
 	reply_ok(s, 502, "5.5.1 Command unimplemented");
@@ -456,7 +453,7 @@ static const struct verb_row verb_table[V__COUNT] = {
 	[V_STARTTLS] = { V_STARTTLS, run_starttls },
 	[V_AUTH] = { V_AUTH, run_auth },
 	[V_XCLIENT] = { V_XCLIENT, run_xclient },
-	[V_UNIMPLEMENTED] = { V_UNIMPLEMENTED, run_unimplemented },
+	[V_OTHER] = { V_OTHER, run_not_offered },
 };
 
 void cmd_dispatch(struct session *s, const char *line, size_t len)

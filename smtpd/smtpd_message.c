@@ -571,7 +571,7 @@ static void log_reception(struct session *s, const struct batch *b)
 		log_warn("session %s: %s", s->session_id, err);
 }
 
-static void finish(struct session *s, size_t stored, size_t failed, bool nospace)
+static void finish(struct session *s, size_t failed, bool nospace)
 {
 	struct txn *t = s->txn;
 	size_t cap = 16 + t->n_batches * (SPOOL_ID_LEN + 1), len = 0;
@@ -586,7 +586,6 @@ static void finish(struct session *s, size_t stored, size_t failed, bool nospace
 		len += (size_t)snprintf(ids + len, cap - len, "%s%s", ok ? " " : "", b->id);
 		ok++;
 	}
-	(void)stored;
 	txn_reset(s);
 	if (ok == 0) {
 		if (nospace)
@@ -615,16 +614,14 @@ static void spool_finished(struct spool_job *job, void *ctx)
 		return;
 	}
 	struct txn *t = s->txn;
-	size_t stored = 0, failed = 0, k = 0;
+	size_t failed = 0, k = 0;
 	bool nospace = false;
 	for (size_t i = 0; i < t->n_batches; i++) {
 		struct batch *b = &t->batches[i];
 		if (b->discard)
 			continue;
 		struct spool_item *it = &job->items[k++];
-		if (it->result == 0) {
-			stored++;
-		} else {
+		if (it->result != 0) {
 			log_warn("session %s: message %s not stored: %s", s->session_id, it->id, it->err);
 			nospace |= strstr(it->err, strerror(ENOSPC)) != NULL || strstr(it->err, strerror(EDQUOT)) != NULL;
 			b->iovcnt = -1;
@@ -633,8 +630,7 @@ static void spool_finished(struct spool_job *job, void *ctx)
 	}
 	free(job->items);
 	free(job);
-	t->job = NULL;
-	finish(s, stored, failed, nospace);
+	finish(s, failed, nospace);
 }
 
 static void store(struct session *s)
@@ -670,7 +666,7 @@ static void store(struct session *s)
 		t->msg_path = NULL;
 	}
 	if (n == 0) {
-		finish(s, 0, 0, false); /* every message went to the null queue */
+		finish(s, 0, false); /* every message went to the null queue */
 		return;
 	}
 	struct spool_job *job = xcalloc(1, sizeof *job);
@@ -690,7 +686,6 @@ static void store(struct session *s)
 		it->meta = b->meta_text;
 		it->meta_len = strlen(b->meta_text);
 	}
-	t->job = job;
 	s->spool_pending = true;
 	spool_writer_submit(smtpd->writer, job);
 }

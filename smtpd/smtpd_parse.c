@@ -175,14 +175,14 @@ enum parse_status smtp_cmd_parse(const char *line, size_t len, struct smtp_cmd *
 	size_t vlen = 0;
 	while (vlen < len && line[vlen] != ' ')
 		vlen++;
-	cmd->verb = V_UNIMPLEMENTED;
+	cmd->verb = V_OTHER;
 	for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
 		if (strlen(verbs[i].name) == vlen && strncasecmp(line, verbs[i].name, vlen) == 0) {
 			cmd->verb = verbs[i].verb;
 			break;
 		}
 	}
-	if (cmd->verb == V_UNIMPLEMENTED) {
+	if (cmd->verb == V_OTHER) {
 		bool word = vlen > 0;
 		for (size_t i = 0; i < vlen; i++)
 			word &= isalpha((unsigned char)line[i]) != 0;

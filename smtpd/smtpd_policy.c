@@ -7,6 +7,7 @@
 #include "smtpd/smtpd.h"
 #include "lib/frame.h"
 #include "lib/log.h"
+#include "lib/netaddr.h"
 #include "lib/xalloc.h"
 
 #include <errno.h>
@@ -205,21 +206,11 @@ static void pc_reconnect(evutil_socket_t fd, short what, void *arg)
 static void pc_connect(struct policy_client *pc)
 {
 	struct sockaddr_un sun;
-	memset(&sun, 0, sizeof sun);
-	sun.sun_family = AF_UNIX;
-	size_t n = strlen(pc->sockname);
-	socklen_t len;
-	if (pc->sockname[0] == '@') {
-		memcpy(sun.sun_path + 1, pc->sockname + 1, n - 1);
-		len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
-	} else {
-		memcpy(sun.sun_path, pc->sockname, n);
-		len = (socklen_t)sizeof sun;
-	}
+	socklen_t len = netaddr_unix(pc->sockname, &sun);
 	pc->bev = bufferevent_socket_new(pc->base, -1, BEV_OPT_CLOSE_ON_FREE);
 	bufferevent_setcb(pc->bev, pc_read, NULL, pc_event, pc);
 	bufferevent_enable(pc->bev, EV_READ | EV_WRITE);
-	if (bufferevent_socket_connect(pc->bev, (struct sockaddr *)&sun, (int)len) != 0)
+	if (len == 0 || bufferevent_socket_connect(pc->bev, (struct sockaddr *)&sun, (int)len) != 0)
 		pc_drop(pc, "connect failed");
 }
 
@@ -233,7 +224,7 @@ struct policy_client *policy_client_new(struct event_base *base, const char *soc
 	pc->next_id = 1;
 	pc->reconnect_ev = evtimer_new(base, pc_reconnect, pc);
 	set_handlers(pc, handlers);
-	if (sockname[0] && strlen(sockname) < sizeof(((struct sockaddr_un *)0)->sun_path))
+	if (sockname[0])
 		pc_connect(pc);
 	return pc;
 }

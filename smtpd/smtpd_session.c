@@ -384,7 +384,6 @@ void session_free(struct session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	smtpd->n_sessions--;
-	s->listener->sessions--;
 	__atomic_sub_fetch(counter_slot(s->listener), 1, __ATOMIC_RELAXED);
 	if (s->txn)
 		txn_free(s->txn);
@@ -459,7 +458,6 @@ void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
 		s->next->prev = s;
 	smtpd->sessions = s;
 	smtpd->n_sessions++;
-	l->sessions++;
 	__atomic_add_fetch(counter_slot(l), 1, __ATOMIC_RELAXED);
 
 	s->bev = bufferevent_socket_new(smtpd->base, fd, BEV_OPT_CLOSE_ON_FREE);

@@ -167,7 +167,6 @@ static void handshake_event(struct bufferevent *bev, short what, void *arg)
 	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "ehlo_domain");
 	free(s->ehlo_domain);
 	s->ehlo_domain = NULL;
-	s->said_hello = false;
 	txn_free(s->txn);
 	s->txn = NULL;
 	session_set_callbacks(s);

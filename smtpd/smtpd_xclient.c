@@ -103,7 +103,6 @@ void run_xclient(struct session *s, struct smtp_cmd *cmd)
 	/* a new client: what the proxy said before does not carry over */
 	free(s->ehlo_domain);
 	s->ehlo_domain = NULL;
-	s->said_hello = false;
 	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "ehlo_domain");
 	session_reevaluate(s);
 }
