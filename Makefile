@@ -9,9 +9,9 @@
 # Objects go to $(BUILD); a sanitizer build uses BUILD=build/asan SAN=1.
 
 DEB_PKGS := build-essential pkg-config libssl-dev libluajit-5.1-dev libcjson-dev \
-            libevent-dev check openssl mandoc clang libclang-rt-14-dev
+            libevent-dev libc-ares-dev check openssl mandoc clang libclang-rt-14-dev
 PKGS     := openssl luajit libcjson libevent_core libevent_extra libevent_openssl \
-            libevent_pthreads
+            libevent_pthreads libcares
 
 BUILD ?= build
 BIN   ?= bin
@@ -35,18 +35,23 @@ KUMOD_SRC   := $(filter-out master/kumoctl.c,$(wildcard master/*.c))
 KUMOCTL_SRC := master/kumoctl.c
 SMTPD_SRC   := $(wildcard smtpd/*.c)
 POLICYD_SRC := $(wildcard policyd/*.c)
+QMGR_SRC    := $(wildcard qmgr/*.c)
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 LIBKUMO  := $(BUILD)/libkumo.a
 LIBSPOOL := $(BUILD)/libspool.a
 
-PROGS := $(BIN)/kumod $(BIN)/kumoctl $(BIN)/kumo-smtpd $(BIN)/kumo-policyd
+PROGS := $(BIN)/kumod $(BIN)/kumoctl $(BIN)/kumo-smtpd $(BIN)/kumo-policyd $(BIN)/kumo-qmgr
 
 UNIT_SRC   := $(wildcard t/unit/test_*.c)
 UNIT_BINS  := $(patsubst t/unit/%.c,$(BUILD)/t/%,$(UNIT_SRC))
 E2E_SRC    := $(wildcard t/e2e/test_*.c)
 E2E_BINS   := $(patsubst t/e2e/%.c,$(BUILD)/t/%,$(E2E_SRC))
 TLIB_SRC   := $(filter-out $(E2E_SRC),$(wildcard t/e2e/*.c))
+# Test programs the e2e suites start: t/tools/<name>.c -> $(BUILD)/t/<name>
+# (a sink SMTP server, a DNS server), each one file plus libkumo.
+TOOL_SRC   := $(wildcard t/tools/*.c)
+TOOL_BINS  := $(patsubst t/tools/%.c,$(BUILD)/t/%,$(TOOL_SRC))
 
 .PHONY: all deps run check test-run unit e2e clean asan
 .DEFAULT_GOAL := all
@@ -98,11 +103,16 @@ $(BIN)/kumo-policyd: $(call obj,$(POLICYD_SRC)) $(LIBKUMO)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BIN)/kumo-qmgr: $(call obj,$(QMGR_SRC)) $(LIBSPOOL) $(LIBKUMO)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 # Unit tests: t/unit/test_<unit>_*.c links libkumo plus the objects of the
 # program named by its prefix (lib, spool, smtpd, policyd), minus main files.
 SMTPD_OBJS   := $(call obj,$(filter-out smtpd/smtpd.c,$(SMTPD_SRC)))
 POLICYD_OBJS := $(call obj,$(filter-out policyd/policyd.c,$(POLICYD_SRC)))
 MASTER_OBJS  := $(call obj,$(filter-out master/kumod.c,$(KUMOD_SRC)))
+QMGR_OBJS    := $(call obj,$(filter-out qmgr/qmgr.c,$(QMGR_SRC)))
 
 $(BUILD)/t/test_%.o: t/unit/test_%.c
 	@mkdir -p $(dir $@)
@@ -122,16 +132,24 @@ $(BUILD)/t/test_policyd_%: $(BUILD)/t/test_policyd_%.o $(POLICYD_OBJS) $(LIBKUMO
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 $(BUILD)/t/test_master_%: $(BUILD)/t/test_master_%.o $(MASTER_OBJS) $(LIBSPOOL) $(LIBKUMO)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+$(BUILD)/t/test_qmgr_%: $(BUILD)/t/test_qmgr_%.o $(QMGR_OBJS) $(LIBSPOOL) $(LIBKUMO) | $(TOOL_BINS)
+	$(CC) $(LDFLAGS) -o $@ $(filter-out |,$^) $(CHECK_LIBS) $(LDLIBS)
+
+$(BUILD)/t/tool_%.o: t/tools/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+$(TOOL_BINS): $(BUILD)/t/%: $(BUILD)/t/tool_%.o $(LIBKUMO)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(E2E_BINS): $(BUILD)/t/%: $(BUILD)/t/e2e_%.o $(patsubst t/e2e/%.c,$(BUILD)/t/e2e_%.o,$(TLIB_SRC)) $(LIBKUMO)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 
 unit: $(UNIT_BINS)
-e2e: $(E2E_BINS) $(PROGS)
+e2e: $(E2E_BINS) $(PROGS) $(TOOL_BINS)
 
 # Runs every test binary of this build; each prints Check's own summary line.
-test-run: $(PROGS) $(UNIT_BINS) $(E2E_BINS)
-	@KUMO_BIN=$(abspath $(BIN)) KUMO_SRC=$(CURDIR) ./t/run-tests $(UNIT_BINS) $(E2E_BINS)
+test-run: $(PROGS) $(UNIT_BINS) $(E2E_BINS) $(TOOL_BINS)
+	@KUMO_BIN=$(abspath $(BIN)) KUMO_TOOLS=$(abspath $(BUILD)/t) KUMO_SRC=$(CURDIR) ./t/run-tests $(UNIT_BINS) $(E2E_BINS)
 
 check: deps
 	@$(MAKE) --no-print-directory test-run

@@ -8,6 +8,8 @@
  *          "spools":{"data":{"name":"data","path":"...","kind":"LocalDisk","flush":false},
  *                    "meta":{...}},
  *          "logs":{"log_dir":"...", ...} | null,
+ *          "resolver":{"name_servers":[...], ...},  (only when the policy
+ *                    called kumo.dns.configure_resolver)
  *          "handlers":["smtp_server_ehlo", ...]}}
  *   -> {"id":1,"ok":false,"error":"policy.lua:12: unknown listener parameter 'bannr'"}
  *
@@ -61,6 +63,7 @@
 #define FD_COUNTERS    4   /* kumo-smtpd: memfd of session counters, see below */
 #define FD_POLICY_LISTEN 3 /* kumo-policyd: the listening policy socket */
 #define FD_LISTEN_BASE 5   /* kumo-smtpd: listener sockets 5, 6, ... */
+#define FD_QMGR_LISTEN 4   /* kumo-qmgr: its listening socket (FD_CONFIG is 3) */
 
 /* The session counters (FD_COUNTERS): uint64_t counters[workers][listeners],
  * shared by every kumo-smtpd through mmap.  A worker changes only its own

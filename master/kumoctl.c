@@ -23,12 +23,43 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: kumoctl [--socket PATH] COMMAND\n"
 		"commands:\n"
-		"  status    print kumod's state as JSON (version, uptime, pids, listeners)\n"
+		"  status    print kumod's state as JSON (version, uptime, pids, listeners,\n"
+		"            sessions, queue counts)\n"
 		"  reload    load the policy file again (the old one keeps serving if it fails)\n"
 		"  stop      stop kumod gracefully (as SIGTERM does)\n"
 		"  version   print kumod's version\n"
+		"  queue-summary  messages per scheduled queue and per destination site\n"
+		"  flush     retry every waiting message now\n"
 		"The socket defaults to %s (kumod puts it beside the meta spool).\n",
 		KUMOCTL_DEFAULT_SOCKET);
+}
+
+static double num(const cJSON *o, const char *k)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+	return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+static const char *str(const cJSON *o, const char *k)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+	return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+/* Two tables, as KumoMTA's kcli queue-summary: destination sites (ready
+ * queues), then scheduled queues. */
+static void print_summary(const cJSON *s)
+{
+	const cJSON *e;
+	printf("%-50s %8s %9s %5s\n", "SITE", "READY", "IN_FLIGHT", "CONNS");
+	cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(s, "sites"))
+		printf("%-50s %8.0f %9.0f %5.0f\n", str(e, "name"), num(e, "ready"), num(e, "in_flight"),
+		       num(e, "connections"));
+	printf("\n%-50s %8s %9s\n", "SCHEDULED QUEUE", "COUNT", "DUE");
+	cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(s, "queues"))
+		printf("%-50s %8.0f %9.0f\n", str(e, "name"), num(e, "count"), num(e, "due"));
+	printf("\n%.0f message(s): %.0f waiting for a retry, %.0f due, %.0f ready, %.0f in flight\n",
+	       num(s, "messages"), num(s, "waiting"), num(s, "due"), num(s, "ready"), num(s, "in_flight"));
 }
 
 int main(int argc, char **argv)
@@ -55,7 +86,7 @@ int main(int argc, char **argv)
 	}
 	const char *cmd = argv[optind];
 	if (strcmp(cmd, "status") != 0 && strcmp(cmd, "stop") != 0 && strcmp(cmd, "version") != 0 &&
-	    strcmp(cmd, "reload") != 0) {
+	    strcmp(cmd, "reload") != 0 && strcmp(cmd, "queue-summary") != 0 && strcmp(cmd, "flush") != 0) {
 		fprintf(stderr, "kumoctl: unknown command '%s'\n", cmd);
 		usage(stderr);
 		return 2;
@@ -98,6 +129,11 @@ int main(int argc, char **argv)
 		printf("kumod %s\n", cJSON_IsString(v) ? v->valuestring : "?");
 	} else if (strcmp(cmd, "reload") == 0) {
 		printf("policy reloaded\n");
+	} else if (strcmp(cmd, "flush") == 0) {
+		const cJSON *n = cJSON_GetObjectItemCaseSensitive(reply, "flushed");
+		printf("%d waiting message(s) scheduled for delivery now\n", cJSON_IsNumber(n) ? (int)n->valuedouble : 0);
+	} else if (strcmp(cmd, "queue-summary") == 0) {
+		print_summary(cJSON_GetObjectItemCaseSensitive(reply, "summary"));
 	} else {
 		printf("kumod is stopping\n");
 	}

@@ -49,6 +49,8 @@ static void kill_children_now(void)
 {
 	if (M.policyd.pid > 0)
 		kill(M.policyd.pid, SIGKILL);
+	if (M.qmgr.pid > 0)
+		kill(M.qmgr.pid, SIGKILL);
 	for (int i = 0; i < M.n_workers; i++)
 		if (M.workers && M.workers[i].pid > 0)
 			kill(M.workers[i].pid, SIGKILL);
@@ -94,13 +96,15 @@ static char *helper_dir(void)
 	return installed;
 }
 
-static int policy_listen(char *name, size_t namelen)
+/* A listening socket in the abstract namespace for a helper (policyd,
+ * qmgr); its name has our pid and random bytes. */
+static int helper_listen(const char *what, char *name, size_t namelen)
 {
 	unsigned char r[6];
 	if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
 		memset(r, 7, sizeof r);
-	snprintf(name, namelen, "@kumomta-%d-%02x%02x%02x%02x%02x%02x-policyd", (int)getpid(), r[0], r[1], r[2],
-		 r[3], r[4], r[5]);
+	snprintf(name, namelen, "@kumomta-%d-%02x%02x%02x%02x%02x%02x-%s", (int)getpid(), r[0], r[1], r[2],
+		 r[3], r[4], r[5], what);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
@@ -223,6 +227,7 @@ static int make_config_fd(const cJSON *config)
 {
 	cJSON *c = cJSON_Duplicate(config, 1);
 	cJSON_AddStringToObject(c, "policy_socket", M.policy_sock);
+	cJSON_AddStringToObject(c, "qmgr_socket", M.qmgr_sock);
 	cJSON_AddStringToObject(c, "log_level", M.log_level);
 	cJSON_AddNumberToObject(c, "workers", M.n_workers);
 	char *text = cJSON_PrintUnformatted(c);
@@ -276,6 +281,29 @@ static void drop_privileges(const char *user, const char *data, const char *meta
 		startup_fail("cannot switch to user %s: %s", user, strerror(errno));
 }
 
+/* Shutdown goes in order: the workers drain (they hand messages to the
+ * queue manager), then the queue manager writes what it holds in memory,
+ * then policyd, which the others ask until the end. */
+static void stop_next(void)
+{
+	int workers = 0;
+	for (int i = 0; i < M.n_workers; i++)
+		workers += M.workers[i].pid ? 1 : 0;
+	if (workers)
+		return;
+	if (M.qmgr.pid > 0) {
+		if (!M.qmgr_told) {
+			kill(M.qmgr.pid, SIGTERM);
+			M.qmgr_told = true;
+		}
+		return;
+	}
+	if (M.policyd.pid > 0 && !M.policyd_told) {
+		kill(M.policyd.pid, SIGTERM);
+		M.policyd_told = true;
+	}
+}
+
 static void on_sigchld(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -283,11 +311,7 @@ static void on_sigchld(evutil_socket_t fd, short what, void *arg)
 	(void)arg;
 	child_reap(&M);
 	if (M.stopping) {
-		int workers = 0;
-		for (int i = 0; i < M.n_workers; i++)
-			workers += M.workers[i].pid ? 1 : 0;
-		if (workers == 0 && M.policyd.pid > 0)
-			kill(M.policyd.pid, SIGTERM);
+		stop_next();
 		if (children_running(&M) == 0)
 			event_base_loopexit(M.base, NULL);
 	}
@@ -316,15 +340,12 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 			evtimer_del(M.workers[i].restart);
 	if (M.policyd.restart)
 		evtimer_del(M.policyd.restart);
-	int workers = 0;
-	for (int i = 0; i < M.n_workers; i++) {
-		if (M.workers[i].pid > 0) {
+	if (M.qmgr.restart)
+		evtimer_del(M.qmgr.restart);
+	for (int i = 0; i < M.n_workers; i++)
+		if (M.workers[i].pid > 0)
 			kill(M.workers[i].pid, SIGTERM);
-			workers++;
-		}
-	}
-	if (workers == 0 && M.policyd.pid > 0)
-		kill(M.policyd.pid, SIGTERM);
+	stop_next();
 	if (children_running(&M) == 0) {
 		event_base_loopexit(M.base, NULL);
 		return;
@@ -359,6 +380,27 @@ int master_reload(struct master *m, char *err, size_t errlen)
 	cJSON_Delete(reply);
 	close(fd);
 	return rc;
+}
+
+cJSON *master_qmgr_request(struct master *m, const char *op, int timeout_ms, char *err, size_t errlen)
+{
+	int fd = policy_connect(m->qmgr_sock);
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot reach kumo-qmgr: %s", strerror(errno));
+		return NULL;
+	}
+	cJSON *req = cJSON_CreateObject();
+	cJSON_AddNumberToObject(req, "id", 1);
+	cJSON_AddStringToObject(req, "op", op);
+	cJSON *reply = NULL;
+	char why[256];
+	if (frame_send_fd(fd, req, why, sizeof why) != 0 || frame_recv_fd(fd, &reply, timeout_ms, why, sizeof why) != 0) {
+		snprintf(err, errlen, "kumo-qmgr did not answer: %s", why);
+		reply = NULL;
+	}
+	cJSON_Delete(req);
+	close(fd);
+	return reply;
 }
 
 static void on_hup(evutil_socket_t sig, short what, void *arg)
@@ -473,10 +515,14 @@ int main(int argc, char **argv)
 	if (user)
 		resolve_user(user);
 	char sockname[108];
-	M.policy_listen_fd = policy_listen(sockname, sizeof sockname);
+	M.policy_listen_fd = helper_listen("policyd", sockname, sizeof sockname);
 	if (M.policy_listen_fd < 0)
 		startup_fail("cannot create the policy socket: %s", strerror(errno));
 	M.policy_sock = xstrdup(sockname);
+	M.qmgr_listen_fd = helper_listen("qmgr", sockname, sizeof sockname);
+	if (M.qmgr_listen_fd < 0)
+		startup_fail("cannot create the queue manager socket: %s", strerror(errno));
+	M.qmgr_sock = xstrdup(sockname);
 
 	/* block SIGCHLD etc. until the loop handles them */
 	M.base = event_base_new();
@@ -583,6 +629,8 @@ int main(int argc, char **argv)
 	M.counters = mmap(NULL, counters_len, PROT_READ | PROT_WRITE, MAP_SHARED, M.counters_fd, 0);
 	if (M.counters == MAP_FAILED)
 		startup_fail("session counters: mmap: %s", strerror(errno));
+	M.qmgr.kind = CHILD_QMGR;
+	child_spawn(&M, &M.qmgr);
 	for (int i = 0; i < M.n_workers; i++) {
 		M.workers[i].kind = CHILD_SMTPD;
 		M.workers[i].index = i;

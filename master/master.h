@@ -11,7 +11,7 @@
 
 #define KUMOD_VERSION "0.1.0"
 
-enum child_kind { CHILD_POLICYD = 0, CHILD_SMTPD };
+enum child_kind { CHILD_POLICYD = 0, CHILD_SMTPD, CHILD_QMGR };
 
 struct child {
 	enum child_kind kind;
@@ -28,6 +28,9 @@ struct master {
 	char *bindir;           /* owned: where the helper programs are */
 	char *policy_sock;      /* owned: "@kumomta-..." */
 	int policy_listen_fd;
+	char *qmgr_sock;        /* owned: "@kumomta-...-qmgr" */
+	int qmgr_listen_fd;
+	struct child qmgr;
 	int *listen_fds;        /* owned */
 	size_t n_listen;
 	int config_fd;          /* memfd with the smtpd config */
@@ -37,6 +40,7 @@ struct master {
 	struct child *workers;  /* owned */
 	int n_workers;
 	bool stopping;
+	bool qmgr_told, policyd_told;  /* SIGTERM sent during shutdown */
 	const char *log_level;
 	struct event *stop_timer;
 	cJSON *listen_names;    /* owned: array of "ip:port" */
@@ -56,6 +60,9 @@ double monotime(void);
 /* kumod.c: has kumo-policyd load the policy file again (SIGHUP, kumoctl
  * reload).  0, or -1 with the Lua error; the old policy keeps serving. */
 int master_reload(struct master *m, char *err, size_t errlen);
+/* kumod.c: one request to kumo-qmgr (op summary or flush), answered within
+ * timeout_ms; the reply (caller owns) or NULL with err. */
+cJSON *master_qmgr_request(struct master *m, const char *op, int timeout_ms, char *err, size_t errlen);
 
 /* master_control.c: the kumoctl socket */
 int control_open(struct master *m, const char *path, char *err, size_t errlen);

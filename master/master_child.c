@@ -29,7 +29,7 @@ double monotime(void)
 
 static const char *child_name(const struct child *c)
 {
-	return c->kind == CHILD_POLICYD ? "kumo-policyd" : "kumo-smtpd";
+	return c->kind == CHILD_POLICYD ? "kumo-policyd" : c->kind == CHILD_QMGR ? "kumo-qmgr" : "kumo-smtpd";
 }
 
 /* In the child: place src[i] at dst[i], close everything else above 2. */
@@ -81,6 +81,11 @@ void child_spawn(struct master *m, struct child *c)
 			int src[1] = { m->policy_listen_fd }, dst[1] = { FD_POLICY_LISTEN };
 			place_fds(src, dst, 1);
 			const char *argv[] = { path, "--policy", m->policy, "--log-level", m->log_level, NULL };
+			execv(path, (char *const *)argv);
+		} else if (c->kind == CHILD_QMGR) {
+			int src[2] = { m->config_fd, m->qmgr_listen_fd }, dst[2] = { FD_CONFIG, FD_QMGR_LISTEN };
+			place_fds(src, dst, 2);
+			const char *argv[] = { path, NULL };
 			execv(path, (char *const *)argv);
 		} else {
 			int n = 2 + (int)m->n_listen;
@@ -151,6 +156,8 @@ void child_reap(struct master *m)
 		struct child *c = NULL;
 		if (m->policyd.pid == pid)
 			c = &m->policyd;
+		if (m->qmgr.pid == pid)
+			c = &m->qmgr;
 		for (int i = 0; !c && i < m->n_workers; i++)
 			if (m->workers[i].pid == pid)
 				c = &m->workers[i];
@@ -168,7 +175,7 @@ void child_reap(struct master *m)
 
 int children_running(const struct master *m)
 {
-	int n = m->policyd.pid ? 1 : 0;
+	int n = (m->policyd.pid ? 1 : 0) + (m->qmgr.pid ? 1 : 0);
 	for (int i = 0; i < m->n_workers; i++)
 		n += m->workers[i].pid ? 1 : 0;
 	return n;

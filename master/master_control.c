@@ -1,6 +1,7 @@
 /* master_control: kumod's control socket, for kumoctl.  A Unix stream
  * socket (mode 0600) speaking lib/frame.h frames: one request per
- * connection, {"op":"status"|"stop"|"version"}, one reply.  A client is a
+ * connection, {"op":"status"|"stop"|"version"|"reload"|"queue-summary"|
+ * "flush"}, one reply (the queue ones are forwarded to kumo-qmgr).  A client is a
  * stranger: its uid is checked with SO_PEERCRED (our uid or root only) and
  * what it sends is bounded.  Entry point: control_open. */
 #include "master/master.h"
@@ -48,6 +49,21 @@ static cJSON *status_doc(struct master *m)
 	for (size_t i = 0; m->counters && i < (size_t)m->n_workers * m->n_listen; i++)
 		sessions += __atomic_load_n(&m->counters[i], __ATOMIC_RELAXED);
 	cJSON_AddNumberToObject(r, "sessions", (double)sessions);
+	cJSON_AddNumberToObject(r, "qmgr_pid", m->qmgr.pid);
+	char err[300];
+	cJSON *q = m->stopping ? NULL : master_qmgr_request(m, "summary", 2000, err, sizeof err);
+	const cJSON *sum = cJSON_GetObjectItemCaseSensitive(q, "summary");
+	if (cJSON_IsObject(sum)) {
+		cJSON *counts = cJSON_AddObjectToObject(r, "queue");
+		static const char *const keys[] = { "messages", "waiting", "due", "ready", "in_flight", "connections" };
+		for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+			const cJSON *v = cJSON_GetObjectItemCaseSensitive(sum, keys[i]);
+			cJSON_AddNumberToObject(counts, keys[i], cJSON_IsNumber(v) ? v->valuedouble : 0);
+		}
+	} else {
+		cJSON_AddNullToObject(r, "queue");
+	}
+	cJSON_Delete(q);
 	cJSON_AddStringToObject(r, "policy", m->policy);
 	cJSON_AddBoolToObject(r, "stopping", m->stopping);
 	return r;
@@ -96,6 +112,22 @@ static void ctl_read(struct bufferevent *bev, void *arg)
 			log_warn("control: policy reload failed; the old policy keeps serving: %s", err);
 			cJSON_AddBoolToObject(reply, "ok", 0);
 			cJSON_AddStringToObject(reply, "error", err);
+		}
+	} else if (cJSON_IsString(op) &&
+		   (strcmp(op->valuestring, "queue-summary") == 0 || strcmp(op->valuestring, "flush") == 0)) {
+		char err[300];
+		bool flush = strcmp(op->valuestring, "flush") == 0;
+		reply = master_qmgr_request(m, flush ? "flush" : "summary", 5000, err, sizeof err);
+		if (!reply) {
+			reply = cJSON_CreateObject();
+			cJSON_AddBoolToObject(reply, "ok", 0);
+			cJSON_AddStringToObject(reply, "error", err);
+		} else {
+			cJSON_DeleteItemFromObject(reply, "id");
+			if (flush)
+				log_info("control: flush: %d waiting message(s) made due",
+					 cJSON_GetObjectItemCaseSensitive(reply, "flushed")
+						 ? (int)cJSON_GetObjectItemCaseSensitive(reply, "flushed")->valuedouble : 0);
 		}
 	} else if (cJSON_IsString(op) && strcmp(op->valuestring, "stop") == 0) {
 		reply = cJSON_CreateObject();

@@ -27,6 +27,7 @@ struct policy {
 	cJSON *listeners;    /* owned array of start_esmtp_listener tables */
 	cJSON *spools;       /* owned object: spool name -> definition */
 	cJSON *logs;         /* owned configure_local_logs table, or NULL */
+	cJSON *resolver;     /* owned kumo.dns.configure_resolver table, or NULL */
 	cJSON *handler_names;/* owned array: registered event names, in order */
 	cJSON *init_result;  /* owned: the cached init reply (without id), or NULL */
 	bool in_event;       /* a request's handler is running: kumo.on refused */

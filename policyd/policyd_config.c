@@ -4,12 +4,15 @@
  * (recorded by name), configure_local_logs (kept as JSON; one configuration
  * is supported, a later call replaces an earlier one with a warning),
  * make_listener_domain (validated, relay_from as CIDR blocks, and returned
- * as is) and start_http_listener (accepted and ignored: there is no HTTP
- * listener).
+ * as is), start_http_listener (accepted and ignored: there is no HTTP
+ * listener), and for delivery make_queue_config and make_egress_path
+ * (validated and returned as tables, which kumo-qmgr reads) and
+ * dns.configure_resolver (recorded for kumo-qmgr).
  * Entry point: policy_config_register.  Bad parameters raise a Lua error
  * "<function>: <reason>" with the caller's file:line in front. */
 #include "policyd/policyd.h"
 #include "lib/cidr.h"
+#include "lib/duration.h"
 #include "lib/log.h"
 #include "lib/params.h"
 
@@ -267,6 +270,176 @@ static int l_make_listener_domain(lua_State *L)
 	return 1;
 }
 
+/* Delivery.  Parameters kumo-qmgr applies are marked; the others are
+ * KumoMTA's names, accepted so a KumoMTA policy loads, and ignored (the man
+ * page lists which).  An unknown name is an error, as in KumoMTA. */
+static const struct pdef queue_params[] = {
+	{ "retry_interval", V_STRING | V_NUMBER, NULL, false },      /* applied */
+	{ "max_retry_interval", V_STRING | V_NUMBER, NULL, false },  /* applied */
+	{ "max_age", V_STRING | V_NUMBER, NULL, false },             /* applied */
+	{ "protocol", V_TABLE, NULL, false },                        /* applied: smtp.mx_list */
+	{ "egress_pool", V_STRING, NULL, false },                    /* recorded */
+	{ "max_message_rate", V_STRING, NULL, false },
+	{ "reap_interval", V_STRING | V_NUMBER, NULL, false },
+	{ "refresh_interval", V_STRING | V_NUMBER, NULL, false },
+	{ "refresh_strategy", V_STRING, NULL, false },
+	{ "shrink_policy", V_TABLE, NULL, false },
+	{ "strategy", V_STRING, NULL, false },
+	{ "timerwheel_tick_interval", V_STRING | V_NUMBER, NULL, false },
+	{ NULL, 0, NULL, false },
+};
+
+static const char *const tls_modes[] = { "Opportunistic", "OpportunisticInsecure", "Required",
+					 "RequiredInsecure", "Disabled", NULL };
+
+static const struct pdef path_params[] = {
+	{ "smtp_port", V_NUMBER, NULL, false },                      /* applied */
+	{ "enable_tls", V_STRING, tls_modes, false },                /* applied */
+	{ "connection_limit", V_STRING | V_NUMBER, NULL, false },    /* applied */
+	{ "max_deliveries_per_connection", V_NUMBER, NULL, false },  /* applied */
+	{ "prohibited_hosts", V_STRLIST, NULL, false },              /* applied */
+	{ "skip_hosts", V_STRLIST, NULL, false },                    /* applied */
+	{ "ehlo_domain", V_STRING, NULL, false },                    /* applied */
+	{ "connect_timeout", V_STRING | V_NUMBER, NULL, false },     /* applied: every *_timeout */
+	{ "banner_timeout", V_STRING | V_NUMBER, NULL, false },
+	{ "ehlo_timeout", V_STRING | V_NUMBER, NULL, false },
+	{ "mail_from_timeout", V_STRING | V_NUMBER, NULL, false },
+	{ "rcpt_to_timeout", V_STRING | V_NUMBER, NULL, false },
+	{ "data_timeout", V_STRING | V_NUMBER, NULL, false },
+	{ "data_dot_timeout", V_STRING | V_NUMBER, NULL, false },
+	{ "rset_timeout", V_STRING | V_NUMBER, NULL, false },
+	{ "idle_timeout", V_STRING | V_NUMBER, NULL, false },
+	{ "starttls_timeout", V_STRING | V_NUMBER, NULL, false },
+	{ "system_shutdown_timeout", V_STRING | V_NUMBER, NULL, false },
+	{ "additional_connection_limits", V_TABLE, NULL, false },
+	{ "aggressive_connection_opening", V_BOOL, NULL, false },
+	{ "allow_smtp_auth_plain_without_tls", V_BOOL, NULL, false },
+	{ "consecutive_connection_failures_before_delay", V_NUMBER, NULL, false },
+	{ "enable_dane", V_BOOL, NULL, false },
+	{ "enable_mta_sts", V_BOOL, NULL, false },
+	{ "enable_pipelining", V_BOOL, NULL, false },
+	{ "enable_rset", V_BOOL, NULL, false },
+	{ "ip_lookup_strategy", V_STRING, NULL, false },
+	{ "max_connection_rate", V_STRING, NULL, false },
+	{ "max_message_rate", V_STRING, NULL, false },
+	{ "max_ready", V_NUMBER, NULL, false },
+	{ "provider_name", V_STRING, NULL, false },
+	{ "reconnect_strategy", V_STRING, NULL, false },
+	{ "refresh_interval", V_STRING | V_NUMBER, NULL, false },
+	{ "refresh_strategy", V_STRING, NULL, false },
+	{ "remember_broken_tls", V_STRING | V_NUMBER, NULL, false },
+	{ "smtp_auth_plain_username", V_STRING, NULL, false },
+	{ "smtp_auth_plain_password", V_STRING | V_TABLE, NULL, false },
+	{ "suspended", V_BOOL, NULL, false },
+	{ "tls_prefer_openssl", V_BOOL, NULL, false },
+	{ "openssl_cipher_list", V_STRING, NULL, false },
+	{ "openssl_cipher_suites", V_STRING, NULL, false },
+	{ "openssl_options", V_STRING, NULL, false },
+	{ "rustls_cipher_suites", V_STRLIST, NULL, false },
+	{ "use_lmtp", V_BOOL, NULL, false },
+	{ NULL, 0, NULL, false },
+};
+
+static int check_duration(const cJSON *t, const char *name, char *msg, size_t msglen)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(t, name);
+	double secs;
+	char why[128];
+	if (cJSON_IsString(v) && duration_parse(v->valuestring, &secs, why, sizeof why) != 0) {
+		snprintf(msg, msglen, "%s: %s", name, why);
+		return -1;
+	}
+	if (cJSON_IsNumber(v) && v->valuedouble < 0) {
+		snprintf(msg, msglen, "%s: must not be negative", name);
+		return -1;
+	}
+	return 0;
+}
+
+static int l_make_queue_config(lua_State *L)
+{
+	cJSON *t = table_arg(L, "make_queue_config", queue_params);
+	char msg[300] = "";
+	static const char *const durs[] = { "retry_interval", "max_retry_interval", "max_age", NULL };
+	for (int i = 0; durs[i] && !msg[0]; i++)
+		check_duration(t, durs[i], msg, sizeof msg);
+	const cJSON *proto = cJSON_GetObjectItemCaseSensitive(t, "protocol");
+	if (proto && !msg[0]) {
+		const cJSON *smtp = cJSON_GetObjectItemCaseSensitive(proto, "smtp");
+		if (!cJSON_IsObject(smtp) || cJSON_GetArraySize(proto) != 1) {
+			snprintf(msg, sizeof msg, "protocol: only { smtp = { mx_list = {...} } } is supported");
+		} else {
+			const cJSON *mx = cJSON_GetObjectItemCaseSensitive(smtp, "mx_list");
+			if (!mx || !(cJSON_IsArray(mx) || (cJSON_IsObject(mx) && !mx->child)))
+				snprintf(msg, sizeof msg, "protocol.smtp.mx_list must be a list");
+			for (const cJSON *e = mx ? mx->child : NULL; e && !msg[0]; e = e->next) {
+				const cJSON *addr = cJSON_GetObjectItemCaseSensitive(e, "addr");
+				if (!cJSON_IsString(e) && !(cJSON_IsObject(e) && cJSON_IsString(addr)))
+					snprintf(msg, sizeof msg,
+						 "protocol.smtp.mx_list: each entry is a host name, an address or "
+						 "{ name = ..., addr = ... }");
+			}
+		}
+	}
+	cJSON_Delete(t);
+	if (msg[0])
+		return luaL_error(L, "make_queue_config: %s", msg);
+	lua_settop(L, 1);
+	return 1;
+}
+
+static int l_make_egress_path(lua_State *L)
+{
+	cJSON *t = table_arg(L, "make_egress_path", path_params);
+	char msg[300] = "";
+	for (const struct pdef *d = path_params; d->name && !msg[0]; d++)
+		if (strstr(d->name, "_timeout"))
+			check_duration(t, d->name, msg, sizeof msg);
+	static const char *const lists[] = { "prohibited_hosts", "skip_hosts", NULL };
+	for (int i = 0; lists[i] && !msg[0]; i++) {
+		const cJSON *l = cJSON_GetObjectItemCaseSensitive(t, lists[i]);
+		for (const cJSON *c = l ? l->child : NULL; c && !msg[0]; c = c->next) {
+			char why[300] = "";
+			check_cidr(c->valuestring, why, sizeof why);
+			if (why[0])
+				snprintf(msg, sizeof msg, "%s: %s", lists[i], why);
+		}
+	}
+	const cJSON *port = cJSON_GetObjectItemCaseSensitive(t, "smtp_port");
+	if (port && !msg[0] && (port->valuedouble < 1 || port->valuedouble > 65535))
+		snprintf(msg, sizeof msg, "smtp_port must be 1..65535");
+	cJSON_Delete(t);
+	if (msg[0])
+		return luaL_error(L, "make_egress_path: %s", msg);
+	lua_settop(L, 1);
+	return 1;
+}
+
+static const struct pdef resolver_params[] = {
+	{ "name_servers", V_STRLIST, NULL, false },
+	{ "options", V_TABLE, NULL, false },
+	{ "domain", V_STRING, NULL, false },
+	{ "search", V_STRLIST, NULL, false },
+	{ NULL, 0, NULL, false },
+};
+
+/* kumo.dns.configure_resolver { name_servers = { '127.0.0.1:53' },
+ * options = { timeout = '5s', attempts = 2 } }: the DNS servers kumo-qmgr
+ * asks instead of /etc/resolv.conf's. */
+static int l_configure_resolver(lua_State *L)
+{
+	struct policy *p = policy_from_lua(L);
+	cJSON *t = table_arg(L, "dns.configure_resolver", resolver_params);
+	const cJSON *ns = cJSON_GetObjectItemCaseSensitive(t, "name_servers");
+	if (!ns || !ns->child) {
+		cJSON_Delete(t);
+		return luaL_error(L, "dns.configure_resolver: name_servers must list at least one server");
+	}
+	cJSON_Delete(p->resolver);
+	p->resolver = t;
+	return 0;
+}
+
 static int l_start_http_listener(lua_State *L)
 {
 	luaL_checktype(L, 1, LUA_TTABLE);
@@ -282,7 +455,16 @@ void policy_config_register(lua_State *L)
 		{ "configure_local_logs", l_configure_local_logs },
 		{ "make_listener_domain", l_make_listener_domain },
 		{ "start_http_listener", l_start_http_listener },
+		{ "make_queue_config", l_make_queue_config },
+		{ "make_egress_path", l_make_egress_path },
 		{ NULL, NULL },
 	};
 	luaL_setfuncs(L, fns, 0);
+	static const luaL_Reg dns[] = {
+		{ "configure_resolver", l_configure_resolver },
+		{ NULL, NULL },
+	};
+	lua_newtable(L);
+	luaL_setfuncs(L, dns, 0);
+	lua_setfield(L, -2, "dns");
 }

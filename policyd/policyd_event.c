@@ -71,6 +71,8 @@ static cJSON *run_init(struct policy *p)
 	cJSON_AddItemToObject(config, "spools", need(cJSON_Duplicate(p->spools, 1)));
 	cJSON_AddItemToObject(config, "logs",
 			      need(p->logs ? cJSON_Duplicate(p->logs, 1) : cJSON_CreateNull()));
+	if (p->resolver)
+		cJSON_AddItemToObject(config, "resolver", need(cJSON_Duplicate(p->resolver, 1)));
 	cJSON_AddItemToObject(config, "handlers", need(cJSON_Duplicate(p->handler_names, 1)));
 	return r;
 }

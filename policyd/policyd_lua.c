@@ -414,6 +414,7 @@ void policy_free(struct policy *p)
 	cJSON_Delete(p->listeners);
 	cJSON_Delete(p->spools);
 	cJSON_Delete(p->logs);
+	cJSON_Delete(p->resolver);
 	cJSON_Delete(p->handler_names);
 	cJSON_Delete(p->init_result);
 	free(p);

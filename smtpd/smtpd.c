@@ -4,6 +4,7 @@
  * a connection to kumo-policyd.  SIGTERM drains: listeners close, idle
  * sessions get 421, transactions in flight have 10 s to finish. */
 #include "smtpd/smtpd.h"
+#include "lib/conffd.h"
 #include "lib/ipc.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -17,37 +18,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-
-
-static cJSON *read_config(void)
-{
-	struct stat st;
-	if (fstat(FD_CONFIG, &st) != 0)
-		log_fatal("no configuration on descriptor %d: %s", FD_CONFIG, strerror(errno));
-	size_t cap = st.st_size > 0 ? (size_t)st.st_size : 4096, len = 0;
-	char *buf = xmalloc(cap + 1);
-	for (;;) {
-		if (len == cap) {
-			cap *= 2;
-			buf = xrealloc(buf, cap + 1);
-		}
-		/* pread: the workers share one open file description */
-		ssize_t r = pread(FD_CONFIG, buf + len, cap - len, (off_t)len);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			break;
-		len += (size_t)r;
-	}
-	close(FD_CONFIG);
-	buf[len] = '\0';
-	cJSON *c = cJSON_ParseWithLength(buf, len);
-	free(buf);
-	if (!c)
-		log_fatal("configuration is not valid JSON");
-	return c;
-}
 
 static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
@@ -82,7 +52,10 @@ int main(int argc, char **argv)
 			log_fatal("usage: kumo-smtpd [--worker N] (started by kumod)");
 	}
 	signal(SIGPIPE, SIG_IGN);
-	cJSON *conf = read_config();
+	char cerr[200];
+	cJSON *conf = conffd_read(FD_CONFIG, cerr, sizeof cerr);
+	if (!conf)
+		log_fatal("%s", cerr);
 	smtpd = xcalloc(1, sizeof *smtpd);
 	smtpd->base = event_base_new();
 	if (!smtpd->base)
@@ -108,6 +81,9 @@ int main(int argc, char **argv)
 	const cJSON *ps = cJSON_GetObjectItemCaseSensitive(conf, "policy_socket");
 	smtpd->policy = policy_client_new(smtpd->base, cJSON_IsString(ps) ? ps->valuestring : "",
 					  cJSON_GetObjectItemCaseSensitive(conf, "handlers"));
+
+	const cJSON *qs = cJSON_GetObjectItemCaseSensitive(conf, "qmgr_socket");
+	smtpd->qmgr = qmgr_client_new(smtpd->base, cJSON_IsString(qs) ? qs->valuestring : "");
 
 	const cJSON *ls = cJSON_GetObjectItemCaseSensitive(conf, "listeners");
 	smtpd->n_listeners = (size_t)cJSON_GetArraySize(ls);
@@ -168,6 +144,7 @@ int main(int argc, char **argv)
 	tls_teardown();
 	free(smtpd->listeners);
 	policy_client_free(smtpd->policy);
+	qmgr_client_free(smtpd->qmgr);
 	logrec_close(&smtpd->logs);
 	spool_close(&smtpd->spool);
 	if (smtpd->drain_timer)

@@ -87,6 +87,12 @@ typedef void (*policy_cb)(void *ctx, const cJSON *reply, const char *error);
 struct policy_client *policy_client_new(struct event_base *base, const char *sockname,
 					const cJSON *handlers);
 void policy_client_free(struct policy_client *pc);
+
+/* smtpd_qmgr.c: notices of stored messages to kumo-qmgr */
+struct qmgr_client;
+struct qmgr_client *qmgr_client_new(struct event_base *base, const char *sockname);
+void qmgr_notify(struct qmgr_client *qc, const char *const *ids, size_t n);
+void qmgr_client_free(struct qmgr_client *qc);
 bool policy_has(const struct policy_client *pc, const char *event);
 /* Sends an event; args is consumed.  The callback runs exactly once (from
  * the loop, never inside this call) unless policy_cancel is called first. */
@@ -125,6 +131,7 @@ struct smtpd {
 	struct listener *listeners;
 	size_t n_listeners;
 	struct policy_client *policy;
+	struct qmgr_client *qmgr;
 	struct spool spool;
 	struct spool_writer *writer;
 	struct logrec logs;

@@ -598,10 +598,23 @@ static void finish(struct session *s, size_t failed, bool nospace)
 	free(ids);
 }
 
+/* Tells the queue manager about every message the job stored. */
+static void announce(const struct spool_job *job)
+{
+	const char **ids = xcalloc(job->n ? job->n : 1, sizeof *ids);
+	size_t n = 0;
+	for (size_t i = 0; i < job->n; i++)
+		if (job->items[i].result == 0)
+			ids[n++] = job->items[i].id;
+	qmgr_notify(smtpd->qmgr, ids, n);
+	free(ids);
+}
+
 static void spool_finished(struct spool_job *job, void *ctx)
 {
 	struct session *s = ctx;
 	s->spool_pending = false;
+	announce(job);
 	if (s->state == SS_DEAD) {
 		/* the client left; what was stored stays stored and is relayed */
 		for (size_t i = 0; i < job->n; i++)

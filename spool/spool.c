@@ -484,3 +484,37 @@ int spool_scan(struct spool *s,
 	closedir(top);
 	return 0;
 }
+
+int spool_list(struct spool *s, void (*found)(void *arg, const char *id), void *arg,
+	       char *err, size_t errlen)
+{
+	int fd = dup(s->meta_dirfd);
+	DIR *top = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!top) {
+		snprintf(err, errlen, "cannot read %s: %s", s->meta_path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	rewinddir(top);
+	struct dirent *e;
+	while ((e = readdir(top)) != NULL) {
+		const char *sub = e->d_name;
+		if (strlen(sub) != 2 || !isxdigit((unsigned char)sub[0]) || !isxdigit((unsigned char)sub[1]))
+			continue;
+		int sfd = openat(s->meta_dirfd, sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		DIR *d = sfd >= 0 ? fdopendir(sfd) : NULL;
+		if (!d) {
+			if (sfd >= 0)
+				close(sfd);
+			continue;
+		}
+		struct dirent *f;
+		while ((f = readdir(d)) != NULL)
+			if (spool_id_valid(f->d_name) && strncmp(f->d_name, sub, 2) == 0)
+				found(arg, f->d_name);
+		closedir(d);
+	}
+	closedir(top);
+	return 0;
+}

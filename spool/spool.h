@@ -84,4 +84,10 @@ int spool_scan(struct spool *s,
 	       void (*warn)(void *arg, const char *id, const char *why),
 	       void *arg, struct spool_scan_stats *st, char *err, size_t errlen);
 
+/* Lists the ids in the meta spool without reading or moving anything, so
+ * it is safe while other processes commit (a message's meta file is renamed
+ * into place after its data file, and removed before it).  0 or -1. */
+int spool_list(struct spool *s, void (*found)(void *arg, const char *id), void *arg,
+	       char *err, size_t errlen);
+
 #endif

@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -1152,4 +1154,102 @@ char *harness_logs_summary(const struct harness_env *env)
     }
     cJSON_Delete(arr);
     return s;
+}
+
+/* ---- kumoctl and the test tools ---------------------------------------- */
+
+int harness_kumoctl(const struct harness_env *env, const char *args, char **out)
+{
+	char *sock = harness_path(env, "spool/kumod.sock");
+	const char *bin = getenv("KUMO_BIN");
+	char line[8192];
+	snprintf(line, sizeof line, "'%s/kumoctl' --socket '%s' %s 2>&1", bin ? bin : "bin", sock, args);
+	free(sock);
+	FILE *p = popen(line, "r");
+	if (!p) {
+		if (out)
+			*out = strdup("popen failed");
+		return -1;
+	}
+	size_t n = fread(line, 1, sizeof line - 1, p);
+	line[n] = 0;
+	int st = pclose(p);
+	if (out)
+		*out = strdup(line);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+pid_t harness_tool_start_at(const char *file, int line, const char *name, int *port, const char *const argv[])
+{
+	const char *dir = getenv("KUMO_TOOLS");
+	char path[4096], portstr[16];
+	snprintf(path, sizeof path, "%s/%s", dir ? dir : "build/t", name);
+	snprintf(portstr, sizeof portstr, "%d", *port);
+	size_t n = 0;
+	while (argv && argv[n])
+		n++;
+	const char **av = calloc(n + 4, sizeof *av);
+	av[0] = path;
+	av[1] = "-p";
+	av[2] = portstr;
+	for (size_t i = 0; i < n; i++)
+		av[3 + i] = argv[i];
+	int fds[2];
+	if (pipe(fds) != 0)
+		harness_fail(file, line, "pipe: %s", strerror(errno));
+	pid_t pid = fork();
+	if (pid == 0) {
+		setpgid(0, 0);
+		prctl(PR_SET_PDEATHSIG, SIGKILL);  /* a failed test leaves no tool behind */
+		dup2(fds[1], 1);
+		close(fds[0]);
+		close(fds[1]);
+		execv(path, (char *const *)av);
+		fprintf(stderr, "cannot run %s: %s\n", path, strerror(errno));
+		_exit(127);
+	}
+	free(av);
+	close(fds[1]);
+	char buf[256];
+	size_t got = 0;
+	time_t deadline = time(NULL) + 10;
+	while (time(NULL) < deadline && got < sizeof buf - 1) {
+		struct timeval tv = { 1, 0 };
+		fd_set rs;
+		FD_ZERO(&rs);
+		FD_SET(fds[0], &rs);
+		if (select(fds[0] + 1, &rs, NULL, NULL, &tv) <= 0)
+			continue;
+		ssize_t r = read(fds[0], buf + got, sizeof buf - 1 - got);
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+		buf[got] = 0;
+		if (strchr(buf, '\n'))
+			break;
+	}
+	close(fds[0]);
+	buf[got] = 0;
+	int p = 0;
+	if (sscanf(buf, "ready %d", &p) != 1 || p <= 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		harness_fail(file, line, "%s did not start (it printed '%s')", path, buf);
+	}
+	*port = p;
+	return pid;
+}
+
+void harness_tool_stop(pid_t pid)
+{
+	if (pid <= 0)
+		return;
+	kill(pid, SIGTERM);
+	for (int i = 0; i < 50; i++) {
+		if (waitpid(pid, NULL, WNOHANG) == pid)
+			return;
+		usleep(100000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
 }

@@ -45,6 +45,9 @@
 /*
  * The policy every test starts from.  @DIR@ is the env's temp dir, @PORT@
  * its port, @EXTRA@ extra start_esmtp_listener fields (each ending with ",").
+ * Its resolver is a closed loopback port, so the queue manager cannot find a
+ * next hop: accepted messages stay in the spool (TransientFailure records)
+ * for the tests that look at them.  Delivery tests route to a sink instead.
  */
 #define HARNESS_POLICY_TEMPLATE                                              \
     "local kumo = require 'kumo'\n"                                          \
@@ -52,6 +55,7 @@
     "  kumo.define_spool { name = 'data', path = '@DIR@/spool/data' }\n"     \
     "  kumo.define_spool { name = 'meta', path = '@DIR@/spool/meta' }\n"     \
     "  kumo.configure_local_logs { log_dir = '@DIR@/logs' }\n"               \
+    "  kumo.dns.configure_resolver { name_servers = { '127.0.0.1:9' } }\n"  \
     "  kumo.start_esmtp_listener { listen = '127.0.0.1:@PORT@',"             \
     " hostname = 'mx.test.example', @EXTRA@ }\n"                             \
     "end)\n"
@@ -206,6 +210,22 @@ cJSON *harness_log_wait_pred(const struct harness_env *env, const char *type,
 const char *harness_json_str(const cJSON *obj, const char *name);
 /* A short rendering of the records in the log dir, for failure messages. */
 char *harness_logs_summary(const struct harness_env *env);
+
+/* Runs KUMO_BIN/kumoctl --socket <dir>/spool/kumod.sock ARGS (a shell
+ * word list); its exit status, and its output (stdout+stderr, caller
+ * frees) in *out when out is not NULL. */
+int harness_kumoctl(const struct harness_env *env, const char *args, char **out);
+
+/*
+ * Test tools from t/tools/ ($KUMO_TOOLS, default build/t): starts
+ * "<tool> -p PORT ARGS..." (port 0: the tool picks), waits for its
+ * "ready PORT" line and returns its pid (own process group), the port in
+ * *port.  Fails the test when it does not come up within 10 s.  Stop it
+ * with harness_tool_stop (SIGTERM, then SIGKILL after 5 s; reaped).
+ */
+#define harness_tool_start(name, port, argv) harness_tool_start_at(__FILE__, __LINE__, name, port, argv)
+pid_t harness_tool_start_at(const char *file, int line, const char *name, int *port, const char *const argv[]);
+void harness_tool_stop(pid_t pid);
 
 /* Whether the memory [hay, hay+len) contains the NUL-terminated needle. */
 int harness_contains(const char *hay, size_t len, const char *needle);

@@ -344,6 +344,7 @@ END_TEST
 	"kumo.on('init', function()\n"                                         \
 	"  kumo.define_spool { name = 'data', path = '@DIR@/spool/data' }\n"   \
 	"  kumo.define_spool { name = 'meta', path = '@DIR@/spool/meta' }\n"   \
+	"  kumo.dns.configure_resolver { name_servers = { '127.0.0.1:9' } }\n" \
 	"kumo.start_esmtp_listener {\n"                                        \
 	"listen = '127.0.0.1:@PORT@',\n"                                       \
 	"}\n"                                                                  \

@@ -23,6 +23,7 @@
 	"kumo.on('init', function()\n"                                         \
 	"  kumo.define_spool { name = 'data', path = '@DIR@/spool/data' }\n"   \
 	"  kumo.define_spool { name = 'meta', path = '@DIR@/spool/meta' }\n"   \
+	"  kumo.dns.configure_resolver { name_servers = { '127.0.0.1:9' } }\n" \
 	"  kumo.start_esmtp_listener { listen = '127.0.0.1:@PORT@', hostname = '" HARNESS_HOSTNAME "' }\n" \
 	"end)\n"                                                               \
 	"kumo.on('smtp_server_mail_from', function(sender, conn_meta) conn_meta:set_meta('x_gen', '@EXTRA@') end)\n" \
@@ -84,20 +85,7 @@ static void client_loop(int port, int stop_fd)
 
 static int kumoctl(struct harness_env *env, const char *cmd, char **out)
 {
-	char *sock = harness_path(env, "spool/kumod.sock");
-	const char *bin = getenv("KUMO_BIN");
-	char path[4096];
-	snprintf(path, sizeof path, "%s/kumoctl", bin ? bin : "bin");
-	char line[8192];
-	snprintf(line, sizeof line, "'%s' --socket '%s' %s 2>&1", path, sock, cmd);
-	free(sock);
-	FILE *p = popen(line, "r");
-	size_t n = fread(line, 1, sizeof line - 1, p);
-	line[n] = 0;
-	int st = pclose(p);
-	if (out)
-		*out = strdup(line);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	return harness_kumoctl(env, cmd, out);
 }
 
 static void expect_banner(struct harness_env *env, const char *gen)

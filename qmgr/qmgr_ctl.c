@@ -1,0 +1,148 @@
+/* qmgr_ctl: the queue manager's socket (FD_QMGR_LISTEN, lib/ipc.h), for
+ * the smtpd workers and kumod.  lib/frame.h frames:
+ *   {"op":"new","ids":["<id>",...]}            smtpd: spooled, no reply
+ *   {"id":N,"op":"summary"}  -> {"id":N,"ok":true,"summary":{...}}
+ *   {"id":N,"op":"flush"}    -> {"id":N,"ok":true,"flushed":K}
+ * Only our own uid (or root) may connect (SO_PEERCRED); a bad frame closes
+ * the connection.  Entry points: ctl_init, ctl_close. */
+#include "qmgr/qmgr.h"
+#include "lib/frame.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/listener.h>
+
+static struct evconnlistener *listener;
+
+struct client {
+	struct bufferevent *bev;
+	struct client *next;
+};
+static struct client *clients;
+
+static void client_drop(struct bufferevent *bev)
+{
+	for (struct client **pp = &clients; *pp; pp = &(*pp)->next) {
+		if ((*pp)->bev == bev) {
+			struct client *c = *pp;
+			*pp = c->next;
+			free(c);
+			break;
+		}
+	}
+	bufferevent_free(bev);
+}
+
+static void reply(struct bufferevent *bev, cJSON *r, const cJSON *req)
+{
+	const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
+	if (cJSON_IsNumber(id))
+		cJSON_AddNumberToObject(r, "id", id->valuedouble);
+	frame_encode(bufferevent_get_output(bev), r);
+	cJSON_Delete(r);
+}
+
+static void handle(struct bufferevent *bev, const cJSON *req)
+{
+	const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");
+	const char *o = cJSON_IsString(op) ? op->valuestring : "";
+	if (strcmp(o, "new") == 0) {
+		log_debug("notice of %d new message(s)", cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(req, "ids")));
+		const cJSON *id;
+		cJSON_ArrayForEach(id, cJSON_GetObjectItemCaseSensitive(req, "ids")) {
+			char err[300];
+			if (cJSON_IsString(id) && spool_id_valid(id->valuestring) &&
+			    qmgr_load(id->valuestring, err, sizeof err) != 0)
+				log_warn("message %.40s: %s", id->valuestring, err);
+		}
+		return;
+	}
+	cJSON *r = cJSON_CreateObject();
+	if (strcmp(o, "summary") == 0) {
+		cJSON_AddBoolToObject(r, "ok", 1);
+		cJSON_AddItemToObject(r, "summary", qmgr_summary());
+	} else if (strcmp(o, "flush") == 0) {
+		size_t n;
+		qmgr_flush(&n);
+		cJSON_AddBoolToObject(r, "ok", 1);
+		cJSON_AddNumberToObject(r, "flushed", (double)n);
+	} else {
+		cJSON_AddBoolToObject(r, "ok", 0);
+		cJSON_AddStringToObject(r, "error", "unknown op");
+	}
+	reply(bev, r, req);
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+	(void)arg;
+	for (;;) {
+		cJSON *req = NULL;
+		char err[200];
+		int r = frame_read(bufferevent_get_input(bev), &req, err, sizeof err);
+		if (r == 0)
+			return;
+		if (r < 0) {
+			log_warn("bad frame on the queue manager socket: %s", err);
+			client_drop(bev);
+			return;
+		}
+		handle(bev, req);
+		cJSON_Delete(req);
+	}
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+	(void)arg;
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+		client_drop(bev);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
+{
+	(void)l;
+	(void)sa;
+	(void)len;
+	(void)arg;
+	struct ucred cred;
+	socklen_t clen = sizeof cred;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 ||
+	    (cred.uid != getuid() && cred.uid != 0)) {
+		close(fd);
+		return;
+	}
+	struct bufferevent *bev = bufferevent_socket_new(Q->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	bufferevent_setcb(bev, on_read, NULL, on_event, NULL);
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	struct client *c = xcalloc(1, sizeof *c);
+	c->bev = bev;
+	c->next = clients;
+	clients = c;
+}
+
+void ctl_init(int listen_fd)
+{
+	evutil_make_socket_nonblocking(listen_fd);
+	listener = evconnlistener_new(Q->base, on_accept, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1,
+				      listen_fd);
+	if (!listener)
+		log_fatal("cannot serve the queue manager socket on descriptor %d", listen_fd);
+}
+
+void ctl_close(void)
+{
+	if (listener)
+		evconnlistener_free(listener);
+	listener = NULL;
+	while (clients)
+		client_drop(clients->bev);
+}
