@@ -165,8 +165,9 @@ double now_mono(void);
 /* qmgr_queue.c */
 void qmgr_queue_init(void);
 void qmgr_queue_free(void);          /* at exit: frees everything */
-/* Takes a message read from the spool (or from smtpd in memory); the
- * meta JSON is the spool's meta document.  0, or -1 with a reason. */
+/* Takes a message read from the spool (mem NULL) or from smtpd in memory
+ * (mem and mem_meta, taken over even on failure); the meta JSON is the
+ * spool's meta document.  0, or -1 with a reason. */
 int qmgr_add(const char *id, const cJSON *meta, char *mem, size_t mem_len, char *mem_meta,
 	     char *err, size_t errlen);
 struct qmsg *qmgr_find(const char *id);

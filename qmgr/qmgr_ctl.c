@@ -1,11 +1,16 @@
 /* qmgr_ctl: the queue manager's socket (FD_QMGR_LISTEN, lib/ipc.h), for
  * the smtpd workers and kumod.  lib/frame.h frames:
  *   {"op":"new","ids":["<id>",...]}            smtpd: spooled, no reply
+ *   {"id":N,"op":"inject","msgs":[{"id","meta","data"},...]}
+ *        smtpd, deferred_spool: meta text and base64 data, held in memory
+ *        until the first transient failure or shutdown
+ *        -> {"id":N,"ok":true} | {"id":N,"ok":false,"error":"..."}
  *   {"id":N,"op":"summary"}  -> {"id":N,"ok":true,"summary":{...}}
  *   {"id":N,"op":"flush"}    -> {"id":N,"ok":true,"flushed":K}
  * Only our own uid (or root) may connect (SO_PEERCRED); a bad frame closes
  * the connection.  Entry points: ctl_init, ctl_close. */
 #include "qmgr/qmgr.h"
+#include "lib/base64.h"
 #include "lib/frame.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -50,6 +55,37 @@ static void reply(struct bufferevent *bev, cJSON *r, const cJSON *req)
 	cJSON_Delete(r);
 }
 
+/* One deferred_spool message into the queue, in memory. */
+static int inject_one(const cJSON *m, char *err, size_t errlen)
+{
+	const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
+	const cJSON *meta = cJSON_GetObjectItemCaseSensitive(m, "meta");
+	const cJSON *data = cJSON_GetObjectItemCaseSensitive(m, "data");
+	if (!cJSON_IsString(id) || !spool_id_valid(id->valuestring) || !cJSON_IsString(meta) ||
+	    !cJSON_IsString(data)) {
+		snprintf(err, errlen, "inject: bad message");
+		return -1;
+	}
+	if (Q->stopping) {
+		snprintf(err, errlen, "the queue manager is stopping");
+		return -1;
+	}
+	if (qmgr_find(id->valuestring))
+		return 0;
+	size_t len;
+	unsigned char *bytes = base64_decode(data->valuestring, strlen(data->valuestring), &len);
+	cJSON *doc = cJSON_Parse(meta->valuestring);
+	if (!bytes || !doc) {
+		free(bytes);
+		cJSON_Delete(doc);
+		snprintf(err, errlen, "inject %s: bad data or meta", id->valuestring);
+		return -1;
+	}
+	int rc = qmgr_add(id->valuestring, doc, (char *)bytes, len, xstrdup(meta->valuestring), err, errlen);
+	cJSON_Delete(doc);
+	return rc;
+}
+
 static void handle(struct bufferevent *bev, const cJSON *req)
 {
 	const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");
@@ -66,7 +102,19 @@ static void handle(struct bufferevent *bev, const cJSON *req)
 		return;
 	}
 	cJSON *r = cJSON_CreateObject();
-	if (strcmp(o, "summary") == 0) {
+	if (strcmp(o, "inject") == 0) {
+		char err[300] = "";
+		const cJSON *m;
+		cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(req, "msgs")) {
+			if (inject_one(m, err, sizeof err) != 0)
+				break;
+		}
+		cJSON_AddBoolToObject(r, "ok", !err[0]);
+		if (err[0]) {
+			log_warn("deferred_spool message refused: %s", err);
+			cJSON_AddStringToObject(r, "error", err);
+		}
+	} else if (strcmp(o, "summary") == 0) {
 		cJSON_AddBoolToObject(r, "ok", 1);
 		cJSON_AddItemToObject(r, "summary", qmgr_summary());
 	} else if (strcmp(o, "flush") == 0) {

@@ -277,9 +277,13 @@ int qmgr_add(const char *id, const cJSON *doc, char *mem, size_t mem_len, char *
 	size_t n = cJSON_IsString(rcpt) ? 1 : (size_t)cJSON_GetArraySize(rcpt);
 	if (!cJSON_IsString(sender) || n == 0 || (!cJSON_IsString(rcpt) && !cJSON_IsArray(rcpt))) {
 		snprintf(err, errlen, "meta of %s lacks sender or recipient", id);
+		free(mem);
+		free(mem_meta);
 		return -1;
 	}
 	struct qmsg *m = xcalloc(1, sizeof *m);
+	m->mem = mem;        /* owned from here on, freed with m */
+	m->mem_meta = mem_meta;
 	snprintf(m->id, sizeof m->id, "%s", id);
 	m->sender = xstrdup(sender->valuestring);
 	m->rcpts = xcalloc(n, sizeof *m->rcpts);
@@ -297,9 +301,7 @@ int qmgr_add(const char *id, const cJSON *doc, char *mem, size_t mem_len, char *
 		return -1;
 	}
 	m->created = spool_id_time(id);
-	m->mem = mem;
 	m->mem_len = mem_len;
-	m->mem_meta = mem_meta;
 	m->spooled = mem == NULL;
 	m->size = mem ? mem_len : 0;
 	m->due = now_real();

@@ -129,6 +129,7 @@ int main(int argc, char **argv)
 
 	/* drained: the writer finishes what it holds before we go */
 	spool_writer_free(smtpd->writer);
+	smtpd->writer = NULL;
 	while (smtpd->sessions) {
 		struct session *s = smtpd->sessions;
 		s->policy_req = 0;

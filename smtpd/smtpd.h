@@ -89,9 +89,15 @@ struct policy_client *policy_client_new(struct event_base *base, const char *soc
 void policy_client_free(struct policy_client *pc);
 
 /* smtpd_qmgr.c: notices of stored messages to kumo-qmgr */
+struct spool_job;
 struct qmgr_client;
 struct qmgr_client *qmgr_client_new(struct event_base *base, const char *sockname);
 void qmgr_notify(struct qmgr_client *qc, const char *const *ids, size_t n);
+/* deferred_spool: hands the job's messages to kumo-qmgr in memory.  0: the
+ * job's done callback runs when it answers (items' result 0 when it holds
+ * them, -1 with err when not); -1: not possible now (not connected, too
+ * big), nothing happened and the caller stores the job durably. */
+int qmgr_inject(struct qmgr_client *qc, struct spool_job *job);
 void qmgr_client_free(struct qmgr_client *qc);
 bool policy_has(const struct policy_client *pc, const char *event);
 /* Sends an event; args is consumed.  The callback runs exactly once (from
@@ -110,6 +116,7 @@ struct spool_job {
 	size_t failed;
 	spool_done_cb done;
 	void *ctx;
+	bool in_memory;             /* handed to kumo-qmgr (deferred_spool), not stored */
 };
 struct spool_writer;
 struct spool_writer *spool_writer_new(struct event_base *base, struct spool *spool);

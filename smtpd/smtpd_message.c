@@ -613,8 +613,16 @@ static void announce(const struct spool_job *job)
 static void spool_finished(struct spool_job *job, void *ctx)
 {
 	struct session *s = ctx;
+	if (job->in_memory && job->failed && smtpd->writer) {
+		/* the queue manager could not take it: store it durably */
+		log_info("session %s: deferred_spool: %s; storing durably", s->session_id, job->items[0].err);
+		job->in_memory = false;
+		spool_writer_submit(smtpd->writer, job);
+		return;
+	}
 	s->spool_pending = false;
-	announce(job);
+	if (!job->in_memory)
+		announce(job);
 	if (s->state == SS_DEAD) {
 		/* the client left; what was stored stays stored and is relayed */
 		for (size_t i = 0; i < job->n; i++)
@@ -700,5 +708,7 @@ static void store(struct session *s)
 		it->meta_len = strlen(b->meta_text);
 	}
 	s->spool_pending = true;
+	if (s->p.deferred_spool && qmgr_inject(smtpd->qmgr, job) == 0)
+		return;
 	spool_writer_submit(smtpd->writer, job);
 }

@@ -4,8 +4,14 @@
  * memory (bounded) and go out on reconnection; a notice lost anyway (this
  * worker dies, the bound is hit) is harmless, since the queue manager lists
  * the spool at start and every few minutes.
- * Entry points: qmgr_client_new, qmgr_notify, qmgr_client_free. */
+ * deferred_spool messages go the same way, with their bytes (base64) and
+ * meta, as {"id":N,"op":"inject","msgs":[{"id","meta","data"}]}, answered
+ * {"id":N,"ok":true}; the 250 waits for that answer.  If the queue manager
+ * is away, does not answer, or the message is large, it is stored durably
+ * instead: never a 250 for a message nobody holds.
+ * Entry points: qmgr_client_new, qmgr_notify, qmgr_inject, qmgr_client_free. */
 #include "smtpd/smtpd.h"
+#include "lib/base64.h"
 #include "lib/frame.h"
 #include "lib/log.h"
 #include "lib/netaddr.h"
@@ -16,6 +22,16 @@
 #include <sys/un.h>
 
 #define QMGR_BACKLOG_MAX (4u * 1024u * 1024u)  /* bytes of notices kept while away */
+#define INJECT_MAX (8u * 1024u * 1024u)         /* bigger deferred messages are spooled */
+#define INJECT_TIMEOUT 10                        /* seconds for the queue manager's answer */
+
+struct inject {
+	struct inject *next;
+	uint64_t id;
+	struct spool_job *job;
+	struct event *timer;
+	struct qmgr_client *qc;
+};
 
 struct qmgr_client {
 	struct event_base *base;
@@ -25,7 +41,40 @@ struct qmgr_client {
 	struct event *retry;
 	bool connected;
 	bool warned;
+	uint64_t next_id;
+	struct inject *injects;    /* waiting for an answer */
 };
+
+/* The job is answered: ok, or each item failed with why. */
+static void inject_finish(struct inject *in, const char *why)
+{
+	struct qmgr_client *qc = in->qc;
+	for (struct inject **pp = &qc->injects; *pp; pp = &(*pp)->next) {
+		if (*pp == in) {
+			*pp = in->next;
+			break;
+		}
+	}
+	struct spool_job *job = in->job;
+	job->failed = 0;
+	for (size_t i = 0; i < job->n; i++) {
+		job->items[i].result = why ? -1 : 0;
+		if (why) {
+			snprintf(job->items[i].err, sizeof job->items[i].err, "%s", why);
+			job->failed++;
+		}
+	}
+	event_free(in->timer);
+	free(in);
+	job->done(job, job->ctx);
+}
+
+static void inject_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	inject_finish(arg, "kumo-qmgr did not answer");
+}
 
 static void qc_connect(struct qmgr_client *qc);
 
@@ -42,6 +91,8 @@ static void qc_drop(struct qmgr_client *qc)
 		bufferevent_free(qc->bev);
 		qc->bev = NULL;
 	}
+	while (qc->injects)
+		inject_finish(qc->injects, "kumo-qmgr went away");
 	qc->connected = false;
 	struct timeval tv = { 1, 0 };
 	evtimer_add(qc->retry, &tv);
@@ -63,9 +114,30 @@ static void qc_event(struct bufferevent *bev, short what, void *arg)
 
 static void qc_read(struct bufferevent *bev, void *arg)
 {
-	(void)arg;
-	/* nothing is expected back */
-	evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+	struct qmgr_client *qc = arg;
+	for (;;) {
+		cJSON *doc = NULL;
+		char err[200];
+		int r = frame_read(bufferevent_get_input(bev), &doc, err, sizeof err);
+		if (r == 0)
+			return;
+		if (r < 0) {
+			log_warn("kumo-qmgr sent a bad frame: %s", err);
+			qc_drop(qc);
+			return;
+		}
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
+		const cJSON *ok = cJSON_GetObjectItemCaseSensitive(doc, "ok");
+		const cJSON *e = cJSON_GetObjectItemCaseSensitive(doc, "error");
+		for (struct inject *in = qc->injects; in && cJSON_IsNumber(id); in = in->next) {
+			if (in->id == (uint64_t)id->valuedouble) {
+				inject_finish(in, cJSON_IsTrue(ok) ? NULL
+					      : cJSON_IsString(e) ? e->valuestring : "kumo-qmgr refused it");
+				break;
+			}
+		}
+		cJSON_Delete(doc);
+	}
 }
 
 static void qc_connect(struct qmgr_client *qc)
@@ -113,10 +185,72 @@ void qmgr_notify(struct qmgr_client *qc, const char *const *ids, size_t n)
 	cJSON_Delete(req);
 }
 
+int qmgr_inject(struct qmgr_client *qc, struct spool_job *job)
+{
+	if (!qc || !qc->connected)
+		return -1;
+	size_t total = 0;
+	for (size_t i = 0; i < job->n; i++)
+		for (int k = 0; k < job->items[i].data_cnt; k++)
+			total += job->items[i].data[k].iov_len;
+	if (total > INJECT_MAX)
+		return -1;
+	struct inject *in = xcalloc(1, sizeof *in);
+	in->id = ++qc->next_id;
+	in->job = job;
+	in->qc = qc;
+	cJSON *req = cJSON_CreateObject();
+	cJSON_AddNumberToObject(req, "id", (double)in->id);
+	cJSON_AddStringToObject(req, "op", "inject");
+	cJSON *msgs = cJSON_AddArrayToObject(req, "msgs");
+	for (size_t i = 0; i < job->n; i++) {
+		const struct spool_item *it = &job->items[i];
+		size_t len = 0, off = 0;
+		for (int k = 0; k < it->data_cnt; k++)
+			len += it->data[k].iov_len;
+		char *flat = xmalloc(len + 1);
+		for (int k = 0; k < it->data_cnt; k++) {
+			memcpy(flat + off, it->data[k].iov_base, it->data[k].iov_len);
+			off += it->data[k].iov_len;
+		}
+		char *b64 = base64_encode(flat, len);
+		free(flat);
+		cJSON *m = cJSON_CreateObject();
+		cJSON_AddStringToObject(m, "id", it->id);
+		cJSON_AddItemToObject(m, "meta", cJSON_CreateString(it->meta));
+		cJSON_AddItemToObject(m, "data", cJSON_CreateString(b64));
+		free(b64);
+		cJSON_AddItemToArray(msgs, m);
+	}
+	int rc = frame_encode(bufferevent_get_output(qc->bev), req);
+	cJSON_Delete(req);
+	if (rc != 0) {
+		free(in);
+		return -1;
+	}
+	in->timer = evtimer_new(qc->base, inject_timeout, in);
+	struct timeval tv = { INJECT_TIMEOUT, 0 };
+	evtimer_add(in->timer, &tv);
+	in->next = qc->injects;
+	qc->injects = in;
+	job->in_memory = true;
+	return 0;
+}
+
 void qmgr_client_free(struct qmgr_client *qc)
 {
 	if (!qc)
 		return;
+	/* at exit the sessions are gone: drop what is unanswered (the 250 was
+	 * not sent, so the client will send it again) */
+	while (qc->injects) {
+		struct inject *in = qc->injects;
+		qc->injects = in->next;
+		event_free(in->timer);
+		free(in->job->items);
+		free(in->job);
+		free(in);
+	}
 	if (qc->bev)
 		bufferevent_free(qc->bev);
 	evbuffer_free(qc->backlog);

@@ -566,6 +566,97 @@ START_TEST(test_mx_resolution_with_test_dns)
 }
 END_TEST
 
+/* ---- deferred_spool ----------------------------------------------------------- */
+
+static int spooled_count(struct harness_env *env)
+{
+	char **v = harness_list_files(env, "spool/meta");
+	int n = 0;
+	for (size_t i = 0; v && v[i]; i++)
+		n += smtpc_is_spool_id(strrchr(v[i], '/') ? strrchr(v[i], '/') + 1 : v[i]);
+	harness_strv_free(v);
+	return n;
+}
+
+START_TEST(test_deferred_spool_delivered_from_memory)
+{
+	struct harness_env *env = harness_env_new();
+	int sport = 0;
+	pid_t sink = sink_start(env, &sport, NULL);
+	char *q = to_sink(sport, NULL);
+	policy(env, NULL, "deferred_spool = true", q, NULL);
+	free(q);
+	harness_start(env);
+	const char *rcpts[] = { "rcpt@dest.example", NULL };
+	char ids[1][33];
+	send_msg(env, rcpts, "Subject: fast\r\n\r\nfrom memory\r\n", ids);
+	cJSON_Delete(wait_record(env, "Delivery", ids[0]));
+	ck_assert_int_eq(sink_wait(env, 1, 5), 1);
+	ck_assert_msg(harness_spool_find(env, "spool/meta", ids[0]) == NULL &&
+			      harness_spool_find(env, "spool/data", ids[0]) == NULL,
+		      "a deferred_spool message delivered at the first try never touches the spool");
+	stop_clean(env);
+	harness_tool_stop(sink);
+	harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_deferred_spool_written_at_first_transient_failure)
+{
+	struct harness_env *env = harness_env_new();
+	int sport = 0;
+	const char *rules[] = { "--rule", "DOT:1:451 4.3.0 not yet", NULL };
+	pid_t sink = sink_start(env, &sport, rules);
+	char *q = to_sink(sport, "retry_interval = '1 hours'");
+	policy(env, NULL, "deferred_spool = true", q, NULL);
+	free(q);
+	harness_start(env);
+	const char *rcpts[] = { "rcpt@dest.example", NULL };
+	char ids[1][33];
+	send_msg(env, rcpts, "Subject: later\r\n\r\ndeferred-marker\r\n", ids);
+	cJSON_Delete(wait_record(env, "TransientFailure", ids[0]));
+	const char *meta[] = { "sender@example.com", "rcpt@dest.example", NULL };
+	free(expect_spooled(env, ids[0], "deferred-marker", meta, NULL));
+	/* durable now: a kill -9 and a restart still deliver it */
+	harness_kill9(env);
+	harness_start(env);
+	cJSON_Delete(wait_record(env, "Delivery", ids[0]));
+	ck_assert_int_eq(sink_wait(env, 1, 5), 1);
+	stop_clean(env);
+	harness_tool_stop(sink);
+	harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_deferred_spool_written_at_shutdown)
+{
+	struct harness_env *env = harness_env_new();
+	int sport = 0;
+	const char *rules[] = { "--rule", "CONNECT:0:hang", NULL };
+	pid_t hang = sink_start(env, &sport, rules);
+	char *q = to_sink(sport, "retry_interval = '1 hours'");
+	policy(env, NULL, "deferred_spool = true", q, NULL);
+	free(q);
+	harness_start(env);
+	const char *rcpts[] = { "rcpt@dest.example", NULL };
+	char ids[1][33];
+	send_msg(env, rcpts, "Subject: hold\r\n\r\nshutdown-marker\r\n", ids);
+	usleep(300000);
+	ck_assert_int_eq(spooled_count(env), 0);
+	/* in flight (the next hop never greets): a clean stop writes it */
+	stop_clean(env);
+	const char *meta[] = { "sender@example.com", "rcpt@dest.example", NULL };
+	free(expect_spooled(env, ids[0], "shutdown-marker", meta, NULL));
+	harness_tool_stop(hang);
+	pid_t sink = sink_start(env, &sport, NULL);
+	harness_start(env);
+	cJSON_Delete(wait_record(env, "Delivery", ids[0]));
+	stop_clean(env);
+	harness_tool_stop(sink);
+	harness_env_free(env);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("e2e_delivery");
@@ -582,6 +673,9 @@ int main(void)
 	tcase_add_test(tc, test_opportunistic_verifying_fails_on_self_signed);
 	tcase_add_test(tc, test_prohibited_loopback_by_default);
 	tcase_add_test(tc, test_mx_resolution_with_test_dns);
+	tcase_add_test(tc, test_deferred_spool_delivered_from_memory);
+	tcase_add_test(tc, test_deferred_spool_written_at_first_transient_failure);
+	tcase_add_test(tc, test_deferred_spool_written_at_shutdown);
 	suite_add_tcase(s, tc);
 	return harness_run_suite(s);
 }
