@@ -210,7 +210,7 @@ install: all
 		$(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/kumomta/policy \
 		$(DESTDIR)$(SYSCONFDIR)/init.d $(DESTDIR)$(SYSCONFDIR)/systemd/system
 	install -m 0755 $(BIN)/kumod $(BIN)/kumoctl $(DESTDIR)$(SBINDIR)/
-	install -m 0755 $(BIN)/kumo-smtpd $(BIN)/kumo-policyd $(DESTDIR)$(LIBEXECDIR)/
+	install -m 0755 $(BIN)/kumo-smtpd $(BIN)/kumo-policyd $(BIN)/kumo-qmgr $(DESTDIR)$(LIBEXECDIR)/
 	install -m 0644 man/kumo-policy.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 0644 man/kumomta.7 $(DESTDIR)$(MANDIR)/man7/
 	install -m 0644 man/kumod.8 man/kumoctl.8 $(DESTDIR)$(MANDIR)/man8/
@@ -229,7 +229,7 @@ install: all
 # The policy is configuration: uninstall leaves it.
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/kumod $(DESTDIR)$(SBINDIR)/kumoctl
-	rm -f $(DESTDIR)$(LIBEXECDIR)/kumo-smtpd $(DESTDIR)$(LIBEXECDIR)/kumo-policyd
+	rm -f $(DESTDIR)$(LIBEXECDIR)/kumo-smtpd $(DESTDIR)$(LIBEXECDIR)/kumo-policyd $(DESTDIR)$(LIBEXECDIR)/kumo-qmgr
 	-rmdir $(DESTDIR)$(LIBEXECDIR) 2>/dev/null
 	rm -f $(DESTDIR)$(MANDIR)/man5/kumo-policy.5 $(DESTDIR)$(MANDIR)/man7/kumomta.7
 	rm -f $(DESTDIR)$(MANDIR)/man8/kumod.8 $(DESTDIR)$(MANDIR)/man8/kumoctl.8

@@ -19,7 +19,7 @@ cleanup() {
 trap cleanup EXIT
 
 make -s install DESTDIR="$D" PREFIX=/usr >"$T/install.log" 2>&1 || { cat "$T/install.log"; bad "make install"; }
-for f in usr/sbin/kumod usr/sbin/kumoctl usr/libexec/kumomta/kumo-smtpd usr/libexec/kumomta/kumo-policyd \
+for f in usr/sbin/kumod usr/sbin/kumoctl usr/libexec/kumomta/kumo-smtpd usr/libexec/kumomta/kumo-policyd usr/libexec/kumomta/kumo-qmgr \
 	 usr/share/man/man8/kumod.8 usr/share/man/man5/kumo-policy.5 etc/init.d/kumomta \
 	 etc/systemd/system/kumomta.service etc/kumomta/policy/init.lua; do
 	check "installed $f" test -e "$D/$f"

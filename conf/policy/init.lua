@@ -23,3 +23,24 @@ kumo.on('init', function()
     relay_hosts = { '127.0.0.1', '::1' },
   }
 end)
+
+-- Delivery.  Without these two handlers every message goes to the MX hosts
+-- of its recipient's domain, retried every 20 minutes (doubling) for up to
+-- 7 days, with opportunistic, verified STARTTLS.  To send everything to a
+-- smarthost instead, uncomment and adapt:
+--
+-- kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+--   return kumo.make_queue_config {
+--     protocol = { smtp = { mx_list = { 'smarthost.example.net' } } },
+--     retry_interval = '1 minute',
+--     max_age = '1 day',
+--   }
+-- end)
+--
+-- kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
+--   return kumo.make_egress_path {
+--     enable_tls = 'Required',
+--     connection_limit = 8,
+--     -- a smarthost on this machine (127.0.0.1) needs: prohibited_hosts = {},
+--   }
+-- end)
