@@ -657,6 +657,69 @@ START_TEST(test_deferred_spool_written_at_shutdown)
 }
 END_TEST
 
+/* ---- faults --------------------------------------------------------------------- */
+
+START_TEST(test_qmgr_kill9_is_replaced_and_loses_nothing)
+{
+	struct harness_env *env = harness_env_new();
+	int sport = harness_free_port();
+	char *q = to_sink(sport, "retry_interval = '1 hours'");
+	policy(env, NULL, NULL, q, NULL);
+	free(q);
+	harness_start(env);
+	const char *rcpts[] = { "a@dest.example", "b@dest.example", "c@dest.example", NULL };
+	char ids[3][33];
+	send_msg(env, rcpts, "Subject: q\r\n\r\nqmgr-kill\r\n", ids);
+	for (int i = 0; i < 3; i++)
+		cJSON_Delete(wait_record(env, "TransientFailure", ids[i]));
+	pid_t pids[4];
+	ck_assert_int_eq(harness_children(env->pid, "kumo-qmgr", pids, 4), 1);
+	pid_t old = pids[0];
+	kill(old, SIGKILL);
+	pid_t sink = sink_start(env, &sport, NULL);
+	/* kumod restarts it; the new one finds the three in the spool */
+	int replaced = 0;
+	for (int i = 0; i < 100 && !replaced; i++) {
+		usleep(100000);
+		replaced = harness_children(env->pid, "kumo-qmgr", pids, 4) == 1 && pids[0] != old;
+	}
+	ck_assert_msg(replaced, "kumo-qmgr was not restarted within 10 s");
+	for (int i = 0; i < 3; i++)
+		cJSON_Delete(wait_record(env, "Delivery", ids[i]));
+	ck_assert_int_eq(sink_wait(env, 3, 5), 3);
+	stop_clean(env);
+	harness_tool_stop(sink);
+	harness_env_free(env);
+}
+END_TEST
+
+START_TEST(test_policyd_down_is_a_transient_failure)
+{
+	struct harness_env *env = harness_env_new();
+	int sport = 0;
+	pid_t sink = sink_start(env, &sport, NULL);
+	/* get_queue_config raises: the queue's messages wait, never bounce */
+	char *q = to_sink(sport, "retry_interval = '1 hours'");
+	char queue[600];
+	snprintf(queue, sizeof queue, "%s, max_age = error('no config today')", q);
+	free(q);
+	policy(env, NULL, NULL, queue, NULL);
+	harness_start(env);
+	const char *rcpts[] = { "rcpt@dest.example", NULL };
+	char ids[1][33];
+	send_msg(env, rcpts, "Subject: p\r\n\r\npolicy-error\r\n", ids);
+	cJSON *t = wait_record(env, "TransientFailure", ids[0]);
+	const char *content = harness_json_str(cJSON_GetObjectItemCaseSensitive(t, "response"), "content");
+	ck_assert_msg(content && strstr(content, "no config today"), "the Lua error is the reason: %s", content);
+	cJSON_Delete(t);
+	ck_assert_int_eq(sink_wait(env, 1, 1), 0);
+	ck_assert_ptr_nonnull(harness_spool_find(env, "spool/meta", ids[0]));
+	stop_clean(env);
+	harness_tool_stop(sink);
+	harness_env_free(env);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("e2e_delivery");
@@ -676,6 +739,8 @@ int main(void)
 	tcase_add_test(tc, test_deferred_spool_delivered_from_memory);
 	tcase_add_test(tc, test_deferred_spool_written_at_first_transient_failure);
 	tcase_add_test(tc, test_deferred_spool_written_at_shutdown);
+	tcase_add_test(tc, test_qmgr_kill9_is_replaced_and_loses_nothing);
+	tcase_add_test(tc, test_policyd_down_is_a_transient_failure);
 	suite_add_tcase(s, tc);
 	return harness_run_suite(s);
 }

@@ -121,6 +121,43 @@ START_TEST(commit_then_scan_finds_everything)
 }
 END_TEST
 
+static void count_id(void *arg, const char *id)
+{
+	ck_assert(spool_id_valid(id));
+	(*(int *)arg)++;
+}
+
+/* spool_list names the messages without touching anything: a temporary
+ * file in new/ stays, a removed message is not listed */
+START_TEST(list_names_whole_messages_only)
+{
+	struct spool s;
+	open_spool(&s);
+	struct spool_item items[5];
+	struct iovec v = { (void *)"x\r\n", 3 };
+	for (int i = 0; i < 5; i++) {
+		memset(&items[i], 0, sizeof items[i]);
+		spool_id_new(items[i].id);
+		items[i].data = &v;
+		items[i].data_cnt = 1;
+		items[i].meta = "{}\n";
+		items[i].meta_len = 3;
+	}
+	ck_assert_uint_eq(spool_commit(&s, items, 5), 0);
+	char path[300], err[256];
+	snprintf(path, sizeof path, "%s/meta/new/inflight", dir);
+	FILE *f = fopen(path, "w");
+	ck_assert_ptr_nonnull(f);
+	fclose(f);
+	ck_assert_int_eq(spool_remove(&s, items[2].id, err, sizeof err), 0);
+	int n = 0;
+	ck_assert_int_eq(spool_list(&s, count_id, &n, err, sizeof err), 0);
+	ck_assert_int_eq(n, 4);
+	ck_assert_int_eq(access(path, F_OK), 0);
+	spool_close(&s);
+}
+END_TEST
+
 static int warned;
 static void count_warn(void *arg, const char *id, const char *why)
 {
@@ -206,6 +243,7 @@ int main(void)
 	tcase_add_test(tc, ids_are_unique_ordered_and_dated);
 	tcase_add_loop_test(tc, trailer_row, 0, (int)(sizeof trailer_rows / sizeof trailer_rows[0]));
 	tcase_add_test(tc, commit_then_scan_finds_everything);
+	tcase_add_test(tc, list_names_whole_messages_only);
 	tcase_add_test(tc, damaged_files_are_quarantined_and_temps_swept);
 	tcase_add_test(tc, lock_is_exclusive);
 	tcase_add_test(tc, unwritable_path_fails);
