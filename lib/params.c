@@ -319,11 +319,6 @@ static int one_param(struct listener_params *p, const cJSON *v, enum params_leve
 			snprintf(err, errlen, "%s: expected true or false", name);
 			return -1;
 		}
-		if (cJSON_IsTrue(v) && strcmp(name, "deferred_queue") == 0) {
-			/* refusing beats silently ignoring a request we cannot honour */
-			snprintf(err, errlen, "%s: not supported by this version of the relay", name);
-			return -1;
-		}
 		if (p)
 			*(bool *)(base + d->offset) = cJSON_IsTrue(v);
 		return 0;

@@ -27,6 +27,8 @@
 #define QMGR_DEFAULT_MAX_AGE (7 * 86400.0) /* max_age: 7 days */
 #define QMGR_RESOLVE_TTL 300.0             /* seconds an MX answer is reused */
 #define QMGR_CONFIG_TTL 300.0              /* seconds a queue/path config is reused */
+#define QMGR_DEFERRED_INJECT "deferred_smtp_inject.kumomta.internal"
+#define QMGR_INJECT_PARALLEL 16            /* smtp_server_message_deferred_inject calls at once */
 
 struct squeue;
 struct rqueue;
@@ -87,6 +89,7 @@ struct squeue {
 	struct mx_result *res_fail;  /* owned: last failed resolution */
 	struct msg_list due;         /* M_DUE: waiting for config or resolution */
 	size_t count;                /* every message of this queue, any state */
+	bool internal;               /* QMGR_DEFERRED_INJECT: the policy's event, not SMTP */
 	struct squeue *next;
 };
 
@@ -177,7 +180,22 @@ void qmgr_flush(size_t *n);          /* every waiting message due now */
 cJSON *qmgr_summary(void);
 void qmgr_policy_changed(void);     /* a reload: configs are fetched again */
 void qmgr_stop(void);                /* no new deliveries; spool what is in memory */
+/* Outcomes (qmgr_queue.c), for qmgr_inject.c too: a log record; a transient
+ * failure (record, then wait or expire); a bounce (record, removed); done
+ * (removed, no record); rebound into the queue its meta names (due now). */
+void qmgr_record(const char *type, struct qmsg *m, char **rcpts, size_t n, struct conn *c,
+		 int code, const char *text, const char *command);
+void qmgr_retry(struct qmsg *m, struct conn *c, int code, const char *text, const char *command);
+void qmgr_bounce(struct qmsg *m, struct conn *c, int code, const char *text, const char *command);
+void qmgr_done(struct qmsg *m);
+void qmgr_rebind(struct qmsg *m, const cJSON *meta);
+
+/* qmgr_inject.c: deferred_queue messages through
+ * smtp_server_message_deferred_inject */
+size_t inject_busy(void);
+void inject_start(struct qmsg *m);     /* m is M_FLIGHT, counted in n_flight */
 size_t qmgr_spool_memory(void);      /* writes every in-memory message; count written */
+int spool_mem_write(struct qmsg *m); /* writes one; 0 or -1 (logged) */
 
 /* qmgr_policy.c: kumo-policyd client */
 struct qpolicy;
@@ -185,9 +203,14 @@ typedef void (*qpolicy_cb)(void *arg, const cJSON *reply, const char *error);
 struct qpolicy *qpolicy_new(struct event_base *base, const char *sockname);
 void qpolicy_free(struct qpolicy *p);
 /* Calls event with args (array, taken over).  The callback gets the reply
- * (result "ok") or an error text (policyd gone, Lua error, timeout); it is
- * never called from inside this function.  Returns a request id. */
+ * (result "ok"), or an error text (policyd gone, Lua error, kumo.reject,
+ * timeout) with the reply when there was one (a rejection: its "code" and
+ * "text"); it is never called from inside this function.  Returns a
+ * request id. */
 uint64_t qpolicy_call(struct qpolicy *p, const char *event, cJSON *args, qpolicy_cb cb, void *arg);
+/* The same with connection metadata (taken over) inserted at meta_pos. */
+uint64_t qpolicy_call_meta(struct qpolicy *p, const char *event, cJSON *args, int meta_pos, cJSON *meta,
+			   qpolicy_cb cb, void *arg);
 void qpolicy_cancel(struct qpolicy *p, uint64_t id);
 
 /* qmgr_ctl.c: the socket smtpd and kumod talk to */

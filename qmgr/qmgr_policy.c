@@ -67,7 +67,7 @@ static void call_fire(evutil_socket_t fd, short what, void *arg)
 		return;
 	if (!c->reply && !c->error)
 		c->error = xstrdup("policy call timed out");
-	c->cb(c->arg, c->error ? NULL : c->reply, c->error);
+	c->cb(c->arg, c->reply, c->error);
 	call_free(c);
 }
 
@@ -130,8 +130,8 @@ static void on_read(struct bufferevent *bev, void *arg)
 				snprintf(why, sizeof why, "the handler called kumo.reject");
 			else
 				snprintf(why, sizeof why, "policyd answered without a result");
-			call_finish(c, NULL, why);
-			cJSON_Delete(doc);
+			/* the reply goes along: a rejection carries its code and text */
+			call_finish(c, doc, why);
 		} else {
 			call_finish(c, doc, NULL);
 		}
@@ -174,6 +174,12 @@ struct qpolicy *qpolicy_new(struct event_base *base, const char *sockname)
 
 uint64_t qpolicy_call(struct qpolicy *p, const char *event, cJSON *args, qpolicy_cb cb, void *arg)
 {
+	return qpolicy_call_meta(p, event, args, -1, NULL, cb, arg);
+}
+
+uint64_t qpolicy_call_meta(struct qpolicy *p, const char *event, cJSON *args, int meta_pos, cJSON *meta,
+			   qpolicy_cb cb, void *arg)
+{
 	struct qcall *c = xcalloc(1, sizeof *c);
 	c->id = p->next_id++;
 	c->cb = cb;
@@ -187,6 +193,10 @@ uint64_t qpolicy_call(struct qpolicy *p, const char *event, cJSON *args, qpolicy
 	cJSON_AddStringToObject(req, "op", "event");
 	cJSON_AddStringToObject(req, "event", event);
 	cJSON_AddItemToObject(req, "args", args);
+	if (meta) {
+		cJSON_AddNumberToObject(req, "meta_pos", meta_pos);
+		cJSON_AddItemToObject(req, "meta", meta);
+	}
 	if (ensure_connected(p) != 0) {
 		call_finish(c, NULL, "cannot connect to kumo-policyd");
 	} else if (frame_encode(bufferevent_get_output(p->bev), req) != 0) {

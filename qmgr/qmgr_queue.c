@@ -46,6 +46,7 @@ double now_mono(void)
 static struct squeue *sq_hash[SQ_BUCKETS];
 
 static void squeue_kick(struct squeue *sq);
+static struct squeue *queue_for(const cJSON *meta, const char *rcpt);
 static void rqueue_kick(struct rqueue *rq);
 static void conn_next(struct conn *c);
 static void timer_arm(void);
@@ -212,7 +213,7 @@ static void msg_free(struct qmsg *m)
 }
 
 /* The message leaves the queue manager (delivered, bounced, expired). */
-static void msg_done(struct qmsg *m)
+void qmgr_done(struct qmsg *m)
 {
 	if (m->spooled) {
 		char err[200];
@@ -257,6 +258,13 @@ static struct squeue *squeue_get(const char *name)
 	name_parts(name, &sq->campaign, &sq->tenant, &sq->domain, &sq->routing_domain);
 	for (char *p = sq->domain; *p; p++)
 		*p = (char)tolower((unsigned char)*p);
+	if (strcmp(name, QMGR_DEFERRED_INJECT) == 0) {
+		/* KumoMTA's fixed settings for this queue: no policy asked */
+		sq->cfg_state = CFG_OK;
+		sq->cfg.retry_interval = 60;
+		sq->cfg.max_age = QMGR_DEFAULT_MAX_AGE;
+		sq->internal = true;
+	}
 	sq->next = sq_hash[b];
 	sq_hash[b] = sq;
 	return sq;
@@ -306,7 +314,20 @@ int qmgr_add(const char *id, const cJSON *doc, char *mem, size_t mem_len, char *
 	m->size = mem ? mem_len : 0;
 	m->due = now_real();
 
-	const char *at = strrchr(m->rcpts[0], '@');
+	m->sq = queue_for(meta, m->rcpts[0]);
+	m->sq->count++;
+	id_insert(m);
+	msg_due(m);
+	if (!Q->stopping)
+		squeue_kick(m->sq);
+	return 0;
+}
+
+/* The queue a message belongs in: its meta "queue", or the name made of
+ * campaign, tenant, the first recipient's domain and routing_domain. */
+static struct squeue *queue_for(const cJSON *meta, const char *rcpt)
+{
+	const char *at = strrchr(rcpt, '@');
 	const char *domain = at ? at + 1 : "";
 	const char *queue = meta_str(meta, "queue");
 	char *name = queue ? xstrdup(queue)
@@ -314,14 +335,19 @@ int qmgr_add(const char *id, const cJSON *doc, char *mem, size_t mem_len, char *
 					meta_str(meta, "routing_domain"));
 	for (char *p = strrchr(name, '@') ? strrchr(name, '@') : name; *p && *p != '!'; p++)
 		*p = (char)tolower((unsigned char)*p);
-	m->sq = squeue_get(name);
+	struct squeue *sq = squeue_get(name);
 	free(name);
+	return sq;
+}
+
+void qmgr_rebind(struct qmsg *m, const cJSON *meta)
+{
+	m->sq->count--;
+	m->sq = queue_for(meta, m->rcpts[0]);
 	m->sq->count++;
-	id_insert(m);
+	m->num_attempts = 0;
 	msg_due(m);
-	if (!Q->stopping)
-		squeue_kick(m->sq);
-	return 0;
+	squeue_kick(m->sq);
 }
 
 int qmgr_load(const char *id, char *err, size_t errlen)
@@ -355,8 +381,8 @@ static cJSON *rcpt_json(struct qmsg *m, char **rcpts, size_t n)
 	return a;
 }
 
-static void record(const char *type, struct qmsg *m, char **rcpts, size_t n, struct conn *c,
-		   int code, const char *text, const char *command)
+void qmgr_record(const char *type, struct qmsg *m, char **rcpts, size_t n, struct conn *c,
+		 int code, const char *text, const char *command)
 {
 	if (!Q->logs.dir)
 		return;
@@ -394,7 +420,7 @@ static void record(const char *type, struct qmsg *m, char **rcpts, size_t n, str
 /* ---- spool writes of the queue manager --------------------------------- */
 
 /* Writes a deferred_spool message (held in memory) to the spool. */
-static int spool_mem(struct qmsg *m)
+int spool_mem_write(struct qmsg *m)
 {
 	if (m->spooled)
 		return 0;
@@ -418,7 +444,7 @@ size_t qmgr_spool_memory(void)
 	size_t n = 0;
 	for (size_t i = 0; i < Q->hash_size; i++)
 		for (struct qmsg *m = Q->hash[i]; m; m = m->hnext)
-			if (!m->spooled && spool_mem(m) == 0)
+			if (!m->spooled && spool_mem_write(m) == 0)
 				n++;
 	return n;
 }
@@ -478,9 +504,9 @@ static const struct queue_config *msg_cfg(struct qmsg *m)
 
 /* A transient failure: wait, or expire when the next try would come after
  * max_age. */
-static void msg_retry(struct qmsg *m, struct conn *c, int code, const char *text, const char *command)
+void qmgr_retry(struct qmsg *m, struct conn *c, int code, const char *text, const char *command)
 {
-	record("TransientFailure", m, m->rcpts, m->n_rcpts, c, code, text, command);
+	qmgr_record("TransientFailure", m, m->rcpts, m->n_rcpts, c, code, text, command);
 	const struct queue_config *cfg = msg_cfg(m);
 	double delay = cfg->retry_interval;
 	for (int i = 1; i < m->num_attempts && delay < 1e9; i++)
@@ -491,12 +517,12 @@ static void msg_retry(struct qmsg *m, struct conn *c, int code, const char *text
 	if (m->created > 0 && now + delay > m->created + cfg->max_age) {
 		log_info("message %s: expired after %d attempt%s", m->id, m->num_attempts,
 			 m->num_attempts == 1 ? "" : "s");
-		record("Expiration", m, m->rcpts, m->n_rcpts, NULL, 551, "5.4.7 Next delivery time would be after the expiration time",
+		qmgr_record("Expiration", m, m->rcpts, m->n_rcpts, NULL, 551, "5.4.7 Next delivery time would be after the expiration time",
 		       NULL);
-		msg_done(m);
+		qmgr_done(m);
 		return;
 	}
-	if (!m->spooled && spool_mem(m) != 0)
+	if (!m->spooled && spool_mem_write(m) != 0)
 		log_warn("message %s: kept in memory only", m->id);
 	m->due = now + delay;
 	m->state = M_WAIT;
@@ -504,11 +530,11 @@ static void msg_retry(struct qmsg *m, struct conn *c, int code, const char *text
 	timer_arm();
 }
 
-static void msg_bounce(struct qmsg *m, struct conn *c, int code, const char *text, const char *command)
+void qmgr_bounce(struct qmsg *m, struct conn *c, int code, const char *text, const char *command)
 {
 	log_info("message %s: bounced: %d %s", m->id, code, text);
-	record("Bounce", m, m->rcpts, m->n_rcpts, c, code, text, command);
-	msg_done(m);
+	qmgr_record("Bounce", m, m->rcpts, m->n_rcpts, c, code, text, command);
+	qmgr_done(m);
 }
 
 /* Fails every message a queue holds for one reason (config, DNS, path). */
@@ -518,9 +544,9 @@ static void fail_list(struct msg_list *l, bool permanent, int code, const char *
 	while ((m = list_pop(l)) != NULL) {
 		m->num_attempts++;
 		if (permanent)
-			msg_bounce(m, NULL, code, text, NULL);
+			qmgr_bounce(m, NULL, code, text, NULL);
 		else
-			msg_retry(m, NULL, code, text, NULL);
+			qmgr_retry(m, NULL, code, text, NULL);
 	}
 }
 
@@ -617,6 +643,16 @@ static void squeue_kick(struct squeue *sq)
 {
 	if (!sq->due.n || Q->stopping)
 		return;
+	if (sq->internal) {
+		struct qmsg *m;
+		while (inject_busy() < QMGR_INJECT_PARALLEL && (m = list_pop(&sq->due)) != NULL) {
+			m->state = M_FLIGHT;
+			m->num_attempts++;
+			Q->n_flight++;
+			inject_start(m);
+		}
+		return;
+	}
 	if (sq->cfg_state == CFG_PENDING)
 		return;
 	if (sq->cfg_state == CFG_NONE ||
@@ -777,7 +813,7 @@ static void on_failed(struct smtp_client *cl, const struct smtp_reply *why, bool
 		struct qmsg *m;
 		while ((m = list_pop(&l)) != NULL) {
 			m->num_attempts++;
-			msg_retry(m, &tmp, code, text, NULL);
+			qmgr_retry(m, &tmp, code, text, NULL);
 		}
 	} else {
 		conn_free(c);
@@ -972,18 +1008,18 @@ static void on_done(struct smtp_client *cl, const struct smtp_msg *sm, struct sm
 	}
 	const char *cmd = r->command;
 	if (nok) {
-		record("Delivery", m, ok, nok, c, fcode, ftext, cmd_name(cmd));
+		qmgr_record("Delivery", m, ok, nok, c, fcode, ftext, cmd_name(cmd));
 		rq->delivered += nok;
 	}
 	if (nbad) {
 		log_info("message %s: bounced for %zu recipient%s: %d %s", m->id, nbad, nbad == 1 ? "" : "s",
 			 badwhy->code, badwhy->text ? badwhy->text : "");
-		record("Bounce", m, bad, nbad, c, badwhy->code, badwhy->text ? badwhy->text : "",
+		qmgr_record("Bounce", m, bad, nbad, c, badwhy->code, badwhy->text ? badwhy->text : "",
 		       badwhy == &r->final ? cmd_name(cmd) : "RCPT TO");
 		rq->failed += nbad;
 	}
 	if (!nkeep) {
-		msg_done(m);
+		qmgr_done(m);
 	} else {
 		int kc = keepwhy->code >= 400 && keepwhy->code < 500 ? keepwhy->code : 451;
 		char *kt = xstrdup(keepwhy->code && keepwhy->text ? keepwhy->text : "4.4.2 connection lost");
@@ -999,7 +1035,7 @@ static void on_done(struct smtp_client *cl, const struct smtp_msg *sm, struct sm
 			m->n_rcpts = k;
 			rewrite_recipients(m);
 		}
-		msg_retry(m, c, kc, kt, kcmd);
+		qmgr_retry(m, c, kc, kt, kcmd);
 		free(kt);
 	}
 	free(cls);

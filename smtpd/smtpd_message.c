@@ -303,6 +303,16 @@ static void received_done(void *ctx, const cJSON *reply, const char *error)
 static void next_received(struct session *s)
 {
 	struct txn *t = s->txn;
+	if (s->p.deferred_queue) {
+		/* KumoMTA's deferred_queue: no smtp_server_message_received;
+		 * kumo-qmgr runs smtp_server_message_deferred_inject later */
+		for (size_t i = 0; i < t->n_batches; i++) {
+			cJSON_DeleteItemFromObjectCaseSensitive(t->batches[i].meta, "queue");
+			cJSON_AddStringToObject(t->batches[i].meta, "queue", "deferred_smtp_inject.kumomta.internal");
+		}
+		store(s);
+		return;
+	}
 	if (t->cur >= t->n_batches || !policy_has(smtpd->policy, "smtp_server_message_received")) {
 		store(s);
 		return;

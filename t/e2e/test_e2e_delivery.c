@@ -34,7 +34,8 @@
 	"end)\n"                                                               \
 	"kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)\n" \
 	"  return kumo.make_egress_path { @PATH@ }\n"                          \
-	"end)\n"
+	"end)\n"                                                               \
+	"@HANDLERS@\n"
 
 static char *replace(const char *s, const char *key, const char *val)
 {
@@ -47,11 +48,14 @@ static char *replace(const char *s, const char *key, const char *val)
 	return out;
 }
 
-/* Writes the relay policy with the given pieces (NULL: defaults). */
-static void policy(struct harness_env *env, const char *init, const char *listener, const char *queue,
-		   const char *path)
+/* Writes the relay policy with the given pieces (NULL: defaults), and
+ * more handlers at the end. */
+static void policy_h(struct harness_env *env, const char *init, const char *listener, const char *queue,
+		     const char *path, const char *handlers)
 {
-	char *a = replace(RELAY_POLICY, "@INIT@", init ? init : "");
+	char *h = replace(RELAY_POLICY, "@HANDLERS@", handlers ? handlers : "");
+	char *a = replace(h, "@INIT@", init ? init : "");
+	free(h);
 	char *b = replace(a, "@LISTENER@", listener ? listener : "");
 	char *c = replace(b, "@QUEUE@", queue ? queue : "");
 	char *d = replace(c, "@PATH@", path ? path : "enable_tls = 'Disabled', prohibited_hosts = {}");
@@ -60,6 +64,12 @@ static void policy(struct harness_env *env, const char *init, const char *listen
 	free(b);
 	free(c);
 	free(d);
+}
+
+static void policy(struct harness_env *env, const char *init, const char *listener, const char *queue,
+		   const char *path)
+{
+	policy_h(env, init, listener, queue, path, NULL);
 }
 
 /* The usual queue config: everything to the sink at 127.0.0.1:port. */
@@ -728,6 +738,53 @@ START_TEST(test_policyd_down_is_a_transient_failure)
 }
 END_TEST
 
+/* ---- deferred_queue ---------------------------------------------------------- */
+
+#define DEFERRED_HANDLERS                                                        \
+	"kumo.on('smtp_server_message_received', function(msg)\n"             \
+	"  kumo.reject(550, '5.7.1 message_received must not run')\n"          \
+	"end)\n"                                                               \
+	"kumo.on('smtp_server_message_deferred_inject', function(msg, conn_meta)\n" \
+	"  if msg:recipient().user == 'refuse' then\n"                          \
+	"    kumo.reject(550, '5.7.1 refused later')\n"                          \
+	"  end\n"                                                              \
+	"  msg:prepend_header('X-Deferred', 'injected ' .. tostring(conn_meta:get_meta('received_from') ~= nil))\n" \
+	"  msg:set_meta('tenant', 't1')\n"                                     \
+	"end)\n"
+
+START_TEST(test_deferred_queue_runs_deferred_inject)
+{
+	struct harness_env *env = harness_env_new();
+	int sport = 0;
+	pid_t sink = sink_start(env, &sport, NULL);
+	char *q = to_sink(sport, NULL);
+	policy_h(env, NULL, "deferred_queue = true", q, NULL, DEFERRED_HANDLERS);
+	free(q);
+	harness_start(env);
+	const char *rcpts[] = { "rcpt@dest.example", "refuse@dest.example", NULL };
+	char ids[2][33];
+	send_msg(env, rcpts, "Subject: deferred\r\n\r\nlater\r\n", ids);
+	cJSON *r = wait_record(env, "Reception", ids[0]);
+	ck_assert_str_eq(harness_json_str(r, "queue"), "deferred_smtp_inject.kumomta.internal");
+	cJSON_Delete(r);
+	cJSON_Delete(wait_record(env, "DeferredInjectionRebind", ids[0]));
+	cJSON *d = wait_record(env, "Delivery", ids[0]);
+	ck_assert_str_eq(harness_json_str(d, "queue"), "t1@dest.example");
+	cJSON_Delete(d);
+	cJSON *b = wait_record(env, "Bounce", ids[1]);
+	ck_assert_int_eq(resp_code(b), 550);
+	cJSON_Delete(b);
+	ck_assert_int_eq(sink_wait(env, 1, 5), 1);
+	char *m = sink_message(env, 0);
+	ck_assert_msg(strstr(m, "X-Deferred: injected true\r\n"),
+		      "the handler's header, and conn_meta from the message meta: %s", m);
+	free(m);
+	stop_clean(env);
+	harness_tool_stop(sink);
+	harness_env_free(env);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("e2e_delivery");
@@ -749,6 +806,7 @@ int main(void)
 	tcase_add_test(tc, test_deferred_spool_written_at_shutdown);
 	tcase_add_test(tc, test_qmgr_kill9_is_replaced_and_loses_nothing);
 	tcase_add_test(tc, test_policyd_down_is_a_transient_failure);
+	tcase_add_test(tc, test_deferred_queue_runs_deferred_inject);
 	suite_add_tcase(s, tc);
 	return harness_run_suite(s);
 }

@@ -53,7 +53,6 @@ static const struct row rows[] = {
 	{ "[1,2]", PARAMS_TOP, "table" },
 	{ "{\"require_proxy_protocol\":true}", PARAMS_TOP, NULL },
 	{ "{\"require_proxy_protocol\":false,\"allow_xclient\":true}", PARAMS_TOP, NULL },
-	{ "{\"deferred_queue\":true}", PARAMS_TOP, "not supported" },
 };
 
 START_TEST(check_row)
