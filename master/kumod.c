@@ -335,6 +335,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 		return;
 	M.stopping = true;
 	log_info("signal %d: shutting down", (int)sig);
+	master_notify("STOPPING=1");
 	for (int i = 0; i < M.n_workers; i++)
 		if (M.workers[i].restart)
 			evtimer_del(M.workers[i].restart);
@@ -355,7 +356,17 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 	evtimer_add(M.stop_timer, &tv);
 }
 
+static int reload_policyd(struct master *m, char *err, size_t errlen);
+
 int master_reload(struct master *m, char *err, size_t errlen)
+{
+	master_notify("RELOADING=1");
+	int rc = reload_policyd(m, err, errlen);
+	master_notify("READY=1");
+	return rc;
+}
+
+static int reload_policyd(struct master *m, char *err, size_t errlen)
 {
 	int fd = policy_connect(m->policy_sock);
 	if (fd < 0) {
@@ -638,6 +649,8 @@ int main(int argc, char **argv)
 	}
 	log_info("kumod %s: %d worker%s, %zu listener%s", KUMOD_VERSION, M.n_workers,
 		 M.n_workers == 1 ? "" : "s", M.n_listen, M.n_listen == 1 ? "" : "s");
+	if (master_notify("READY=1") != 0)
+		log_warn("cannot notify systemd ($NOTIFY_SOCKET) that kumod is ready");
 
 	struct event *ev_term = evsignal_new(M.base, SIGTERM, on_stop, NULL);
 	struct event *ev_int = evsignal_new(M.base, SIGINT, on_stop, NULL);

@@ -64,6 +64,10 @@ int master_reload(struct master *m, char *err, size_t errlen);
  * timeout_ms; the reply (caller owns) or NULL with err. */
 cJSON *master_qmgr_request(struct master *m, const char *op, int timeout_ms, char *err, size_t errlen);
 
+/* master_notify.c: sd_notify(3) state ("READY=1", ...) to $NOTIFY_SOCKET,
+ * if set.  0, or -1 when the send failed. */
+int master_notify(const char *state);
+
 /* master_control.c: the kumoctl socket */
 int control_open(struct master *m, const char *path, char *err, size_t errlen);
 void control_close(struct master *m);

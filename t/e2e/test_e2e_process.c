@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -544,6 +545,58 @@ START_TEST(test_children_not_root)
 }
 END_TEST
 
+/* ---- systemd readiness (sd_notify) ------------------------------------------ */
+
+/* Waits up to secs for a datagram on fd containing want; 1 if seen. */
+static int notify_wait(int fd, const char *want, int secs, char *last, size_t lastlen)
+{
+    time_t end = time(NULL) + secs;
+    while (time(NULL) < end) {
+        struct timeval tv = { 0, 200000 };
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        char buf[512];
+        ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+        if (n <= 0)
+            continue;
+        buf[n] = 0;
+        snprintf(last, lastlen, "%s", buf);
+        if (strstr(buf, want))
+            return 1;
+    }
+    return 0;
+}
+
+START_TEST(test_sd_notify)
+{
+    struct harness_env *env = harness_env_new();
+    char *path = harness_path(env, "notify.sock");
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sun, sizeof sun), 0);
+    chmod(path, 0777);  /* kumod may run as another user */
+    setenv("NOTIFY_SOCKET", path, 1);
+    harness_start_default(env, NULL);
+    char last[512] = "";
+    ck_assert_msg(notify_wait(fd, "READY=1", 10, last, sizeof last), "no READY=1 (last: '%s')", last);
+    char want[64];
+    snprintf(want, sizeof want, "MAINPID=%d", (int)env->pid);
+    ck_assert_msg(strstr(last, want), "READY=1 names kumod's pid: '%s'", last);
+    char *out = NULL;
+    ck_assert_int_eq(harness_kumoctl(env, "reload", &out), 0);
+    free(out);
+    ck_assert_msg(notify_wait(fd, "RELOADING=1", 10, last, sizeof last), "no RELOADING=1 (last: '%s')", last);
+    ck_assert_msg(notify_wait(fd, "READY=1", 10, last, sizeof last), "no READY=1 after reload (last: '%s')", last);
+    int killed = 0;
+    harness_stop(env, &killed);
+    ck_assert_msg(notify_wait(fd, "STOPPING=1", 5, last, sizeof last), "no STOPPING=1 (last: '%s')", last);
+    close(fd);
+    unsetenv("NOTIFY_SOCKET");
+    free(path);
+    harness_env_free(env);
+}
+END_TEST
+
 static Suite *process_suite(void)
 {
     Suite *s = suite_create("e2e_process");
@@ -565,6 +618,7 @@ static Suite *process_suite(void)
     tcase_add_test(tc, test_startup_policy_writable_by_others);
     tcase_add_test(tc, test_startup_spool_locked);
     tcase_add_test(tc, test_children_not_root);
+    tcase_add_test(tc, test_sd_notify);
     suite_add_tcase(s, tc);
     tc = harness_tcase("cli");
     tcase_add_test(tc, test_validate_good);
@@ -575,6 +629,7 @@ static Suite *process_suite(void)
     suite_add_tcase(s, tc);
     return s;
 }
+
 
 int main(void)
 {
