@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -17,6 +18,21 @@
 static uint32_t get_be32(const uint8_t *p)
 {
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Whether an object anywhere in j has the same key twice (JSON leaves
+ * that to the reader; our readers would see only the first). */
+static bool has_duplicate_keys(const cJSON *j)
+{
+	for (const cJSON *c = j->child; c; c = c->next) {
+		if (cJSON_IsObject(j))
+			for (const cJSON *d = c->next; d; d = d->next)
+				if (strcmp(c->string, d->string) == 0)
+					return true;
+		if ((cJSON_IsObject(c) || cJSON_IsArray(c)) && has_duplicate_keys(c))
+			return true;
+	}
+	return false;
 }
 
 int frame_decode(const uint8_t *buf, size_t len, cJSON **out, size_t *used,
@@ -32,6 +48,15 @@ int frame_decode(const uint8_t *buf, size_t len, cJSON **out, size_t *used,
 	}
 	if (len - 4 < n)
 		return 0;
+	/* RFC 8259: no raw control byte anywhere (cJSON would take them, even
+	 * NUL, for white space) */
+	for (uint32_t i = 0; i < n; i++) {
+		uint8_t b = buf[4 + i];
+		if (b < 0x20 && b != '\t' && b != '\n' && b != '\r') {
+			snprintf(err, errlen, "control byte 0x%02x in the frame", b);
+			return -1;
+		}
+	}
 	const char *end = NULL;
 	cJSON *doc = cJSON_ParseWithLengthOpts((const char *)buf + 4, n, &end, 0);
 	if (doc && end != (const char *)buf + 4 + n) {
@@ -52,6 +77,11 @@ int frame_decode(const uint8_t *buf, size_t len, cJSON **out, size_t *used,
 	if (!cJSON_IsObject(doc)) {
 		cJSON_Delete(doc);
 		snprintf(err, errlen, "frame is not a JSON object");
+		return -1;
+	}
+	if (has_duplicate_keys(doc)) {
+		cJSON_Delete(doc);
+		snprintf(err, errlen, "a key appears twice in one object");
 		return -1;
 	}
 	*out = doc;

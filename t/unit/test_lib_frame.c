@@ -62,6 +62,15 @@ static const struct decode_case decode_cases[] = {
 	BAD("string", "\0\0\0\x02" "\"\"", "not a JSON object"),
 	BAD("number", "\0\0\0\x01" "7", "not a JSON object"),
 	BAD("null", "\0\0\0\x04" "null", "not a JSON object"),
+	/* the fuzzer's find: cJSON takes any byte below 0x21, NUL included, for
+	 * white space, and keeps duplicate keys */
+	BAD("NUL as white space", "\0\0\0\x13" "{\"op\":1,\"op\":\x01\0\0\0" "5}", "control byte 0x01"),
+	BAD("control byte in a string", "\0\0\0\x08" "{\"a\":\"\x07\"}", "control byte 0x07"),
+	BAD("duplicate key", "\0\0\0\x0f" "{\"op\":1,\"op\":5}", "twice"),
+	BAD("nested duplicate key", "\0\0\0\x15" "{\"m\":[{\"k\":1,\"k\":2}]}", "twice"),
+	ONE("same key in two objects", "\0\0\0\x19" "{\"a\":{\"k\":1},\"b\":{\"k\":1}}", 29,
+	    "{\"a\":{\"k\":1},\"b\":{\"k\":1}}", 0, NULL),
+	ONE("tab and newlines are white space", "\0\0\0\x05" "{\t\r\n}", 9, "{}", 0, NULL),
 	ONE("object", "\0\0\0\x07" "{\"a\":1}", 11, "{\"a\":1}", 0, NULL),
 	ONE("empty object", "\0\0\0\x02" "{}", 6, "{}", 0, NULL),
 	ONE("spaces around", "\0\0\0\x05" " { } ", 9, "{}", 0, NULL),
