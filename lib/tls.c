@@ -1,6 +1,7 @@
-/* tls: self-signed certificates and server contexts (OpenSSL 3).
- * Entry points: tls_self_signed, tls_server_ctx.  Failures return with
- * OpenSSL's first queued error in the caller's buffer. */
+/* tls: self-signed certificates, server contexts and client CA stores
+ * (OpenSSL 3).  Entry points: tls_self_signed, tls_server_ctx,
+ * tls_ca_load.  Failures return with OpenSSL's first queued error in the
+ * caller's buffer. */
 #include "lib/tls.h"
 #include "lib/xalloc.h"
 
@@ -138,4 +139,48 @@ fail:
 	ssl_reason(what, err, errlen);
 	SSL_CTX_free(ctx);
 	return NULL;
+}
+
+int tls_ca_load(const char *ca_file, const char *ca_pem, X509_STORE **store,
+		STACK_OF(X509_NAME) **names, char *err, size_t errlen)
+{
+	ERR_clear_error();
+	BIO *b = ca_file ? BIO_new_file(ca_file, "r") : BIO_new_mem_buf(ca_pem, -1);
+	char what[600];
+	snprintf(what, sizeof what, "tls_required_client_ca%s%s", ca_file ? " " : "", ca_file ? ca_file : "");
+	if (!b) {
+		ssl_reason(what, err, errlen);
+		return -1;
+	}
+	X509_STORE *st = X509_STORE_new();
+	STACK_OF(X509_NAME) *nm = sk_X509_NAME_new_null();
+	X509_STORE_set_flags(st, X509_V_FLAG_PARTIAL_CHAIN);
+	size_t n = 0;
+	X509 *x;
+	while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+		X509_NAME *name = X509_NAME_dup(X509_get_subject_name(x));
+		if (X509_STORE_add_cert(st, x) != 1 || !name || !sk_X509_NAME_push(nm, name)) {
+			X509_NAME_free(name);
+			X509_free(x);
+			ssl_reason(what, err, errlen);
+			goto fail;
+		}
+		X509_free(x);
+		n++;
+	}
+	ERR_clear_error(); /* the loop ends at "no start line" */
+	BIO_free(b);
+	b = NULL;
+	if (n == 0) {
+		snprintf(err, errlen, "%s: no PEM certificate in it", what);
+		goto fail;
+	}
+	*store = st;
+	*names = nm;
+	return 0;
+fail:
+	BIO_free(b);
+	X509_STORE_free(st);
+	sk_X509_NAME_pop_free(nm, X509_NAME_free);
+	return -1;
 }

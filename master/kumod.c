@@ -1,5 +1,6 @@
 /* kumod: the master.  Starts kumo-policyd, has it run the policy's init
- * event, checks the spools and logs it asked for, binds the listeners,
+ * event, reads the HashiCorp Vault key sources the listeners name, checks
+ * the spools and logs it asked for, binds the listeners,
  * drops privileges, forks the kumo-smtpd workers (which inherit the
  * listening sockets) and supervises them.  SIGTERM/SIGINT: graceful stop
  * (workers drain, then policyd), exit 0.  Bad start-up input: one line on
@@ -12,6 +13,7 @@
 #include "lib/netaddr.h"
 #include "lib/params.h"
 #include "lib/tls.h"
+#include "lib/vault.h"
 #include "lib/xalloc.h"
 #include "spool/spool.h"
 
@@ -180,7 +182,88 @@ static void scan_warn(void *arg, const char *id, const char *why)
 	log_warn("spool: message %s quarantined: %s", id, why);
 }
 
-/* Checks the TLS files each listener names and makes a self-signed
+/* One key source of a listener table: when it is a HashiCorp Vault
+ * table, reads it (unless an earlier one named the same secret field) and
+ * adds it to fetched; the table keeps where the value came from, with the
+ * address resolved and without the token.  where: "tls_certificate",
+ * "peer['10.0.0.0/8'].tls_private_key", ... */
+static void fetch_vault_source(cJSON *ks, cJSON *fetched, const char *listen, const char *where)
+{
+	if (!cJSON_IsObject(ks) || !cJSON_GetObjectItemCaseSensitive(ks, "vault_mount") ||
+	    cJSON_GetObjectItemCaseSensitive(ks, "key_data"))
+		return; /* key_data, when given too, is what the workers use */
+	char err[1200];
+	struct vault_source src;
+	if (vault_source_parse(ks, &src, err, sizeof err) != 0)
+		startup_fail("listener %s: %s: HashiCorp Vault: %s", listen, where, err);
+	cJSON_DeleteItemFromObjectCaseSensitive(ks, "vault_token");
+	cJSON_DeleteItemFromObjectCaseSensitive(ks, "vault_address");
+	cJSON_DeleteItemFromObjectCaseSensitive(ks, "vault_key");
+	cJSON_AddStringToObject(ks, "vault_address", src.address);
+	cJSON_AddStringToObject(ks, "vault_key", src.key);
+	if (!vault_lookup(fetched, ks)) {
+		char *value = vault_read(&src, err, sizeof err);
+		if (!value) {
+			char *what = vault_source_describe(&src);
+			startup_fail("listener %s: %s: HashiCorp Vault %s: %s", listen, where, what, err);
+		}
+		cJSON_AddItemToArray(fetched, vault_fetched_entry(&src, value));
+		log_debug("listener %s: %s: read %s/%s from %s", listen, where, src.mount, src.path, src.address);
+		free(value);
+	}
+	vault_source_free(&src);
+}
+
+/* The key sources of one table and, recursively, of its peer/via blocks. */
+static void fetch_vault_table(cJSON *table, cJSON *fetched, const char *listen, const char *prefix)
+{
+	static const char *const names[] = { "tls_certificate", "tls_private_key", "tls_required_client_ca" };
+	char where[512];
+	for (int i = 0; i < 3; i++) {
+		snprintf(where, sizeof where, "%s%s", prefix, names[i]);
+		fetch_vault_source(cJSON_GetObjectItemCaseSensitive(table, names[i]), fetched, listen, where);
+	}
+	static const char *const maps[] = { "peer", "via" };
+	for (int i = 0; i < 2; i++) {
+		cJSON *block;
+		cJSON_ArrayForEach(block, cJSON_GetObjectItemCaseSensitive(table, maps[i])) {
+			snprintf(where, sizeof where, "%s%s['%s'].", prefix, maps[i], block->string);
+			fetch_vault_table(block, fetched, listen, where);
+		}
+	}
+}
+
+/* Reads every HashiCorp Vault key source the listeners name, once, while
+ * kumod still has the environment and privileges it was started with:
+ * the values go to the workers as config "tls_vault" (see vault_lookup),
+ * so they never talk to Vault.  Any failure is a start-up error. */
+static void fetch_vault(cJSON *config)
+{
+	cJSON *fetched = cJSON_CreateArray();
+	char err[600];
+	cJSON *l;
+	cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(config, "listeners")) {
+		if (params_check(l, PARAMS_TOP, err, sizeof err) != 0)
+			startup_fail("listener: %s", err);
+		const cJSON *la = cJSON_GetObjectItemCaseSensitive(l, "listen");
+		fetch_vault_table(l, fetched, cJSON_IsString(la) ? la->valuestring : "127.0.0.1:2025", "");
+	}
+	cJSON_AddItemToObject(config, "tls_vault", fetched);
+}
+
+/* A key source as a file path or PEM text (key_data, or a value
+ * fetch_vault read). */
+static void key_source(const cJSON *config, const cJSON *v, const char **file, const char **pem)
+{
+	*file = cJSON_IsString(v) ? v->valuestring : NULL;
+	const cJSON *kd = cJSON_GetObjectItemCaseSensitive(v, "key_data");
+	*pem = cJSON_IsString(kd) ? kd->valuestring
+	     : cJSON_IsObject(v) ? vault_lookup(cJSON_GetObjectItemCaseSensitive(config, "tls_vault"), v)
+	     : NULL;
+}
+
+/* Checks the TLS material each listener names (as the user the workers
+ * run as, so files they cannot read fail here) and makes a self-signed
  * certificate for the others, once, for all the workers. */
 static void prepare_tls(cJSON *config)
 {
@@ -198,13 +281,13 @@ static void prepare_tls(cJSON *config)
 		if (c || k) {
 			if (!c || !k)
 				startup_fail("listener %s: tls_certificate and tls_private_key must be given together", p.listen);
-			const cJSON *cd = cJSON_GetObjectItemCaseSensitive(c, "key_data");
-			const cJSON *kd = cJSON_GetObjectItemCaseSensitive(k, "key_data");
-			if ((cJSON_IsObject(c) && !cd) || (cJSON_IsObject(k) && !kd))
-				startup_fail("listener %s: HashiCorp Vault key sources are not supported by this version", p.listen);
-			SSL_CTX *ctx = tls_server_ctx(cJSON_IsString(c) ? c->valuestring : NULL,
-						      cJSON_IsString(k) ? k->valuestring : NULL,
-						      cd ? cd->valuestring : NULL, kd ? kd->valuestring : NULL, err, sizeof err);
+			const char *cf, *cpem, *kf, *kpem;
+			key_source(config, c, &cf, &cpem);
+			key_source(config, k, &kf, &kpem);
+			if (!(cf || cpem) || !(kf || kpem))
+				startup_fail("listener %s: %s: no value from its key source", p.listen,
+					     cf || cpem ? "tls_private_key" : "tls_certificate");
+			SSL_CTX *ctx = tls_server_ctx(cf, kf, cpem, kpem, err, sizeof err);
 			if (!ctx)
 				startup_fail("listener %s: %s", p.listen, err);
 			SSL_CTX_free(ctx);
@@ -216,6 +299,18 @@ static void prepare_tls(cJSON *config)
 			cJSON_AddStringToObject(entry, "key", key);
 			free(cert);
 			free(key);
+		}
+		if (p.tls_required_client_ca) {
+			const char *af, *apem;
+			key_source(config, p.tls_required_client_ca, &af, &apem);
+			X509_STORE *store;
+			STACK_OF(X509_NAME) *names;
+			if (!af && !apem)
+				startup_fail("listener %s: tls_required_client_ca: no value from its key source", p.listen);
+			if (tls_ca_load(af, apem, &store, &names, err, sizeof err) != 0)
+				startup_fail("listener %s: %s", p.listen, err);
+			X509_STORE_free(store);
+			sk_X509_NAME_pop_free(names, X509_NAME_free);
 		}
 		cJSON_AddItemToArray(made, entry);
 		params_free(&p);
@@ -560,6 +655,7 @@ int main(int argc, char **argv)
 		event_base_free(M.base);
 		return 0;
 	}
+	fetch_vault(config);
 	const cJSON *sps = cJSON_GetObjectItemCaseSensitive(config, "spools");
 	const cJSON *sp;
 	cJSON_ArrayForEach(sp, sps) {

@@ -116,7 +116,8 @@ int main(int argc, char **argv)
 	if (smtpd->counters == MAP_FAILED)
 		log_fatal("session counters on descriptor %d: %s", FD_COUNTERS, strerror(errno));
 	close(FD_COUNTERS);
-	tls_setup(cJSON_GetObjectItemCaseSensitive(conf, "tls_self_signed"));
+	tls_setup(cJSON_GetObjectItemCaseSensitive(conf, "tls_self_signed"),
+		  cJSON_GetObjectItemCaseSensitive(conf, "tls_vault"));
 	cJSON_Delete(conf);
 
 	smtpd->sigterm_ev = evsignal_new(smtpd->base, SIGTERM, on_signal, NULL);

@@ -256,7 +256,8 @@ void session_set_addresses(struct session *s, const struct sockaddr_storage *pee
 void session_after_proxy(struct session *s);
 
 /* smtpd_tls.c */
-void tls_setup(const cJSON *self_signed);
+/* self_signed: kumod's "tls_self_signed"; vault: its "tls_vault" */
+void tls_setup(const cJSON *self_signed, const cJSON *vault);
 void tls_teardown(void);
 bool tls_available(struct session *s);
 void run_starttls(struct session *s, struct smtp_cmd *cmd);

@@ -575,6 +575,9 @@ static void log_reception(struct session *s, const struct batch *b)
 	if (cJSON_IsString(tv) && cJSON_IsString(tc)) {
 		cJSON_AddStringToObject(r, "tls_protocol_version", tv->valuestring);
 		cJSON_AddStringToObject(r, "tls_cipher", tc->valuestring);
+		const cJSON *sn = cJSON_GetObjectItemCaseSensitive(b->meta, "tls_peer_subject_name");
+		if (cJSON_IsArray(sn))
+			cJSON_AddItemToObject(r, "tls_peer_subject_name", cJSON_Duplicate(sn, 1));
 	}
 	char err[200];
 	if (logrec_write(&smtpd->logs, r, err, sizeof err) != 0)

@@ -760,6 +760,11 @@ int smtpc_tls_handshake(struct smtpc *c, const struct smtpc_tls_opts *opts, int 
         bad = "SSL_CTX_set_max_proto_version";
     if (opts && opts->cipher_list && SSL_CTX_set_cipher_list(ctx, opts->cipher_list) != 1)
         bad = "SSL_CTX_set_cipher_list";
+    if (opts && opts->cert_file &&
+        (SSL_CTX_use_certificate_chain_file(ctx, opts->cert_file) != 1 ||
+         SSL_CTX_use_PrivateKey_file(ctx, opts->key_file ? opts->key_file : opts->cert_file,
+                                     SSL_FILETYPE_PEM) != 1))
+        bad = "client certificate";
     SSL *ssl = bad ? NULL : SSL_new(ctx);
     if (!ssl || SSL_set_fd(ssl, c->fd) != 1) {
         char errs[400];

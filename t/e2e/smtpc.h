@@ -44,6 +44,8 @@ struct smtpc_tls_opts {
     int security_level_0;         /* 1: SSL_CTX_set_security_level 0 (lets TLS 1.0/1.1 and
                                    * SHA-1 through on builds that refuse them by default) */
     const char *cipher_list;      /* SSL_CTX_set_cipher_list (TLS <= 1.2); NULL = default */
+    const char *cert_file;        /* client certificate (PEM chain) to offer if asked; NULL: none */
+    const char *key_file;         /* its private key (PEM); NULL: in cert_file */
 };
 
 /* Reply codes returned instead of a status when there is no reply. */
