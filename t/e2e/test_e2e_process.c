@@ -524,9 +524,19 @@ START_TEST(test_children_not_root)
     }
     pid_t pids[16];
     int n = 0;
-    n += harness_children(env->pid, "kumo-smtpd", pids + n, 16 - n);
-    n += harness_children(env->pid, "kumo-policyd", pids + n, 16 - n);
-    ck_assert_int_ge(n, 3);
+    /* the port opens before the workers are forked, and a child is named
+     * after its program only once it has exec'd: wait for all of them */
+    int workers = 0, policyd = 0, qmgr = 0;
+    for (int tries = 0; tries < 100; tries++) {
+        n = workers = harness_children(env->pid, "kumo-smtpd", pids, 16);
+        n += policyd = harness_children(env->pid, "kumo-policyd", pids + n, 16 - n);
+        n += qmgr = harness_children(env->pid, "kumo-qmgr", pids + n, 16 - n);
+        if (workers >= 1 && policyd == 1 && qmgr == 1)
+            break;
+        usleep(100000);
+    }
+    ck_assert_msg(workers >= 1 && policyd == 1 && qmgr == 1, "children: %d workers, %d policyd, %d qmgr",
+                  workers, policyd, qmgr);
     pids[n++] = env->pid;
     for (int i = 0; i < n; i++) {
         char path[64], line[256];
