@@ -19,10 +19,42 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define ACCEPT_PAUSE_US 2000   /* a worker over its share lets the others accept */
+
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct listener *l = arg;
+	if (!smtpd->draining && l->evl)
+		evconnlistener_enable(l->evl);
+}
+
+/* Every worker accepts on the same socket, and the one that wakes first
+ * would take a whole burst of connections while the others idle.  A worker
+ * holding more than its share of a listener's sessions (the table all
+ * workers share, lib/ipc.h) stops accepting for ACCEPT_PAUSE_US, so the
+ * kernel hands the next ones to another.  When the others are gone, this
+ * only slows accepting to one per pause until kumod restarts them. */
 static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
-	(void)evl;
-	session_accept(arg, fd, sa, salen);
+	struct listener *l = arg;
+	session_accept(l, fd, sa, salen);
+	if (smtpd->n_workers < 2)
+		return;
+	uint64_t mine = 0, total = 0;
+	for (int w = 0; w < smtpd->n_workers; w++) {
+		uint64_t n = __atomic_load_n(&smtpd->counters[(size_t)w * smtpd->n_listeners + (size_t)l->index],
+					     __ATOMIC_RELAXED);
+		total += n;
+		if (w == smtpd->worker)
+			mine = n;
+	}
+	if (mine > total / (uint64_t)smtpd->n_workers + 1) {
+		evconnlistener_disable(evl);
+		struct timeval tv = { 0, ACCEPT_PAUSE_US };
+		evtimer_add(l->resume, &tv);
+	}
 }
 
 static void on_accept_error(struct evconnlistener *evl, void *arg)
@@ -105,6 +137,7 @@ int main(int argc, char **argv)
 		if (!l->evl)
 			log_fatal("cannot serve listener %s on descriptor %d", l->listen_str, fd);
 		evconnlistener_set_error_cb(l->evl, on_accept_error);
+		l->resume = evtimer_new(smtpd->base, on_resume, l);
 		i++;
 	}
 	const cJSON *nw = cJSON_GetObjectItemCaseSensitive(conf, "workers");
@@ -140,6 +173,8 @@ int main(int argc, char **argv)
 	for (i = 0; i < smtpd->n_listeners; i++) {
 		if (smtpd->listeners[i].evl)
 			evconnlistener_free(smtpd->listeners[i].evl);
+		if (smtpd->listeners[i].resume)
+			event_free(smtpd->listeners[i].resume);
 		cJSON_Delete(smtpd->listeners[i].table);
 		params_free(&smtpd->listeners[i].base);
 	}

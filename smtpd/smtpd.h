@@ -131,6 +131,7 @@ struct listener {
 	struct evconnlistener *evl;
 	struct ssl_ctx_st *self_signed; /* owned: context with kumod's self-signed cert */
 	char listen_str[64];
+	struct event *resume;         /* owned: re-enables evl after a fair-share pause */
 };
 
 struct smtpd {
