@@ -720,6 +720,10 @@ int main(int argc, char **argv)
 	cJSON_Delete(config);
 	if (daemon_mode) {
 		daemonize(pidfile);
+		/* policyd was forked by the process that has just exited: it gets
+		 * SIGTERM (parent death) and is not ours to restart; start ours */
+		M.policyd.pid = 0;
+		child_spawn(&M, &M.policyd);
 		/* the lock (inherited with its descriptor) names the daemon's pid */
 		char pid[32];
 		int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());

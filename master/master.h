@@ -24,6 +24,7 @@ struct child {
 
 struct master {
 	struct event_base *base;
+	pid_t pid;              /* kumod's own pid (after --daemonize, the daemon's) */
 	char *policy;           /* owned: policy path */
 	char *bindir;           /* owned: where the helper programs are */
 	char *policy_sock;      /* owned: "@kumomta-..." */

@@ -2,7 +2,8 @@
  * Each child is forked and exec'd (it starts clean, with only the
  * descriptors it is given at the numbers fixed in lib/ipc.h).  A child that
  * dies is restarted after a back-off that doubles (to 30 s) while it keeps
- * dying within 10 s of its start; the log says so.
+ * dying within 10 s of its start; the log says so.  A child gets SIGTERM
+ * when kumod dies (PR_SET_PDEATHSIG), so none is left serving headless.
  * Entry points: child_spawn, child_reap, children_running. */
 #include "master/master.h"
 #include "lib/ipc.h"
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -61,6 +63,7 @@ void child_spawn(struct master *m, struct child *c)
 			__atomic_store_n(&m->counters[(size_t)c->index * m->n_listen + i], 0, __ATOMIC_SEQ_CST);
 	char path[4200];
 	snprintf(path, sizeof path, "%s/%s", m->bindir, child_name(c));
+	m->pid = getpid();
 	pid_t pid = fork();
 	if (pid < 0) {
 		log_warn("cannot fork %s: %s", child_name(c), strerror(errno));
@@ -77,6 +80,10 @@ void child_spawn(struct master *m, struct child *c)
 				strerror(errno));
 			_exit(127);
 		}
+		/* a child never outlives kumod: SIGTERM (drain and exit) when it
+		 * dies.  Set after the uid change, which would clear it. */
+		if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != m->pid)
+			_exit(127);
 		if (c->kind == CHILD_POLICYD) {
 			int src[1] = { m->policy_listen_fd }, dst[1] = { FD_POLICY_LISTEN };
 			place_fds(src, dst, 1);

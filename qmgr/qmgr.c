@@ -139,6 +139,11 @@ int main(int argc, char **argv)
 	Q->base = event_base_new();
 	if (!Q->base)
 		log_fatal("cannot create the event loop");
+	/* caught from now on (a SIGTERM during start-up waits for the loop) */
+	struct event *sigterm = evsignal_new(Q->base, SIGTERM, on_signal, NULL);
+	struct event *sigint = evsignal_new(Q->base, SIGINT, on_signal, NULL);
+	evsignal_add(sigterm, NULL);
+	evsignal_add(sigint, NULL);
 	const cJSON *lvl = cJSON_GetObjectItemCaseSensitive(conf, "log_level");
 	if (cJSON_IsString(lvl) && log_level_parse(lvl->valuestring) >= 0)
 		log_set_level((enum klog_level)log_level_parse(lvl->valuestring));
@@ -176,11 +181,6 @@ int main(int argc, char **argv)
 	Q->rescan_timer = event_new(Q->base, -1, EV_PERSIST, on_rescan, NULL);
 	struct timeval rescan = { QMGR_RESCAN_SECS, 0 };
 	event_add(Q->rescan_timer, &rescan);
-
-	struct event *sigterm = evsignal_new(Q->base, SIGTERM, on_signal, NULL);
-	struct event *sigint = evsignal_new(Q->base, SIGINT, on_signal, NULL);
-	evsignal_add(sigterm, NULL);
-	evsignal_add(sigint, NULL);
 
 	event_base_dispatch(Q->base);
 

@@ -1253,3 +1253,127 @@ void harness_tool_stop(pid_t pid)
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
 }
+
+/* ---- /proc probes for the fault suite ----------------------------------- */
+
+static long status_kb(pid_t pid, const char *field)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -1;
+    size_t fl = strlen(field);
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, field, fl) && line[fl] == ':') {
+            kb = strtol(line + fl + 1, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return kb;
+}
+
+struct rss_arg {
+    pid_t want;
+    long total;
+    struct harness_rss *per;
+    int max, n;
+};
+
+static int rss_cb(const struct proc_info *pi, void *arg)
+{
+    struct rss_arg *a = arg;
+    if (pi->pgrp != a->want || pi->state == 'Z' || pi->state == 'X')
+        return 0;
+    long kb = status_kb(pi->pid, "VmRSS");
+    if (kb < 0)
+        return 0;
+    a->total += kb;
+    if (a->per && a->n < a->max) {
+        a->per[a->n].pid = pi->pid;
+        snprintf(a->per[a->n].comm, sizeof a->per[a->n].comm, "%s", pi->comm);
+        a->per[a->n].kb = kb;
+    }
+    a->n++;
+    return 0;
+}
+
+long harness_pgrp_rss_kb(pid_t pgid, struct harness_rss *per, int max, int *n)
+{
+    struct rss_arg a = { .want = pgid, .per = per, .max = max };
+    if (pgid > 1)
+        proc_each(rss_cb, &a);
+    if (n)
+        *n = a.n < max || !per ? a.n : max;
+    return a.total;
+}
+
+/* The inode of the socket 127.0.0.1:port <-> 127.0.0.1:peer_port, or 0. */
+static unsigned long tcp_inode(int port, int peer_port)
+{
+    FILE *f = fopen("/proc/net/tcp", "re");
+    if (!f)
+        return 0;
+    char line[512];
+    unsigned long found = 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        unsigned la, lp, ra, rp, st;
+        unsigned long inode;
+        /* sl: local rem st tx:rx tr:when retrnsmt uid timeout inode */
+        if (sscanf(line, " %*d: %x:%x %x:%x %x %*x:%*x %*x:%*x %*x %*u %*u %lu", &la, &lp, &ra,
+                   &rp, &st, &inode) != 6)
+            continue;
+        if ((int)lp == port && (int)rp == peer_port)
+            found = inode;
+    }
+    fclose(f);
+    return found;
+}
+
+pid_t harness_socket_owner(const pid_t *pids, int n, int port, int peer_port)
+{
+    unsigned long inode = tcp_inode(port, peer_port);
+    if (!inode)
+        return 0;
+    char want[64];
+    snprintf(want, sizeof want, "socket:[%lu]", inode);
+    for (int i = 0; i < n; i++) {
+        char dir[64];
+        snprintf(dir, sizeof dir, "/proc/%d/fd", (int)pids[i]);
+        DIR *d = opendir(dir);
+        if (!d)
+            continue;
+        struct dirent *de;
+        int hit = 0;
+        while (!hit && (de = readdir(d))) {
+            char path[340], target[128];
+            snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+            ssize_t l = readlink(path, target, sizeof target - 1);
+            if (l > 0) {
+                target[l] = 0;
+                hit = !strcmp(target, want);
+            }
+        }
+        closedir(d);
+        if (hit)
+            return pids[i];
+    }
+    return 0;
+}
+
+int harness_proc_ids(pid_t pid, const char *field, unsigned ids[4])
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    size_t fl = strlen(field);
+    int ok = 0;
+    while (!ok && fgets(line, sizeof line, f))
+        if (!strncmp(line, field, fl) && line[fl] == ':')
+            ok = sscanf(line + fl + 1, "%u %u %u %u", &ids[0], &ids[1], &ids[2], &ids[3]) == 4;
+    fclose(f);
+    return ok;
+}

@@ -238,4 +238,23 @@ char *harness_context(const struct harness_env *env);
 
 #define HFAIL(...) harness_fail(__FILE__, __LINE__, __VA_ARGS__)
 
+/* --- /proc probes for the fault suite ------------------------------------ */
+
+/* One process's resident memory, from /proc/<pid>/status VmRSS. */
+struct harness_rss {
+    pid_t pid;
+    char comm[64];
+    long kb;
+};
+/* Sum of VmRSS (kB) over the live processes in process group pgid (kumod
+ * and every helper it started); fills per[0..max) and *n (may be NULL). */
+long harness_pgrp_rss_kb(pid_t pgid, struct harness_rss *per, int max, int *n);
+/* Which of pids[0..n) holds the server side of the loopback TCP connection
+ * 127.0.0.1:port <- 127.0.0.1:peer_port (from /proc/net/tcp and
+ * /proc/<pid>/fd); 0 if none does. */
+pid_t harness_socket_owner(const pid_t *pids, int n, int port, int peer_port);
+/* The four ids of a "Uid:" or "Gid:" line (field) of /proc/<pid>/status:
+ * real, effective, saved, filesystem.  1 if found, 0 if pid is gone. */
+int harness_proc_ids(pid_t pid, const char *field, unsigned ids[4]);
+
 #endif
