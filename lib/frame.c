@@ -1,6 +1,7 @@
 /* frame: length-prefixed JSON frames over stream sockets.
  * Entry points: frame_decode (pure, fuzzable), frame_encode/frame_read on
- * evbuffers for event loops, frame_send_fd/frame_recv_fd for blocking use.
+ * evbuffers for event loops, frame_text for writers of their own,
+ * frame_send_fd/frame_recv_fd for blocking use.
  * Failures return -1 with a reason in the caller's buffer. */
 #include "lib/frame.h"
 #include "lib/xalloc.h"
@@ -104,6 +105,27 @@ int frame_encode(struct evbuffer *out, const cJSON *doc)
 	evbuffer_add(out, text, n);
 	free(text);
 	return 0;
+}
+
+uint8_t *frame_text(const cJSON *doc, size_t *len)
+{
+	char *text = cJSON_PrintUnformatted(doc);
+	if (!text)
+		abort();
+	size_t n = strlen(text);
+	if (n > FRAME_MAX) {
+		free(text);
+		return NULL;
+	}
+	/* the JSON moves up to make room for the length in front */
+	uint8_t *buf = xrealloc(text, n + 4);
+	memmove(buf + 4, buf, n);
+	buf[0] = (uint8_t)(n >> 24);
+	buf[1] = (uint8_t)(n >> 16);
+	buf[2] = (uint8_t)(n >> 8);
+	buf[3] = (uint8_t)n;
+	*len = n + 4;
+	return buf;
 }
 
 int frame_read(struct evbuffer *in, cJSON **out, char *err, size_t errlen)

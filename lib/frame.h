@@ -20,6 +20,10 @@ int frame_decode(const uint8_t *buf, size_t len, cJSON **out, size_t *used,
 /* Appends the frame for doc to out.  Returns 0, or -1 if too large. */
 int frame_encode(struct evbuffer *out, const cJSON *doc);
 
+/* The frame for doc as one buffer (owned by the caller) of *len bytes, for
+ * a writer that is not an event loop; NULL if too large. */
+uint8_t *frame_text(const cJSON *doc, size_t *len);
+
 /* Pulls one frame out of an evbuffer; same returns as frame_decode. */
 int frame_read(struct evbuffer *in, cJSON **out, char *err, size_t errlen);
 

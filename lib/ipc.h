@@ -30,16 +30,29 @@
  *        (no handler for the event, e.g. removed by a reload: the event's
  *        default behaviour applies)
  *   -> {"id":3,"ok":false,"error":"..."}       (bad request, ...)
+ *   "meta" is in an ok or reject reply only when the handler called
+ *   set_meta on the connection metadata; without it, the metadata is as
+ *   it was sent.
  * Every reply to smtpd also carries "generation": it grows with each
  * successful reload ({"op":"reload"} from kumod), and smtpd then asks
  * "hello" again for the new policy's handlers.
  *
  * A message argument (smtp_server_data, smtp_server_message_received) is
- * passed by reference: the bytes stay in a file smtpd wrote, which policyd
- * reads only if the policy asks for them.
+ * passed by reference: the bytes stay with smtpd, in a file policyd reads
+ * only if the policy asks for them.
  *   {"__msg":{"id":"<32 hex>","sender":"a@b","recipients":["c@d",...],
  *             "meta":{...message meta...},
  *             "path":"/abs/file","size":N,"hdr_end":H}}
+ *   Instead of "path", "fetch":true: the file is not written yet.  The
+ *   first time the policy needs the bytes, policyd asks the client on the
+ *   same connection, while the event is in flight (ids of policyd's
+ *   requests are its own; an answer has no "op"):
+ *     {"id":N,"op":"msg_file","req":<id of the event request>}
+ *     -> {"id":N,"ok":true,"path":"/abs/file"}
+ *     -> {"id":N,"ok":false,"error":"..."}   (the handler then fails)
+ *   smtpd writes the bytes (no fsync) to <data spool>/new/<id>.msg and keeps
+ *   the file for the later hooks of the transaction while the bytes stay
+ *   the same.
  *   hdr_end: bytes [0,H) are the header lines (each ending in CRLF); the
  *   blank line and the body follow.  -1: the message has no blank line.
  *   Optional "prefix":"Received: ...\r\n": text already put before the

@@ -31,6 +31,12 @@ struct policy {
 	cJSON *handler_names;/* owned array: registered event names, in order */
 	cJSON *init_result;  /* owned: the cached init reply (without id), or NULL */
 	bool in_event;       /* a request's handler is running: kumo.on refused */
+	/* Set by whoever runs policy_handle (the pool): how a Message passed
+	 * with "fetch" gets the file of its bytes (lib/ipc.h "msg_file").
+	 * Returns the path (owned by the caller), or NULL with err set.
+	 * NULL: the bytes cannot be fetched. */
+	char *(*fetch)(void *arg, char *err, size_t errlen);
+	void *fetch_arg;
 };
 
 /* --- public internal API (policyd_lua.c, policyd_event.c) --- */
@@ -101,8 +107,9 @@ void policy_addr_register(lua_State *L);
 /* Pushes a connection metadata object that takes ownership of obj. */
 void policy_meta_push(lua_State *L, cJSON *obj);
 /* Takes the metadata back out of the object at idx (which is then detached:
- * its methods raise an error).  NULL if idx is not a live object. */
-cJSON *policy_meta_take(lua_State *L, int idx);
+ * its methods raise an error).  NULL if idx is not a live object; *changed
+ * tells whether set_meta was called on it. */
+cJSON *policy_meta_take(lua_State *L, int idx, bool *changed);
 void policy_meta_register(lua_State *L);
 /* get_meta/set_meta on a metadata object, shared with the Message:
  * policy_meta_get pushes obj[name] (nil when absent) and returns 1;
@@ -167,15 +174,28 @@ int policy_msg_push(lua_State *L, const cJSON *msg, char *err, size_t errlen);
 cJSON *policy_msg_take(lua_State *L, int idx, char *err, size_t errlen);
 void policy_msg_register(lua_State *L);
 
-/* policyd_pool.c: Lua states answering on worker threads */
+/* policyd_pool.c: Lua states answering on worker threads.  Where requests
+ * come from and where replies go is the caller's (policyd.c): */
 struct pool;
 struct event_base;
-typedef void (*pool_done_cb)(void *arg, unsigned long client, const cJSON *req, const cJSON *reply);
-struct pool *pool_new(struct event_base *base, const char *path, int n, pool_done_cb cb, void *arg,
+struct pool_ops {
+	/* Blocks until there is a request for worker index of p; returns it
+	 * (the worker owns it) and its client, or NULL once pool_stopping(p). */
+	cJSON *(*next)(struct pool *p, int index, unsigned long *client);
+	/* The reply to req, on the worker's thread. */
+	void (*done)(unsigned long client, const cJSON *req, const cJSON *reply);
+	/* policy->fetch for a Message of req: the path of its file (owned by
+	 * the caller), or NULL with err set. */
+	char *(*fetch)(unsigned long client, const cJSON *req, char *err, size_t errlen);
+};
+struct pool *pool_new(struct event_base *base, const char *path, int n, const struct pool_ops *ops,
 		      char *err, size_t errlen);
-void pool_submit(struct pool *p, unsigned long client, cJSON *req); /* takes req */
-void pool_free(struct pool *p);
-void pool_retire(struct pool *p); /* finishes what it holds, delivers, frees */
+bool pool_stopping(const struct pool *p);
+void pool_free(struct pool *p);  /* stops it and waits for its workers */
+/* Stops it without waiting: its workers finish the requests they hold,
+ * then the loop frees it. */
+void pool_retire(struct pool *p);
+void pool_reap(void);  /* at exit: frees the retired pools still finishing */
 
 /* policyd_memo.c: kumo.memoize, added to the kumo table on the stack top */
 void policy_memo_register(lua_State *L);

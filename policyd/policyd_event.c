@@ -3,7 +3,8 @@
  * Entry point: policy_handle.  "init" runs the policy's init handler once
  * and caches the outcome (the relay asks once per policyd); "event" converts
  * the arguments, inserts the connection metadata object at meta_pos, calls
- * the handler(s) and reports ok/reject/error with the metadata afterwards.
+ * the handler(s) and reports ok/reject/error with the metadata afterwards
+ * (when the handler changed it).
  * An argument {"__msg":{...}} becomes a Message (policyd_msg.c); the reply
  * then carries its "msg" object (envelope, meta and edits) with ok and
  * reject results.
@@ -268,8 +269,15 @@ static int event_protected(lua_State *L)
 		take_returns(L, c, base, nret);
 		break;
 	}
-	if (meta_idx)
-		c->meta_after = policy_meta_take(L, meta_idx);
+	if (meta_idx) {
+		bool changed;
+		c->meta_after = policy_meta_take(L, meta_idx, &changed);
+		if (!changed) {
+			/* the reply carries the metadata only when it changed */
+			cJSON_Delete(c->meta_after);
+			c->meta_after = NULL;
+		}
+	}
 	if (msg_idx)
 		take_msg(L, c, msg_idx);
 	return 0;

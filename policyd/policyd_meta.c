@@ -1,10 +1,10 @@
 /* policyd_meta: the connection metadata object passed to smtp_server_*
  * handlers: conn_meta:get_meta(name) and conn_meta:set_meta(name, value),
  * backed by the "meta" object of the request, which goes back to smtpd in
- * the reply.  Values must be JSON-serializable; set_meta raises a Lua error
- * otherwise.  Once the request is answered the object is detached and its
- * methods raise an error (a handler that kept it in a global cannot write
- * into a later session).
+ * the reply when set_meta was called.  Values must be JSON-serializable;
+ * set_meta raises a Lua error otherwise.  Once the request is answered the
+ * object is detached and its methods raise an error (a handler that kept it
+ * in a global cannot write into a later session).
  * Entry points: policy_meta_register, policy_meta_push, policy_meta_take;
  * policy_meta_get/policy_meta_set/policy_meta_obj_set, the same get/set on
  * any object, for the Message's metadata. */
@@ -17,7 +17,8 @@
 #define META_MT "kumo.ConnectionMeta"
 
 struct lua_meta {
-	cJSON *obj;  /* owned object; NULL once detached */
+	cJSON *obj;    /* owned object; NULL once detached */
+	bool changed;  /* set_meta was called */
 };
 
 static struct lua_meta *check_meta(lua_State *L, int idx)
@@ -66,6 +67,7 @@ static int l_set_meta(lua_State *L)
 	struct lua_meta *m = check_meta(L, 1);
 	const char *name = luaL_checkstring(L, 2);
 	policy_meta_set(L, m->obj, name, 3);
+	m->changed = true;
 	return 0;
 }
 
@@ -110,17 +112,20 @@ void policy_meta_push(lua_State *L, cJSON *obj)
 	 * twice; obj is owned by the userdata from the assignment on. */
 	struct lua_meta *m = lua_newuserdata(L, sizeof *m);
 	m->obj = NULL;
+	m->changed = false;
 	luaL_getmetatable(L, META_MT);
 	lua_setmetatable(L, -2);
 	m->obj = obj;
 }
 
-cJSON *policy_meta_take(lua_State *L, int idx)
+cJSON *policy_meta_take(lua_State *L, int idx, bool *changed)
 {
 	struct lua_meta *m = luaL_testudata(L, idx, META_MT);
+	*changed = false;
 	if (!m)
 		return NULL;
 	cJSON *obj = m->obj;
 	m->obj = NULL;
+	*changed = m->changed;
 	return obj;
 }

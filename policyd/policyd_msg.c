@@ -1,6 +1,8 @@
 /* policyd_msg: the KumoMTA Message object handed to smtp_server_data and
  * smtp_server_message_received.  The request carries the envelope, the
- * message metadata and the path of the file kumo-smtpd wrote (lib/ipc.h);
+ * message metadata and the path of the file kumo-smtpd wrote, or "fetch":
+ * kumo-smtpd writes the file only when asked, through the policy's fetch
+ * hook (lib/ipc.h "msg_file"), the first time a method needs the bytes;
  * the bytes are read only when a method needs them: get_data reads the
  * whole file; header lookups and header edits other than prepend_header
  * read just the header block [0, hdr_end) with pread, once.
@@ -39,7 +41,8 @@ struct msg {
 	char *sender;             /* owned email; "" is the null sender */
 	cJSON *recipients;        /* owned array of email strings */
 	cJSON *meta;              /* owned object */
-	char *path;               /* owned: smtpd's file holding the bytes */
+	char *path;               /* owned: smtpd's file holding the bytes;
+				   * NULL until fetched ("fetch") */
 	bool data_set;            /* set_data was called: the bytes are in data */
 	struct policy_buf data;   /* owned: set_data's bytes */
 	size_t size;              /* length of the bytes (the file's or data's) */
@@ -116,6 +119,16 @@ static void src_append(lua_State *L, struct msg *m, size_t off, size_t len, stru
 	if (m->data_set) {
 		policy_buf_add(out, m->data.p + off, len);
 		return;
+	}
+	if (!m->path) {
+		/* smtpd writes the file now; a failure is the handler's error */
+		struct policy *p = policy_from_lua(L);
+		char err[400];
+		if (!p->fetch)
+			luaL_error(L, "message data: the bytes cannot be fetched here");
+		m->path = p->fetch(p->fetch_arg, err, sizeof err);
+		if (!m->path)
+			luaL_error(L, "message data: %s", err);
 	}
 	int fd = open(m->path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -745,7 +758,8 @@ static int check_request(const cJSON *j, double *size, double *hdr_end, char *er
 		snprintf(err, errlen, "__msg: meta must be an object");
 		return -1;
 	}
-	if (!cJSON_IsString(path) || !path->valuestring[0]) {
+	if ((!cJSON_IsString(path) || !path->valuestring[0]) &&
+	    !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "fetch"))) {
 		snprintf(err, errlen, "__msg: missing path");
 		return -1;
 	}
@@ -778,7 +792,9 @@ int policy_msg_push(lua_State *L, const cJSON *j, char *err, size_t errlen)
 	m->sender = xstrdup(cJSON_GetObjectItemCaseSensitive(j, "sender")->valuestring);
 	m->recipients = need(cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(j, "recipients"), 1));
 	m->meta = need(meta ? cJSON_Duplicate(meta, 1) : cJSON_CreateObject());
-	m->path = xstrdup(cJSON_GetObjectItemCaseSensitive(j, "path")->valuestring);
+	const cJSON *path = cJSON_GetObjectItemCaseSensitive(j, "path");
+	if (cJSON_IsString(path) && path->valuestring[0])
+		m->path = xstrdup(path->valuestring);
 	m->size = (size_t)size;
 	m->hdr_end = (long long)hdr_end;
 	/* header lines smtpd already put before the file's bytes (Received):

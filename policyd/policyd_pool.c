@@ -1,10 +1,19 @@
 /* policyd_pool: several Lua states answering in parallel.  Each worker
- * thread owns one struct policy (its own lua_State with the policy loaded),
- * takes requests from one queue and hands replies back to the event loop
- * through a pipe.  Requests carry all the state they need (the connection
- * metadata travels in each), so any worker may serve any request; replies
- * can come back out of order and are matched by id.  "init" runs on the
- * first state only.  Entry points: pool_new, pool_submit, pool_free.
+ * thread owns one struct policy (its own lua_State with the policy loaded)
+ * and loops: it asks ops->next for a request (policyd.c: from the shared
+ * queue, or by reading a client socket itself when the queue is empty, so
+ * that a request wakes one thread only), answers it and hands the reply to
+ * ops->done on its own thread.  Requests carry all the state they need
+ * (the connection metadata travels in each), so any worker may serve any
+ * request; replies can come back out of order and are matched by id.
+ * "init" always runs on the first state (under that state's lock, by
+ * whichever worker got it).  A Message passed with "fetch" (lib/ipc.h)
+ * calls ops->fetch with the request being answered.
+ * A pool replaced by a reload is retired without blocking the loop: its
+ * workers finish the request they hold and return (ops->next returns NULL
+ * once the pool is stopping), each telling the loop through a pipe, and the
+ * loop frees the pool when the last one has gone (pool_reap at exit).
+ * Entry points: pool_new, pool_stopping, pool_retire, pool_free, pool_reap.
  * kumo.memoize caches are per Lua state. */
 #include "policyd/policyd.h"
 #include "lib/log.h"
@@ -18,111 +27,110 @@
 #include <unistd.h>
 #include <event2/event.h>
 
-struct job {
-	struct job *next;
-	unsigned long client;
-	cJSON *req;    /* owned */
-	cJSON *reply;  /* owned, once answered */
-};
-
 struct worker {
 	struct pool *pool;
 	pthread_t thread;
+	pthread_mutex_t mu;    /* held while its policy answers a request */
 	struct policy *policy; /* owned */
 	int index;
+	bool started;
 };
 
 struct pool {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	struct job *queue, **queue_tail;
-	struct job *init_queue, **init_tail; /* init: worker 0 only */
-	struct job *done, **done_tail;
-	bool stop;
+	pthread_mutex_t mu;    /* exited */
+	bool stop;             /* atomic */
+	int exited;            /* workers that have returned */
+	bool retiring;         /* replaced by a reload: freed once empty */
+	struct pool *next_retiring;
 	int pipe_fd[2];
 	struct event *notify;
 	struct worker *workers;
 	int n;
-	pool_done_cb done_cb;
-	void *arg;
+	const struct pool_ops *ops;
 };
 
-static struct job *take(struct pool *p, int index)
+/* What a worker is answering: the fetch hook's argument. */
+struct current {
+	const struct pool_ops *ops;
+	unsigned long client;
+	const cJSON *req;
+};
+
+static struct pool *retiring;  /* loop thread only */
+
+/* policy->fetch: the client of the request being answered writes the file. */
+static char *pool_fetch(void *arg, char *err, size_t errlen)
 {
-	if (index == 0 && p->init_queue) {
-		struct job *j = p->init_queue;
-		p->init_queue = j->next;
-		if (!p->init_queue)
-			p->init_tail = &p->init_queue;
-		return j;
-	}
-	struct job *j = p->queue;
-	if (j) {
-		p->queue = j->next;
-		if (!p->queue)
-			p->queue_tail = &p->queue;
-	}
-	return j;
+	const struct current *cur = arg;
+	return cur->ops->fetch(cur->client, cur->req, err, errlen);
 }
 
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 	struct pool *p = w->pool;
-	pthread_mutex_lock(&p->mu);
 	for (;;) {
-		struct job *j;
-		while (!(j = take(p, w->index)) && !p->stop)
-			pthread_cond_wait(&p->cv, &p->mu);
-		if (!j)
+		unsigned long client;
+		cJSON *req = p->ops->next(p, w->index, &client);
+		if (!req)
 			break;
-		pthread_mutex_unlock(&p->mu);
-		j->reply = policy_handle(w->policy, j->req);
-		pthread_mutex_lock(&p->mu);
-		j->next = NULL;
-		*p->done_tail = j;
-		p->done_tail = &j->next;
-		char b = 1;
-		ssize_t r = write(p->pipe_fd[1], &b, 1);
-		(void)r; /* a full pipe already wakes the loop */
+		const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");
+		bool init = cJSON_IsString(op) && strcmp(op->valuestring, "init") == 0;
+		struct worker *on = init ? &p->workers[0] : w;
+		struct current cur = { p->ops, client, req };
+		pthread_mutex_lock(&on->mu);
+		on->policy->fetch = pool_fetch;
+		on->policy->fetch_arg = &cur;
+		cJSON *reply = policy_handle(on->policy, req);
+		on->policy->fetch = NULL;
+		on->policy->fetch_arg = NULL;
+		pthread_mutex_unlock(&on->mu);
+		p->ops->done(client, req, reply);
+		cJSON_Delete(req);
+		cJSON_Delete(reply);
 	}
+	pthread_mutex_lock(&p->mu);
+	p->exited++;
+	char b = 1;
+	ssize_t r = write(p->pipe_fd[1], &b, 1); /* a retiring pool may now go */
+	(void)r;
 	pthread_mutex_unlock(&p->mu);
 	return NULL;
 }
 
+static void retiring_unlink(struct pool *p)
+{
+	for (struct pool **pp = &retiring; *pp; pp = &(*pp)->next_retiring) {
+		if (*pp == p) {
+			*pp = p->next_retiring;
+			return;
+		}
+	}
+}
+
+/* A worker returned: a retired pool whose workers have all gone is freed. */
 static void pool_notify(evutil_socket_t fd, short what, void *arg)
 {
 	(void)what;
 	struct pool *p = arg;
-	char buf[256];
+	char buf[64];
 	while (read(fd, buf, sizeof buf) > 0)
 		;
 	pthread_mutex_lock(&p->mu);
-	struct job *done = p->done;
-	p->done = NULL;
-	p->done_tail = &p->done;
+	bool empty = p->retiring && p->exited == p->n;
 	pthread_mutex_unlock(&p->mu);
-	while (done) {
-		struct job *next = done->next;
-		p->done_cb(p->arg, done->client, done->req, done->reply);
-		cJSON_Delete(done->req);
-		cJSON_Delete(done->reply);
-		free(done);
-		done = next;
+	if (empty) {
+		retiring_unlink(p);
+		pool_free(p);
 	}
 }
 
-struct pool *pool_new(struct event_base *base, const char *path, int n, pool_done_cb cb, void *arg,
+struct pool *pool_new(struct event_base *base, const char *path, int n, const struct pool_ops *ops,
 		      char *err, size_t errlen)
 {
 	struct pool *p = xcalloc(1, sizeof *p);
 	pthread_mutex_init(&p->mu, NULL);
-	pthread_cond_init(&p->cv, NULL);
-	p->queue_tail = &p->queue;
-	p->init_tail = &p->init_queue;
-	p->done_tail = &p->done;
-	p->done_cb = cb;
-	p->arg = arg;
+	p->ops = ops;
 	p->n = n;
 	if (pipe2(p->pipe_fd, O_NONBLOCK | O_CLOEXEC) != 0)
 		log_fatal("policy pool: pipe: %s", strerror(errno));
@@ -130,67 +138,67 @@ struct pool *pool_new(struct event_base *base, const char *path, int n, pool_don
 	event_add(p->notify, NULL);
 	p->workers = xcalloc((size_t)n, sizeof *p->workers);
 	err[0] = '\0';
+	/* every state is loaded before any worker takes a request: init may
+	 * need the first one while the others start */
 	for (int i = 0; i < n; i++) {
 		struct worker *w = &p->workers[i];
 		w->pool = p;
 		w->index = i;
+		pthread_mutex_init(&w->mu, NULL);
 		char e[512];
 		w->policy = policy_load(path, e, sizeof e);
 		if (i == 0 && policy_load_error(w->policy))
 			snprintf(err, errlen, "%s", e);
 		/* the policy file runs once per state: its top level must be idempotent,
 		 * as in KumoMTA, where every new Lua context runs it again */
-		if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+	}
+	for (int i = 0; i < n; i++) {
+		if (pthread_create(&p->workers[i].thread, NULL, worker_main, &p->workers[i]) != 0)
 			log_fatal("policy pool: cannot start a thread");
+		p->workers[i].started = true;
 	}
 	return p;
 }
 
-void pool_submit(struct pool *p, unsigned long client, cJSON *req)
+bool pool_stopping(const struct pool *p)
 {
-	struct job *j = xcalloc(1, sizeof *j);
-	j->client = client;
-	j->req = req;
-	const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");
-	bool init = cJSON_IsString(op) && strcmp(op->valuestring, "init") == 0;
-	pthread_mutex_lock(&p->mu);
-	if (init) {
-		*p->init_tail = j;
-		p->init_tail = &j->next;
-		pthread_cond_broadcast(&p->cv);
-	} else {
-		*p->queue_tail = j;
-		p->queue_tail = &j->next;
-		pthread_cond_signal(&p->cv);
-	}
-	pthread_mutex_unlock(&p->mu);
+	return __atomic_load_n(&p->stop, __ATOMIC_ACQUIRE);
 }
 
 static void pool_stop(struct pool *p)
 {
-	pthread_mutex_lock(&p->mu);
-	p->stop = true;
-	pthread_cond_broadcast(&p->cv);
-	pthread_mutex_unlock(&p->mu);
+	__atomic_store_n(&p->stop, true, __ATOMIC_RELEASE);
 	for (int i = 0; i < p->n; i++) {
-		pthread_join(p->workers[i].thread, NULL);
-		policy_free(p->workers[i].policy);
-		p->workers[i].policy = NULL;
+		struct worker *w = &p->workers[i];
+		if (w->started) {
+			pthread_join(w->thread, NULL);
+			w->started = false;
+		}
+		policy_free(w->policy);
+		w->policy = NULL;
 	}
 }
 
-/* Reload: the workers finish every request already queued, their replies
- * are delivered, then the pool goes. */
+/* Reload: the workers finish the requests they hold, send the replies and
+ * return; the loop then frees the pool. */
 void pool_retire(struct pool *p)
 {
-	pool_stop(p);
-	pool_notify(p->pipe_fd[0], EV_READ, p);
-	pool_free(p);
+	pthread_mutex_lock(&p->mu);
+	p->retiring = true;
+	pthread_mutex_unlock(&p->mu);
+	__atomic_store_n(&p->stop, true, __ATOMIC_RELEASE);
+	p->next_retiring = retiring;
+	retiring = p;
 }
 
-const char *pool_load_error(struct pool *p)
+/* At exit: the retired pools still finishing. */
+void pool_reap(void)
 {
-	return policy_load_error(p->workers[0].policy);
+	while (retiring) {
+		struct pool *p = retiring;
+		retiring = p->next_retiring;
+		pool_free(p);
+	}
 }
 
 void pool_free(struct pool *p)
@@ -198,22 +206,12 @@ void pool_free(struct pool *p)
 	if (!p)
 		return;
 	pool_stop(p);
-	/* whatever was answered but not yet sent is dropped with the clients */
-	struct job *lists[3] = { p->queue, p->init_queue, p->done };
-	for (int k = 0; k < 3; k++) {
-		while (lists[k]) {
-			struct job *next = lists[k]->next;
-			cJSON_Delete(lists[k]->req);
-			cJSON_Delete(lists[k]->reply);
-			free(lists[k]);
-			lists[k] = next;
-		}
-	}
 	event_free(p->notify);
 	close(p->pipe_fd[0]);
 	close(p->pipe_fd[1]);
+	for (int i = 0; i < p->n; i++)
+		pthread_mutex_destroy(&p->workers[i].mu);
 	pthread_mutex_destroy(&p->mu);
-	pthread_cond_destroy(&p->cv);
 	free(p->workers);
 	free(p);
 }

@@ -105,6 +105,11 @@ bool policy_has(const struct policy_client *pc, const char *event);
 uint64_t policy_call(struct policy_client *pc, const char *event, cJSON *args, int meta_pos,
 		     const cJSON *meta, double timeout, policy_cb cb, void *ctx);
 void policy_cancel(struct policy_client *pc, uint64_t id);
+/* For a call whose arguments include a message passed with "fetch" (lib/ipc.h):
+ * when policyd asks for the bytes ("msg_file"), cb(ctx of the call) writes
+ * them to a file and returns its path, or NULL with err set. */
+typedef const char *(*policy_file_cb)(void *ctx, char *err, size_t errlen);
+void policy_set_msg_file(struct policy_client *pc, uint64_t id, policy_file_cb cb);
 
 /* ---- spool writer thread (smtpd_spool.c) ---- */
 struct spool_job;

@@ -6,10 +6,11 @@
  *   4. smtp_server_message_received, once per message, in order;
  *   5. the spool writer stores them all (one group commit); then the
  *      Reception records and "250 OK ids=...".
- * The bytes reach policyd by reference: when a message hook exists, the
- * body is written once (no fsync) to <data spool>/new/<id>.msg and the
- * hooks' edits come back as a prefix, a new header block or new data,
- * applied here without copying the body.  A rejection in any hook
+ * The bytes reach policyd by reference: only when a hook's policy asks for
+ * them (lib/ipc.h "msg_file") is the body written (no fsync) to
+ * <data spool>/new/<id>.msg, once per version of the body; the hooks'
+ * edits come back as a prefix, a new header block or new data, applied
+ * here without copying the body.  A rejection in any hook
  * rejects the whole transaction before anything is stored. */
 #include "smtpd/smtpd.h"
 #include "lib/base64.h"
@@ -209,7 +210,10 @@ static cJSON *msg_arg(struct txn *t, const struct batch *b)
 	cJSON_AddStringToObject(m, "sender", b->sender);
 	cJSON_AddItemToObject(m, "recipients", cJSON_Duplicate(b->recipients, 1));
 	cJSON_AddItemToObject(m, "meta", cJSON_Duplicate(b->meta, 1));
-	cJSON_AddStringToObject(m, "path", t->msg_path);
+	if (t->msg_path)
+		cJSON_AddStringToObject(m, "path", t->msg_path);
+	else
+		cJSON_AddBoolToObject(m, "fetch", 1); /* written when policyd asks */
 	cJSON_AddNumberToObject(m, "size", (double)evbuffer_get_length(t->body));
 	cJSON_AddNumberToObject(m, "hdr_end", (double)t->hdr_end);
 	if (b->prefix)
@@ -267,6 +271,24 @@ static int apply_msg_reply(struct batch *b, const cJSON *reply)
 static void store(struct session *s);
 static void next_received(struct session *s);
 
+/* policyd asks for the bytes of the message argument of the call in flight. */
+static const char *msg_file(void *ctx, char *err, size_t errlen)
+{
+	struct session *s = ctx;
+	struct txn *t = s->txn;
+	if (!t || !t->body) {
+		snprintf(err, errlen, "no message");
+		return NULL;
+	}
+	if (!t->msg_path && write_msg_file(t, err, errlen) != 0) {
+		unlink(t->msg_path);
+		free(t->msg_path);
+		t->msg_path = NULL;
+		return NULL;
+	}
+	return t->msg_path;
+}
+
 /* A rejected or failed message hook ends the transaction; it is cleared
  * before the reply, whose continuation may read the next command. */
 static int message_hook_result(struct session *s, const cJSON *reply, const char *error, const char *event)
@@ -321,6 +343,7 @@ static void next_received(struct session *s)
 	cJSON_AddItemToArray(args, msg_arg(t, &t->batches[t->cur]));
 	s->policy_req = policy_call(smtpd->policy, "smtp_server_message_received", args, 1, s->meta,
 				    s->p.data_processing_timeout, received_done, s);
+	policy_set_msg_file(smtpd->policy, s->policy_req, msg_file);
 }
 
 /* ---------------------------------------------------------- trace headers */
@@ -488,11 +511,11 @@ static void data_hook_done(void *ctx, const cJSON *reply, const char *error)
 	}
 	if (t->proto.data || t->proto.prefix || t->proto.headers) {
 		body_from_batch(t, &t->proto);
-		char err[300];
-		if (policy_has(smtpd->policy, "smtp_server_message_received") &&
-		    write_msg_file(t, err, sizeof err) != 0) {
-			session_technical_difficulties(s, err);
-			return;
+		if (t->msg_path) {
+			/* the file holds the old bytes: written again if asked */
+			unlink(t->msg_path);
+			free(t->msg_path);
+			t->msg_path = NULL;
 		}
 	}
 	split(s);
@@ -529,16 +552,7 @@ void data_complete(struct session *s)
 		cJSON_AddItemToArray(t->proto.recipients, cJSON_CreateString(t->rcpts[i].addr.email));
 	t->proto.meta = cJSON_Duplicate(s->meta, 1);
 
-	bool data_hook = policy_has(smtpd->policy, "smtp_server_data");
-	bool recv_hook = policy_has(smtpd->policy, "smtp_server_message_received");
-	if (data_hook || recv_hook) {
-		char err[300];
-		if (write_msg_file(t, err, sizeof err) != 0) {
-			session_technical_difficulties(s, err);
-			return;
-		}
-	}
-	if (!data_hook) {
+	if (!policy_has(smtpd->policy, "smtp_server_data")) {
 		split(s);
 		next_received(s);
 		return;
@@ -547,6 +561,7 @@ void data_complete(struct session *s)
 	cJSON_AddItemToArray(args, msg_arg(t, &t->proto));
 	s->policy_req = policy_call(smtpd->policy, "smtp_server_data", args, 1, s->meta,
 				    s->p.data_processing_timeout, data_hook_done, s);
+	policy_set_msg_file(smtpd->policy, s->policy_req, msg_file);
 }
 
 /* ---------------------------------------------------------- storing */

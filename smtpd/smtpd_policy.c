@@ -1,6 +1,9 @@
 /* smtpd_policy: the worker's client of kumo-policyd.  One stream connection
  * per worker, requests multiplexed by id, every call bounded by a timer.
- * Entry points: policy_client_new, policy_has, policy_call, policy_cancel.
+ * Entry points: policy_client_new, policy_has, policy_call, policy_cancel,
+ * policy_set_msg_file.  policyd may ask, while a call is in flight, for the
+ * file holding a message argument's bytes ("msg_file", lib/ipc.h): it is
+ * answered at once from the call's file callback.
  * When policyd is down, late or answers nonsense, the callback gets an
  * error (the session then answers 4xx); the client reconnects with
  * back-off.  Callbacks always run from the event loop. */
@@ -28,6 +31,7 @@ struct pending {
 	struct policy_client *pc;
 	cJSON *reply;       /* set when answered, delivered from a zero timer */
 	char *error;        /* owned */
+	policy_file_cb file_cb; /* answers "msg_file" for this call, or NULL */
 };
 
 struct policy_client {
@@ -149,6 +153,38 @@ static void hello_done(void *ctx, const cJSON *reply, const char *error)
 
 static void send_hello(struct policy_client *pc);
 
+/* {"id":N,"op":"msg_file","req":R} from policyd: the file of the message
+ * argument of call R, written now if it was not yet. */
+static void answer_msg_file(struct policy_client *pc, const cJSON *doc)
+{
+	const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
+	const cJSON *req = cJSON_GetObjectItemCaseSensitive(doc, "req");
+	cJSON *r = cJSON_CreateObject();
+	if (id)
+		cJSON_AddItemToObject(r, "id", cJSON_Duplicate(id, 1));
+	struct pending *p = NULL;
+	if (cJSON_IsNumber(req)) {
+		uint64_t want = (uint64_t)req->valuedouble;
+		for (p = *bucket(pc, want); p && p->id != want; p = p->next)
+			;
+	}
+	char err[300];
+	const char *path = NULL;
+	if (!p || p->reply || p->error)
+		snprintf(err, sizeof err, "no such call in flight");
+	else if (!p->file_cb)
+		snprintf(err, sizeof err, "the call has no message file");
+	else
+		path = p->file_cb(p->ctx, err, sizeof err);
+	cJSON_AddBoolToObject(r, "ok", path != NULL);
+	if (path)
+		cJSON_AddStringToObject(r, "path", path);
+	else
+		cJSON_AddStringToObject(r, "error", err);
+	frame_encode(bufferevent_get_output(pc->bev), r);
+	cJSON_Delete(r);
+}
+
 static void pc_read(struct bufferevent *bev, void *arg)
 {
 	struct policy_client *pc = arg;
@@ -162,6 +198,12 @@ static void pc_read(struct bufferevent *bev, void *arg)
 		if (rc < 0) {
 			pc_drop(pc, err);
 			return;
+		}
+		const cJSON *op = cJSON_GetObjectItemCaseSensitive(doc, "op");
+		if (cJSON_IsString(op) && strcmp(op->valuestring, "msg_file") == 0) {
+			answer_msg_file(pc, doc);
+			cJSON_Delete(doc);
+			continue;
 		}
 		const cJSON *gen = cJSON_GetObjectItemCaseSensitive(doc, "generation");
 		if (cJSON_IsNumber(gen) && gen->valuedouble > pc->generation) {
@@ -305,7 +347,7 @@ static uint64_t send_request(struct policy_client *pc, const char *op, const cha
 		cJSON_AddItemToObject(req, "args", args);
 	if (meta_pos >= 0) {
 		cJSON_AddNumberToObject(req, "meta_pos", meta_pos);
-		cJSON_AddItemToObject(req, "meta", cJSON_Duplicate(meta, 1));
+		cJSON_AddItemReferenceToObject(req, "meta", (cJSON *)meta); /* printed, not copied */
 	}
 	if (frame_encode(bufferevent_get_output(pc->bev), req) != 0) {
 		cJSON_Delete(req);
@@ -318,6 +360,15 @@ static uint64_t send_request(struct policy_client *pc, const char *op, const cha
 	struct timeval tv = { (time_t)timeout, (suseconds_t)((timeout - (double)(time_t)timeout) * 1e6) };
 	evtimer_add(p->timer, &tv);
 	return p->id;
+}
+
+void policy_set_msg_file(struct policy_client *pc, uint64_t id, policy_file_cb cb)
+{
+	struct pending *p = *bucket(pc, id);
+	while (p && p->id != id)
+		p = p->next;
+	if (p)
+		p->file_cb = cb;
 }
 
 void policy_cancel(struct policy_client *pc, uint64_t id)

@@ -276,10 +276,11 @@ END_TEST
 #define ENV "\"sender\":\"s@example.com\",\"recipients\":[\"r@example.com\"]"
 #define META_IN "\"meta\":{\"x_in\":1}"
 #define PLAIN ENV "," META_IN
+/* the connection metadata is not in the replies: the handlers do not change it */
 #define OK(ret, msg) "{\"id\":1,\"ok\":true,\"result\":\"ok\",\"ret\":" ret \
-	",\"meta\":{},\"msg\":{" msg "}}"
+	",\"msg\":{" msg "}}"
 #define OK2(ret, ret2, msg) "{\"id\":1,\"ok\":true,\"result\":\"ok\",\"ret\":" ret \
-	",\"ret2\":" ret2 ",\"meta\":{},\"msg\":{" msg "}}"
+	",\"ret2\":" ret2 ",\"msg\":{" msg "}}"
 #define ERR(e) "{\"id\":1,\"ok\":true,\"result\":\"error\",\"error\":\"~" e "\"}"
 
 enum { HDR_AUTO = -2 };
@@ -449,7 +450,7 @@ static const struct msg_case {
 	{ "msg:set_meta('x_r', 1)\n msg:prepend_header('X-A', '1')\n kumo.reject(550, 'no')",
 	  NULL, 0, 0, HDR_AUTO, NULL,
 	  "{\"id\":1,\"ok\":true,\"result\":\"reject\",\"code\":550,\"text\":\"no\","
-	  "\"mode\":\"If421\",\"meta\":{},\"msg\":{" ENV ",\"meta\":{\"x_in\":1,\"x_r\":1},"
+	  "\"mode\":\"If421\",\"msg\":{" ENV ",\"meta\":{\"x_in\":1,\"x_r\":1},"
 	  "\"prefix\":\"X-A: 1\\r\\n\"}}" },
 	{ "msg:set_meta('x_r', 1)\n error('boom')", NULL, 0, 0, HDR_AUTO, NULL,
 	  "{\"id\":1,\"ok\":true,\"result\":\"error\",\"error\":\"~policy.lua:3: boom\"}" },
@@ -576,6 +577,9 @@ static const struct {
 	  BAD("__msg: meta must be an object") },
 	{ MSG_ARG("{\"id\":\"" ID "\",\"sender\":\"\",\"recipients\":[],\"size\":1,\"hdr_end\":0}"),
 	  BAD("__msg: missing path") },
+	{ MSG_ARG("{\"id\":\"" ID "\",\"sender\":\"\",\"recipients\":[],\"fetch\":false,"
+		  "\"size\":1,\"hdr_end\":0}"),
+	  BAD("__msg: missing path") },
 	{ MSG_ARG("{" GOOD ",\"size\":-1,\"hdr_end\":0}"), BAD("__msg: size must be") },
 	{ MSG_ARG("{" GOOD ",\"size\":1.5,\"hdr_end\":0}"), BAD("__msg: size must be") },
 	{ MSG_ARG("{" GOOD ",\"hdr_end\":0}"), BAD("__msg: size must be") },
@@ -619,6 +623,89 @@ START_TEST(test_msg_in_sequence)
 }
 END_TEST
 
+/* A message passed with "fetch" (no path): the policy's fetch hook is
+ * asked for the file only when a method needs the bytes, once per event;
+ * its failure is the handler's error. */
+static int fetch_calls;
+static const char *fetch_mode; /* "ok", "fail" */
+
+static char *test_fetch(void *arg, char *err, size_t errlen)
+{
+	(void)arg;
+	fetch_calls++;
+	if (strcmp(fetch_mode, "fail") == 0) {
+		snprintf(err, errlen, "smtpd: disk full");
+		return NULL;
+	}
+	char *path = NULL;
+	if (asprintf(&path, "%s/m.eml", tmpdir) < 0)
+		abort();
+	return path;
+}
+
+static const struct {
+	const char *lua;
+	const char *mode;
+	int calls;       /* fetches expected */
+	const char *want;
+} fetches[] = {
+	/* envelope and meta only: the file is never asked for */
+	{ "msg:set_meta('x', msg:sender().email)", "ok", 0,
+	  "{\"id\":1,\"ok\":true,\"result\":\"ok\",\"ret\":null,\"msg\":{" ENV
+	  ",\"meta\":{\"x\":\"s@example.com\"}}}" },
+	{ "msg:prepend_header('X-A', '1')", "ok", 0,
+	  "{\"id\":1,\"ok\":true,\"result\":\"ok\",\"ret\":null,\"msg\":{" ENV
+	  ",\"meta\":{},\"prefix\":\"X-A: 1\\r\\n\"}}" },
+	/* headers, then the whole message: one fetch */
+	{ "return msg:get_first_named_header_value('subject') .. #msg:get_data()", "ok", 1,
+	  "{\"id\":1,\"ok\":true,\"result\":\"ok\",\"ret\":\"~hello\",\"msg\":{" ENV
+	  ",\"meta\":{}}}" },
+	{ "msg:get_data() return msg:get_data():sub(1, 8)", "ok", 1,
+	  "{\"id\":1,\"ok\":true,\"result\":\"ok\",\"ret\":\"Subject:\",\"msg\":{" ENV
+	  ",\"meta\":{}}}" },
+	/* set_data first: the received bytes are never needed */
+	{ "msg:set_data('A: b\\r\\n\\r\\nx') return msg:get_data()", "ok", 0,
+	  "{\"id\":1,\"ok\":true,\"result\":\"ok\",\"ret\":\"A: b\\r\\n\\r\\nx\",\"msg\":{" ENV
+	  ",\"meta\":{},\"data\":\"A: b\\r\\n\\r\\nx\"}}" },
+	/* smtpd could not write it: the handler fails, so the event does */
+	{ "return msg:get_data()", "fail", 1,
+	  "{\"id\":1,\"ok\":true,\"result\":\"error\","
+	  "\"error\":\"~message data: smtpd: disk full\"}" },
+	{ "local ok, e = pcall(msg.get_data, msg) return tostring(ok) .. ' ' .. e", "fail", 1,
+	  "{\"id\":1,\"ok\":true,\"result\":\"ok\",\"ret\":\"~false \",\"msg\":{" ENV
+	  ",\"meta\":{}}}" },
+};
+
+START_TEST(test_msg_fetch)
+{
+	char *src = NULL;
+	if (asprintf(&src, "kumo.on('smtp_server_data', function(msg, meta)\n %s\nend)\n",
+		     fetches[_i].lua) < 0)
+		abort();
+	struct policy *p = load_ok(src);
+	write_bytes("m.eml", MSG, strlen(MSG));
+	char req[600];
+	snprintf(req, sizeof req,
+		 "{\"id\":1,\"op\":\"event\",\"event\":\"smtp_server_data\","
+		 "\"args\":[{\"__msg\":{\"id\":\"" ID "\",\"sender\":\"s@example.com\","
+		 "\"recipients\":[\"r@example.com\"],\"fetch\":true,"
+		 "\"size\":%zu,\"hdr_end\":%zu}}]}",
+		 strlen(MSG), sizeof R_BLOCK - 1);
+	p->fetch = test_fetch;
+	fetch_mode = fetches[_i].mode;
+	fetch_calls = 0;
+	expect(p, req, fetches[_i].want);
+	ck_assert_int_eq(fetch_calls, fetches[_i].calls);
+	/* without a fetch hook (a state that cannot reach smtpd), reading fails */
+	p->fetch = NULL;
+	if (fetches[_i].calls > 0 && strcmp(fetches[_i].mode, "ok") == 0)
+		expect(p, req, "{\"id\":1,\"ok\":true,\"result\":\"error\","
+		       "\"error\":\"~message data: the bytes cannot be fetched here\"}");
+	free(src);
+	policy_free(p);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("policyd_msg");
@@ -636,6 +723,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_msg_kept);
 	tcase_add_loop_test(tc, test_bad_request, 0, sizeof bad_requests / sizeof bad_requests[0]);
 	tcase_add_test(tc, test_msg_in_sequence);
+	tcase_add_loop_test(tc, test_msg_fetch, 0, sizeof fetches / sizeof fetches[0]);
 	suite_add_tcase(s, tc);
 	return s;
 }
