@@ -15,3 +15,16 @@ kumo.on('init', function()
     deferred_spool = true,
   }
 end)
+
+-- A deferred_spool message lives in the queue manager's memory until it is
+-- delivered (here to the smtp-sink of the same run, BENCH_SINK_PORT) or
+-- fails once; without a sink it would be spooled at its first failure.
+local sink = os.getenv('BENCH_SINK_PORT')
+if sink then
+  kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+    return kumo.make_queue_config { protocol = { smtp = { mx_list = { '127.0.0.1:' .. sink } } } }
+  end)
+  kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
+    return kumo.make_egress_path { enable_tls = 'Disabled', prohibited_hosts = {} }
+  end)
+end

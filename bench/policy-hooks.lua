@@ -9,6 +9,10 @@ kumo.on('init', function()
   kumo.define_spool { name = 'data', path = dir .. '/spool/data' }
   kumo.define_spool { name = 'meta', path = dir .. '/spool/meta' }
   kumo.configure_local_logs { log_dir = dir .. '/log' }
+  -- Reception only: the queue manager's resolver is a closed loopback port,
+  -- so every message stays spooled (one TransientFailure record each)
+  -- instead of being delivered or bounced during the measurement.
+  kumo.dns.configure_resolver { name_servers = { '127.0.0.1:9' } }
   kumo.start_esmtp_listener {
     listen = '127.0.0.1:' .. port,
     hostname = 'bench.localhost',
