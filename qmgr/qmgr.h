@@ -174,6 +174,9 @@ void qmgr_queue_free(void);          /* at exit: frees everything */
 int qmgr_add(const char *id, const cJSON *meta, char *mem, size_t mem_len, char *mem_meta,
 	     char *err, size_t errlen);
 struct qmsg *qmgr_find(const char *id);
+/* Sets m's sender and recipients from a spool meta document (replacing
+ * any it had). */
+void qmgr_set_envelope(struct qmsg *m, const cJSON *doc);
 /* Reads a spooled message's meta and adds it (unless known). */
 int qmgr_load(const char *id, char *err, size_t errlen);
 void qmgr_flush(size_t *n);          /* every waiting message due now */

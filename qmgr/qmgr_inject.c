@@ -107,23 +107,7 @@ static int apply(struct inj *in, const cJSON *msg, char *err, size_t errlen)
 	if (rc != 0)
 		return -1;
 	/* the envelope in memory follows */
-	const cJSON *sender = cJSON_GetObjectItemCaseSensitive(in->doc, "sender");
-	const cJSON *rcpt = cJSON_GetObjectItemCaseSensitive(in->doc, "recipient");
-	free(m->sender);
-	m->sender = xstrdup(cJSON_IsString(sender) ? sender->valuestring : "");
-	for (size_t i = 0; i < m->n_rcpts; i++)
-		free(m->rcpts[i]);
-	size_t n = cJSON_IsString(rcpt) ? 1 : (size_t)cJSON_GetArraySize(rcpt);
-	m->rcpts = xrealloc(m->rcpts, (n ? n : 1) * sizeof *m->rcpts);
-	m->n_rcpts = 0;
-	if (cJSON_IsString(rcpt)) {
-		m->rcpts[m->n_rcpts++] = xstrdup(rcpt->valuestring);
-	} else {
-		for (const cJSON *r = rcpt ? rcpt->child : NULL; r; r = r->next)
-			if (cJSON_IsString(r))
-				m->rcpts[m->n_rcpts++] = xstrdup(r->valuestring);
-	}
-	m->rcpt_array = cJSON_IsArray(rcpt);
+	qmgr_set_envelope(m, in->doc);
 	m->size = 0;
 	for (int i = 0; i < cnt; i++)
 		m->size += iov[i].iov_len;

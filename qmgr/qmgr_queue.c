@@ -276,6 +276,28 @@ static const char *meta_str(const cJSON *meta, const char *key)
 	return cJSON_IsString(v) && v->valuestring[0] ? v->valuestring : NULL;
 }
 
+void qmgr_set_envelope(struct qmsg *m, const cJSON *doc)
+{
+	const cJSON *sender = cJSON_GetObjectItemCaseSensitive(doc, "sender");
+	const cJSON *rcpt = cJSON_GetObjectItemCaseSensitive(doc, "recipient");
+	free(m->sender);
+	m->sender = xstrdup(cJSON_IsString(sender) ? sender->valuestring : "");
+	for (size_t i = 0; i < m->n_rcpts; i++)
+		free(m->rcpts[i]);
+	free(m->rcpts);
+	size_t n = cJSON_IsString(rcpt) ? 1 : (size_t)cJSON_GetArraySize(rcpt);
+	m->rcpts = xcalloc(n ? n : 1, sizeof *m->rcpts);
+	m->n_rcpts = 0;
+	m->rcpt_array = cJSON_IsArray(rcpt);
+	if (cJSON_IsString(rcpt)) {
+		m->rcpts[m->n_rcpts++] = xstrdup(rcpt->valuestring);
+	} else {
+		for (const cJSON *r = rcpt ? rcpt->child : NULL; r; r = r->next)
+			if (cJSON_IsString(r))
+				m->rcpts[m->n_rcpts++] = xstrdup(r->valuestring);
+	}
+}
+
 int qmgr_add(const char *id, const cJSON *doc, char *mem, size_t mem_len, char *mem_meta,
 	     char *err, size_t errlen)
 {
@@ -293,16 +315,7 @@ int qmgr_add(const char *id, const cJSON *doc, char *mem, size_t mem_len, char *
 	m->mem = mem;        /* owned from here on, freed with m */
 	m->mem_meta = mem_meta;
 	snprintf(m->id, sizeof m->id, "%s", id);
-	m->sender = xstrdup(sender->valuestring);
-	m->rcpts = xcalloc(n, sizeof *m->rcpts);
-	m->rcpt_array = cJSON_IsArray(rcpt);
-	if (cJSON_IsString(rcpt)) {
-		m->rcpts[m->n_rcpts++] = xstrdup(rcpt->valuestring);
-	} else {
-		for (const cJSON *r = rcpt->child; r; r = r->next)
-			if (cJSON_IsString(r))
-				m->rcpts[m->n_rcpts++] = xstrdup(r->valuestring);
-	}
+	qmgr_set_envelope(m, doc);
 	if (m->n_rcpts == 0) {
 		msg_free(m);
 		snprintf(err, errlen, "meta of %s has no recipient", id);

@@ -213,3 +213,23 @@ void expect_startup_failure_at(const char *file, int line, struct harness_env *e
         harness_fail(file, line, "port %d accepts connections after kumod failed", env->port);
     free(out);
 }
+
+cJSON *expect_meta_json_at(const char *file, int line, const struct harness_env *env, const char *id)
+{
+    char *path = harness_spool_find(env, "spool/meta", id);
+    if (!path) {
+        char *l = expect_spool_listing(env);
+        harness_fail(file, line, "message %s: no spool meta file\n%s", id, l);
+    }
+    size_t len = 0;
+    char *data = harness_slurp(path, &len);
+    if (!data)
+        harness_fail(file, line, "cannot read %s", path);
+    char *nl = memchr(data, '\n', len);
+    cJSON *j = cJSON_ParseWithLength(data, nl ? (size_t)(nl - data) : len);
+    if (!cJSON_IsObject(j))
+        harness_fail(file, line, "%s: the first line is not a JSON object: %.400s", path, data);
+    free(data);
+    free(path);
+    return j;
+}

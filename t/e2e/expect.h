@@ -35,6 +35,11 @@ void expect_not_spooled_at(const char *file, int line, const struct harness_env 
 void expect_reception_at(const char *file, int line, const struct harness_env *env,
                          const char *id, const char *sender, const char *rcpt);
 
+/* The JSON on the first line of the message's spool meta file (caller
+ * deletes); fails the test when there is none. */
+#define meta_json(env, id) expect_meta_json_at(__FILE__, __LINE__, env, id)
+cJSON *expect_meta_json_at(const char *file, int line, const struct harness_env *env, const char *id);
+
 /* A listing of spool/data and spool/meta, for failure messages; caller frees. */
 char *expect_spool_listing(const struct harness_env *env);
 

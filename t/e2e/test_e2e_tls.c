@@ -135,27 +135,6 @@ static void quit_tls_at(const char *file, int line, struct smtpc *c)
 
 /* The JSON document on the first line of the message's spool meta file;
  * caller cJSON_Delete's. */
-#define meta_json(env, id) meta_json_at(__FILE__, __LINE__, env, id)
-static cJSON *meta_json_at(const char *file, int line, const struct harness_env *env,
-                           const char *id)
-{
-    char *path = harness_spool_find(env, "spool/meta", id);
-    if (!path) {
-        char *l = expect_spool_listing(env);
-        harness_fail(file, line, "message %s: no spool meta file\n%s", id, l);
-    }
-    size_t len = 0;
-    char *data = harness_slurp(path, &len);
-    if (!data)
-        harness_fail(file, line, "cannot read %s", path);
-    char *nl = memchr(data, '\n', len);
-    cJSON *j = cJSON_ParseWithLength(data, nl ? (size_t)(nl - data) : len);
-    if (!cJSON_IsObject(j))
-        harness_fail(file, line, "%s: the first line is not a JSON object: %.400s", path, data);
-    free(data);
-    free(path);
-    return j;
-}
 
 /* meta.meta[name] of a parsed meta file, or NULL. */
 static const char *conn_meta(const cJSON *m, const char *name)

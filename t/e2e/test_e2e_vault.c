@@ -216,27 +216,6 @@ static void quit(struct smtpc *c)
     smtpc_close(c);
 }
 
-/* The JSON on the first line of the message's spool meta file. */
-#define meta_json(env, id) meta_json_at(__FILE__, __LINE__, env, id)
-static cJSON *meta_json_at(const char *file, int line, const struct harness_env *env, const char *id)
-{
-    char *path = harness_spool_find(env, "spool/meta", id);
-    if (!path) {
-        char *l = expect_spool_listing(env);
-        harness_fail(file, line, "message %s: no spool meta file\n%s", id, l);
-    }
-    size_t len = 0;
-    char *data = harness_slurp(path, &len);
-    if (!data)
-        harness_fail(file, line, "cannot read %s", path);
-    char *nl = memchr(data, '\n', len);
-    cJSON *j = cJSON_ParseWithLength(data, nl ? (size_t)(nl - data) : len);
-    if (!cJSON_IsObject(j))
-        harness_fail(file, line, "%s: the first line is not a JSON object: %.400s", path, data);
-    free(data);
-    free(path);
-    return j;
-}
 
 /* STARTTLS (with a client certificate from dir, when not NULL), then a
  * message; returns the message meta's tls_peer_subject_name as compact
@@ -258,7 +237,7 @@ static char *tls_message_at(const char *file, int line, struct harness_env *env,
     char ids[1][33];
     smtpc_transaction_at(file, line, c, "a@example.com", rcpts, "Subject: x\r\n\r\nclient cert\r\n", ids);
     quit(c);
-    cJSON *m = meta_json_at(file, line, env, ids[0]);
+    cJSON *m = expect_meta_json_at(file, line, env, ids[0]);
     const cJSON *meta = cJSON_GetObjectItemCaseSensitive(m, "meta");
     if (!harness_json_str(meta, "tls_cipher"))
         harness_fail(file, line, "message %s: no TLS facts in its meta", ids[0]);
