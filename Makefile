@@ -141,7 +141,7 @@ $(BUILD)/t/tool_%.o: t/tools/%.c
 $(TOOL_BINS): $(BUILD)/t/%: $(BUILD)/t/tool_%.o $(LIBKUMO)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(E2E_BINS): $(BUILD)/t/%: $(BUILD)/t/e2e_%.o $(patsubst t/e2e/%.c,$(BUILD)/t/e2e_%.o,$(TLIB_SRC)) $(LIBKUMO)
+$(E2E_BINS): $(BUILD)/t/%: $(BUILD)/t/e2e_%.o $(patsubst t/e2e/%.c,$(BUILD)/t/e2e_%.o,$(TLIB_SRC)) $(LIBSPOOL) $(LIBKUMO)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 
 unit: $(UNIT_BINS)

@@ -3,8 +3,8 @@
  * crc32c(0, "123456789", 9) == 0xE3069283.
  * Entry point: crc32c, which takes the value it returned for the data before
  * (0 to start) so a long input can be fed in pieces.  It cannot fail.
- * Byte-at-a-time from a constant table (generated from the polynomial),
- * so there is nothing to initialise and no shared state between threads. */
+ * With the SSE4.2 crc32 instruction where the CPU has it (checked once),
+ * else byte-at-a-time from a constant table (generated from the polynomial). */
 #include "lib/crc32c.h"
 
 static const uint32_t table[256] = {
@@ -53,11 +53,44 @@ static const uint32_t table[256] = {
 	0xbe2da0a5, 0x4c4623a6, 0x5f16d052, 0xad7d5351,
 };
 
-uint32_t crc32c(uint32_t crc, const void *data, size_t len)
+static uint32_t crc32c_table(uint32_t crc, const unsigned char *p, size_t len)
 {
-	const unsigned char *p = data;
-	crc = ~crc;
 	while (len--)
 		crc = table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
-	return ~crc;
+	return crc;
 }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <string.h>
+/* The SSE4.2 crc32 instruction computes the same CRC (same polynomial,
+ * reflected), eight bytes at a time: about 20 times the table's speed,
+ * which matters for 100 KB messages. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc, const unsigned char *p,
+							       size_t len)
+{
+	uint64_t c = crc;
+	while (len >= 8) {
+		uint64_t v;
+		memcpy(&v, p, 8);
+		c = __builtin_ia32_crc32di(c, v);
+		p += 8;
+		len -= 8;
+	}
+	crc = (uint32_t)c;
+	while (len--)
+		crc = __builtin_ia32_crc32qi(crc, *p++);
+	return crc;
+}
+
+uint32_t crc32c(uint32_t crc, const void *data, size_t len)
+{
+	/* __builtin_cpu_supports reads what libgcc found at start: a load */
+	return ~(__builtin_cpu_supports("sse4.2") ? crc32c_sse42(~crc, data, len)
+						 : crc32c_table(~crc, data, len));
+}
+#else
+uint32_t crc32c(uint32_t crc, const void *data, size_t len)
+{
+	return ~crc32c_table(~crc, data, len);
+}
+#endif

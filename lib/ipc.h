@@ -53,6 +53,8 @@
  *   smtpd writes the bytes (no fsync) to <data spool>/new/<id>.msg and keeps
  *   the file for the later hooks of the transaction while the bytes stay
  *   the same.
+ *   With "path", an optional "offset":O says the bytes start at byte O of
+ *   the file (kumo-qmgr passes a spool data segment this way).
  *   hdr_end: bytes [0,H) are the header lines (each ending in CRLF); the
  *   blank line and the body follow.  -1: the message has no blank line.
  *   Optional "prefix":"Received: ...\r\n": text already put before the

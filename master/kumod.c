@@ -17,6 +17,7 @@
 #include "lib/xalloc.h"
 #include "spool/spool.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -179,7 +180,10 @@ static void scan_found(void *arg, const char *id)
 static void scan_warn(void *arg, const char *id, const char *why)
 {
 	(void)arg;
-	log_warn("spool: message %s quarantined: %s", id, why);
+	if (strlen(id) == SPOOL_SEG_NAME_LEN)
+		log_warn("spool: part of segment %s quarantined: %s", id, why);
+	else
+		log_warn("spool: message %s quarantined: %s", id, why);
 }
 
 /* One key source of a listener table: when it is a HashiCorp Vault
@@ -363,14 +367,28 @@ static void drop_privileges(const char *user, const char *data, const char *meta
 	if (!M.drop)
 		return;
 	const char *paths[] = { data, meta, logdir, M.control_path };
-	static const char *const subs[] = { "", "/new", "/quarantine", "/lock" };
+	static const char *const subs[] = { "", "/new", "/quarantine", "/lock", "/seg" };
 	for (int i = 0; i < 4; i++) {
-		for (int k = 0; k < (i < 2 ? 4 : 1) && paths[i]; k++) {
+		for (int k = 0; k < (i < 2 ? 5 : 1) && paths[i]; k++) {
 			char p[4200];
 			snprintf(p, sizeof p, "%s%s", paths[i], subs[k]);
 			if (chown(p, M.run_uid, M.run_gid) != 0 && errno != ENOENT)
 				startup_fail("cannot give %s to %s: %s", p, user, strerror(errno));
 		}
+	}
+	/* the segments (and journals) the start-up scan wrote to, as root */
+	for (int i = 0; i < 2; i++) {
+		char p[4200];
+		snprintf(p, sizeof p, "%s/seg", paths[i]);
+		DIR *d = opendir(p);
+		struct dirent *e;
+		while (d && (e = readdir(d)) != NULL)
+			if (e->d_name[0] != '.' &&
+			    fchownat(dirfd(d), e->d_name, M.run_uid, M.run_gid, AT_SYMLINK_NOFOLLOW) != 0 &&
+			    errno != ENOENT)
+				startup_fail("cannot give %s/%s to %s: %s", p, e->d_name, user, strerror(errno));
+		if (d)
+			closedir(d);
 	}
 	if (setgroups(0, NULL) != 0 || setgid(M.run_gid) != 0 || setuid(M.run_uid) != 0)
 		startup_fail("cannot switch to user %s: %s", user, strerror(errno));
@@ -699,8 +717,9 @@ int main(int argc, char **argv)
 	struct spool_scan_stats st;
 	if (spool_scan(&spool, scan_found, scan_warn, NULL, &st, err, sizeof err) != 0)
 		startup_fail("%s", err);
-	log_info("spool: recovered %zu message%s (%zu quarantined, %zu temporary files removed)", st.found,
-		 st.found == 1 ? "" : "s", st.quarantined, st.swept);
+	log_info("spool: recovered %zu message%s (%zu quarantined, %zu torn records or temporary files"
+		 " removed; %zu segment%s kept, %zu finished ones removed)", st.found, st.found == 1 ? "" : "s",
+		 st.quarantined, st.swept, st.segments, st.segments == 1 ? "" : "s", st.removed);
 
 	if (user) {
 		drop_privileges(user, data, meta, lr.dir);

@@ -43,6 +43,7 @@ struct msg {
 	cJSON *meta;              /* owned object */
 	char *path;               /* owned: smtpd's file holding the bytes;
 				   * NULL until fetched ("fetch") */
+	size_t offset;            /* where the bytes start in it (a spool segment) */
 	bool data_set;            /* set_data was called: the bytes are in data */
 	struct policy_buf data;   /* owned: set_data's bytes */
 	size_t size;              /* length of the bytes (the file's or data's) */
@@ -136,7 +137,7 @@ static void src_append(lua_State *L, struct msg *m, size_t off, size_t len, stru
 	policy_buf_reserve(out, len);
 	size_t got = 0;
 	while (got < len) {
-		ssize_t r = pread(fd, out->p + out->len + got, len - got, (off_t)(off + got));
+		ssize_t r = pread(fd, out->p + out->len + got, len - got, (off_t)(m->offset + off + got));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0) {
@@ -716,7 +717,8 @@ static bool json_int(const cJSON *j, double lo, double hi, double *out)
 	return true;
 }
 
-static int check_request(const cJSON *j, double *size, double *hdr_end, char *err, size_t errlen)
+static int check_request(const cJSON *j, double *size, double *hdr_end, double *offset, char *err,
+			 size_t errlen)
 {
 	char why[160];
 	if (!cJSON_IsObject(j)) {
@@ -771,13 +773,18 @@ static int check_request(const cJSON *j, double *size, double *hdr_end, char *er
 		snprintf(err, errlen, "__msg: hdr_end must be a whole number from -1 to size");
 		return -1;
 	}
+	const cJSON *off = cJSON_GetObjectItemCaseSensitive(j, "offset");
+	if (off && (!cJSON_IsString(path) || !json_int(off, 0, 9007199254740992.0, offset))) {
+		snprintf(err, errlen, "__msg: offset must be a whole number, with a path");
+		return -1;
+	}
 	return 0;
 }
 
 int policy_msg_push(lua_State *L, const cJSON *j, char *err, size_t errlen)
 {
-	double size, hdr_end;
-	if (check_request(j, &size, &hdr_end, err, errlen) < 0)
+	double size, hdr_end, offset = 0;
+	if (check_request(j, &size, &hdr_end, &offset, err, errlen) < 0)
 		return -1;
 	/* The userdata exists (and will be collected) before anything is
 	 * allocated for it, so a Lua error here cannot leak. */
@@ -796,6 +803,7 @@ int policy_msg_push(lua_State *L, const cJSON *j, char *err, size_t errlen)
 	if (cJSON_IsString(path) && path->valuestring[0])
 		m->path = xstrdup(path->valuestring);
 	m->size = (size_t)size;
+	m->offset = (size_t)offset;
 	m->hdr_end = (long long)hdr_end;
 	/* header lines smtpd already put before the file's bytes (Received):
 	 * part of the message for every method, returned in the reply's prefix */

@@ -21,20 +21,25 @@
 
 #define QMGR_STOP_GRACE 5       /* seconds for transactions in flight at SIGTERM */
 #define QMGR_RESCAN_SECS 300    /* the spool listing for lost notices */
+#define QMGR_TICK_SECS 30       /* sealing and removing finished segments */
 
 struct load_stats {
 	size_t loaded, failed;
 };
 
-static void found(void *arg, const char *id)
+static void found(void *arg, const char *id, const struct spool_loc *loc, const char *meta,
+		  size_t meta_len)
 {
 	struct load_stats *st = arg;
 	if (qmgr_find(id))
 		return;
 	char err[300];
-	if (qmgr_load(id, err, sizeof err) == 0)
+	if (!meta) {
+		st->failed++;
+		log_warn("message %s: its meta cannot be read from segment %s", id, spool_seg_name(loc->seg));
+	} else if (qmgr_load(id, loc, meta, meta_len, err, sizeof err) == 0) {
 		st->loaded++;
-	else if (errno != ENOENT) {
+	} else {
 		st->failed++;
 		log_warn("message %s: %s", id, err);
 	}
@@ -48,20 +53,31 @@ static void load_spool(bool first)
 		log_warn("%s", err);
 		return;
 	}
+	size_t removed = spool_reap(&Q->spool);
 	if (first)
 		log_info("queue: %zu message%s to deliver from the spool", st.loaded, st.loaded == 1 ? "" : "s");
 	else if (st.loaded)
 		log_warn("queue: %zu spooled message%s had not been announced; queued now", st.loaded,
 			 st.loaded == 1 ? "" : "s");
+	if (removed)
+		log_debug("spool: %zu finished segment%s removed", removed, removed == 1 ? "" : "s");
 }
 
+/* Every QMGR_TICK_SECS: seal our own segment if it is old and remove
+ * finished segments; every QMGR_RESCAN_SECS, list the spool as well. */
 static void on_rescan(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
 	(void)arg;
-	if (!Q->stopping)
+	static unsigned ticks;
+	if (Q->stopping)
+		return;
+	spool_commit(&Q->spool, NULL, 0);
+	if (++ticks % (QMGR_RESCAN_SECS / QMGR_TICK_SECS) == 0)
 		load_spool(false);
+	else
+		spool_reap(&Q->spool);
 }
 
 static void check_stopped(evutil_socket_t fd, short what, void *arg)
@@ -179,7 +195,7 @@ int main(int argc, char **argv)
 	ctl_init(FD_QMGR_LISTEN);
 	load_spool(true);
 	Q->rescan_timer = event_new(Q->base, -1, EV_PERSIST, on_rescan, NULL);
-	struct timeval rescan = { QMGR_RESCAN_SECS, 0 };
+	struct timeval rescan = { QMGR_TICK_SECS, 0 };
 	event_add(Q->rescan_timer, &rescan);
 
 	event_base_dispatch(Q->base);

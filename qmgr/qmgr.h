@@ -26,6 +26,7 @@
 #define QMGR_DEFAULT_RETRY 1200.0          /* retry_interval: 20 minutes */
 #define QMGR_DEFAULT_MAX_AGE (7 * 86400.0) /* max_age: 7 days */
 #define QMGR_RESOLVE_TTL 300.0             /* seconds an MX answer is reused */
+#define QMGR_RESOLVE_FAIL_TTL 5.0          /* seconds a failed resolution is reused */
 #define QMGR_CONFIG_TTL 300.0              /* seconds a queue/path config is reused */
 #define QMGR_DEFERRED_INJECT "deferred_smtp_inject.kumomta.internal"
 #define QMGR_INJECT_PARALLEL 16            /* smtp_server_message_deferred_inject calls at once */
@@ -54,6 +55,7 @@ struct qmsg {
 	size_t mem_len;
 	char *mem_meta;          /* owned: its meta JSON text */
 	bool spooled;
+	struct spool_loc loc;    /* where it is, when spooled */
 	struct qmsg *hnext;      /* id hash chain */
 };
 
@@ -87,6 +89,7 @@ struct squeue {
 	double resolved_at;          /* monotonic; 0 never */
 	struct rqueue *rq;           /* where its due messages go, once resolved */
 	struct mx_result *res_fail;  /* owned: last failed resolution */
+	double res_fail_at;          /* monotonic time of it */
 	struct msg_list due;         /* M_DUE: waiting for config or resolution */
 	size_t count;                /* every message of this queue, any state */
 	bool internal;               /* QMGR_DEFERRED_INJECT: the policy's event, not SMTP */
@@ -168,17 +171,19 @@ double now_mono(void);
 /* qmgr_queue.c */
 void qmgr_queue_init(void);
 void qmgr_queue_free(void);          /* at exit: frees everything */
-/* Takes a message read from the spool (mem NULL) or from smtpd in memory
- * (mem and mem_meta, taken over even on failure); the meta JSON is the
- * spool's meta document.  0, or -1 with a reason. */
-int qmgr_add(const char *id, const cJSON *meta, char *mem, size_t mem_len, char *mem_meta,
-	     char *err, size_t errlen);
+/* Takes a message in the spool at loc (mem NULL) or from smtpd in memory
+ * (loc NULL; mem and mem_meta, taken over even on failure); the meta JSON is
+ * the spool's meta document.  0, or -1 with a reason. */
+int qmgr_add(const char *id, const cJSON *meta, const struct spool_loc *loc, char *mem,
+	     size_t mem_len, char *mem_meta, char *err, size_t errlen);
 struct qmsg *qmgr_find(const char *id);
 /* Sets m's sender and recipients from a spool meta document (replacing
  * any it had). */
 void qmgr_set_envelope(struct qmsg *m, const cJSON *doc);
-/* Reads a spooled message's meta and adds it (unless known). */
-int qmgr_load(const char *id, char *err, size_t errlen);
+/* Adds a spooled message (unless known) from its meta text, or, with meta
+ * NULL, the meta read at loc.  0, or -1 with a reason. */
+int qmgr_load(const char *id, const struct spool_loc *loc, const char *meta, size_t meta_len,
+	      char *err, size_t errlen);
 void qmgr_flush(size_t *n);          /* every waiting message due now */
 cJSON *qmgr_summary(void);
 void qmgr_policy_changed(void);     /* a reload: configs are fetched again */

@@ -1,6 +1,7 @@
 /* qmgr_ctl: the queue manager's socket (FD_QMGR_LISTEN, lib/ipc.h), for
  * the smtpd workers and kumod.  lib/frame.h frames:
- *   {"op":"new","ids":["<id>",...]}            smtpd: spooled, no reply
+ *   {"op":"new","msgs":[{"id","seg","loc":[data offset, length, crc,
+ *        meta offset, length, crc, stamp]},...]}   smtpd: spooled, no reply
  *   {"id":N,"op":"inject","msgs":[{"id","meta","data"},...]}
  *        smtpd, deferred_spool: meta text and base64 data, held in memory
  *        until the first transient failure or shutdown
@@ -81,9 +82,39 @@ static int inject_one(const cJSON *m, char *err, size_t errlen)
 		snprintf(err, errlen, "inject %s: bad data or meta", id->valuestring);
 		return -1;
 	}
-	int rc = qmgr_add(id->valuestring, doc, (char *)bytes, len, xstrdup(meta->valuestring), err, errlen);
+	int rc = qmgr_add(id->valuestring, doc, NULL, (char *)bytes, len, xstrdup(meta->valuestring), err, errlen);
 	cJSON_Delete(doc);
 	return rc;
+}
+
+/* A "new" notice's message: its id and location, or NULL if malformed. */
+static const char *notice_loc(const cJSON *m, struct spool_loc *loc)
+{
+	const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
+	const cJSON *seg = cJSON_GetObjectItemCaseSensitive(m, "seg");
+	const cJSON *l = cJSON_GetObjectItemCaseSensitive(m, "loc");
+	if (!cJSON_IsString(id) || !spool_id_valid(id->valuestring) || !cJSON_IsString(seg) ||
+	    cJSON_GetArraySize(l) != 7)
+		return NULL;
+	double v[7];
+	for (int i = 0; i < 7; i++) {
+		const cJSON *n = cJSON_GetArrayItem(l, i);
+		if (!cJSON_IsNumber(n) || n->valuedouble < 0 || n->valuedouble > 9007199254740992.0)
+			return NULL;
+		v[i] = n->valuedouble;
+	}
+	memset(loc, 0, sizeof *loc);
+	loc->seg = spool_seg_get(&Q->spool, seg->valuestring);
+	if (!loc->seg || v[2] > UINT32_MAX || v[4] > UINT32_MAX || v[5] > UINT32_MAX)
+		return NULL;
+	loc->data_off = (uint64_t)v[0];
+	loc->data_len = (uint64_t)v[1];
+	loc->data_crc = (uint32_t)v[2];
+	loc->meta_off = (uint64_t)v[3];
+	loc->meta_len = (uint32_t)v[4];
+	loc->meta_crc = (uint32_t)v[5];
+	loc->stamp = (uint64_t)v[6];
+	return id->valuestring;
 }
 
 static void handle(struct bufferevent *bev, const cJSON *req)
@@ -91,13 +122,15 @@ static void handle(struct bufferevent *bev, const cJSON *req)
 	const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");
 	const char *o = cJSON_IsString(op) ? op->valuestring : "";
 	if (strcmp(o, "new") == 0) {
-		log_debug("notice of %d new message(s)", cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(req, "ids")));
-		const cJSON *id;
-		cJSON_ArrayForEach(id, cJSON_GetObjectItemCaseSensitive(req, "ids")) {
+		const cJSON *m;
+		cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(req, "msgs")) {
 			char err[300];
-			if (cJSON_IsString(id) && spool_id_valid(id->valuestring) &&
-			    qmgr_load(id->valuestring, err, sizeof err) != 0)
-				log_warn("message %.40s: %s", id->valuestring, err);
+			struct spool_loc loc;
+			const char *id = notice_loc(m, &loc);
+			if (!id)
+				log_warn("a bad notice of a new message; the spool listing will find it");
+			else if (qmgr_load(id, &loc, NULL, 0, err, sizeof err) != 0)
+				log_warn("message %.40s: %s", id, err);
 		}
 		return;
 	}

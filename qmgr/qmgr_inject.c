@@ -1,8 +1,8 @@
 /* qmgr_inject: the deferred_smtp_inject.kumomta.internal queue.  A message
  * a listener with deferred_queue accepted is spooled in that queue; here
  * the policy's smtp_server_message_deferred_inject(msg, conn_meta) runs for
- * it, as KumoMTA does: the message is passed by reference (its data spool
- * file), conn_meta is synthesized from the message meta, and the handler's
+ * it, as KumoMTA does: the message is passed by reference (its data
+ * segment and offset), conn_meta is synthesized from the message meta, and the handler's
  * changes (sender, recipients, meta, headers, data) are written back to the
  * spool.  Then the message is rebound into the queue its meta and
  * recipient name (a DeferredInjectionRebind record); a kumo.reject with a
@@ -106,6 +106,12 @@ static int apply(struct inj *in, const cJSON *msg, char *err, size_t errlen)
 	free(line);
 	if (rc != 0)
 		return -1;
+	/* the new record (newer stamp) replaces the old one, which is done */
+	char derr[200];
+	if (spool_done(&Q->spool, &m->loc, m->id, derr, sizeof derr) != 0)
+		log_warn("message %s: %s", m->id, derr);
+	m->loc = it.loc;
+	spool_hold(&Q->spool, &m->loc);
 	/* the envelope in memory follows */
 	qmgr_set_envelope(m, in->doc);
 	m->size = 0;
@@ -174,8 +180,8 @@ void inject_start(struct qmsg *m)
 		snprintf(err, sizeof err, "cannot write it to the spool");
 		goto fail;
 	}
-	if (spool_read(&Q->spool, "data", m->id, &in->data, &in->len, err, sizeof err) != 0 ||
-	    spool_read(&Q->spool, "meta", m->id, &meta_text, &mlen, err, sizeof err) != 0)
+	if (spool_read_data(&Q->spool, &m->loc, &in->data, &in->len, err, sizeof err) != 0 ||
+	    spool_read_meta(&Q->spool, &m->loc, &meta_text, &mlen, err, sizeof err) != 0)
 		goto fail;
 	in->doc = cJSON_ParseWithLength(meta_text, mlen);
 	free(meta_text);
@@ -193,9 +199,11 @@ void inject_start(struct qmsg *m)
 		cJSON_AddItemToArray(r, cJSON_CreateString(m->rcpts[i]));
 	cJSON *meta = cJSON_GetObjectItemCaseSensitive(in->doc, "meta");
 	cJSON_AddItemToObject(o, "meta", meta ? cJSON_Duplicate(meta, 1) : cJSON_CreateObject());
-	char *path = xasprintf("%s/%.2s/%s", Q->spool.data_path, m->id, m->id);
+	/* the bytes by reference: the data segment, from the message's offset */
+	char *path = spool_data_path(&Q->spool, &m->loc);
 	cJSON_AddStringToObject(o, "path", path);
 	free(path);
+	cJSON_AddNumberToObject(o, "offset", (double)m->loc.data_off);
 	cJSON_AddNumberToObject(o, "size", (double)in->len);
 	cJSON_AddNumberToObject(o, "hdr_end", (double)in->hdr_end);
 	cJSON *args = cJSON_CreateArray();

@@ -217,7 +217,7 @@ void qmgr_done(struct qmsg *m)
 {
 	if (m->spooled) {
 		char err[200];
-		if (spool_remove(&Q->spool, m->id, err, sizeof err) != 0)
+		if (spool_done(&Q->spool, &m->loc, m->id, err, sizeof err) != 0)
 			log_warn("message %s: %s", m->id, err);
 	}
 	m->sq->count--;
@@ -298,8 +298,8 @@ void qmgr_set_envelope(struct qmsg *m, const cJSON *doc)
 	}
 }
 
-int qmgr_add(const char *id, const cJSON *doc, char *mem, size_t mem_len, char *mem_meta,
-	     char *err, size_t errlen)
+int qmgr_add(const char *id, const cJSON *doc, const struct spool_loc *loc, char *mem,
+	     size_t mem_len, char *mem_meta, char *err, size_t errlen)
 {
 	const cJSON *sender = cJSON_GetObjectItemCaseSensitive(doc, "sender");
 	const cJSON *rcpt = cJSON_GetObjectItemCaseSensitive(doc, "recipient");
@@ -323,8 +323,13 @@ int qmgr_add(const char *id, const cJSON *doc, char *mem, size_t mem_len, char *
 	}
 	m->created = spool_id_time(id);
 	m->mem_len = mem_len;
-	m->spooled = mem == NULL;
+	m->spooled = loc != NULL;
 	m->size = mem ? mem_len : 0;
+	if (loc) {
+		m->loc = *loc;
+		m->size = (size_t)loc->data_len;
+		spool_hold(&Q->spool, loc);
+	}
 	m->due = now_real();
 
 	m->sq = queue_for(meta, m->rcpts[0]);
@@ -363,21 +368,26 @@ void qmgr_rebind(struct qmsg *m, const cJSON *meta)
 	squeue_kick(m->sq);
 }
 
-int qmgr_load(const char *id, char *err, size_t errlen)
+int qmgr_load(const char *id, const struct spool_loc *loc, const char *meta, size_t meta_len,
+	      char *err, size_t errlen)
 {
 	if (qmgr_find(id))
 		return 0;
-	char *buf;
+	char *buf = NULL;
 	size_t len;
-	if (spool_read(&Q->spool, "meta", id, &buf, &len, err, errlen) != 0)
-		return -1;
-	cJSON *doc = cJSON_ParseWithLength(buf, len);
+	if (!meta) {
+		if (spool_read_meta(&Q->spool, loc, &buf, &len, err, errlen) != 0)
+			return -1;
+		meta = buf;
+		meta_len = len;
+	}
+	cJSON *doc = cJSON_ParseWithLength(meta, meta_len);
 	free(buf);
 	if (!doc) {
 		snprintf(err, errlen, "meta of %s is not JSON", id);
 		return -1;
 	}
-	int rc = qmgr_add(id, doc, NULL, 0, NULL, err, errlen);
+	int rc = qmgr_add(id, doc, loc, NULL, 0, NULL, err, errlen);
 	cJSON_Delete(doc);
 	return rc;
 }
@@ -446,6 +456,8 @@ int spool_mem_write(struct qmsg *m)
 		return -1;
 	}
 	m->spooled = true;
+	m->loc = it.loc;
+	spool_hold(&Q->spool, &m->loc);
 	free(m->mem);
 	free(m->mem_meta);
 	m->mem = m->mem_meta = NULL;
@@ -467,43 +479,33 @@ size_t qmgr_spool_memory(void)
 static void rewrite_recipients(struct qmsg *m)
 {
 	char err[200];
-	char *meta = NULL, *data = NULL;
-	size_t mlen, dlen;
+	char *meta = NULL;
+	size_t mlen;
 	cJSON *doc = NULL;
 	if (!m->spooled) {
 		doc = cJSON_Parse(m->mem_meta);
-	} else if (spool_read(&Q->spool, "meta", m->id, &meta, &mlen, err, sizeof err) == 0) {
+	} else if (spool_read_meta(&Q->spool, &m->loc, &meta, &mlen, err, sizeof err) == 0) {
 		doc = cJSON_ParseWithLength(meta, mlen);
 	}
+	free(meta);
 	if (!doc) {
 		log_warn("message %s: cannot rewrite its recipients: %s", m->id, m->spooled ? err : "bad meta");
-		free(meta);
 		return;
 	}
 	cJSON_ReplaceItemInObject(doc, "recipient", rcpt_json(m, m->rcpts, m->n_rcpts));
 	char *text = cJSON_PrintUnformatted(doc);
 	cJSON_Delete(doc);
-	free(meta);
 	if (!m->spooled) {
 		free(m->mem_meta);
 		m->mem_meta = xasprintf("%s\n", text);
 		free(text);
 		return;
 	}
-	if (spool_read(&Q->spool, "data", m->id, &data, &dlen, err, sizeof err) != 0) {
-		log_warn("message %s: cannot rewrite its recipients: %s", m->id, err);
-		free(text);
-		return;
-	}
 	char *line = xasprintf("%s\n", text);
-	struct iovec iov = { data, dlen };
-	struct spool_item it = { .data = &iov, .data_cnt = 1, .meta = line, .meta_len = strlen(line) };
-	memcpy(it.id, m->id, sizeof it.id);
-	if (spool_commit(&Q->spool, &it, 1) != 0)
-		log_warn("message %s: cannot rewrite its recipients: %s", m->id, it.err);
+	if (spool_update_meta(&Q->spool, &m->loc, m->id, line, strlen(line), err, sizeof err) != 0)
+		log_warn("message %s: cannot rewrite its recipients: %s", m->id, err);
 	free(line);
 	free(text);
-	free(data);
 }
 
 /* ---- outcomes --------------------------------------------------------------- */
@@ -638,6 +640,7 @@ static void sq_resolved(void *arg, struct mx_result *res)
 	if (res->status != DNS_OK || res->n_hosts == 0) {
 		mx_result_free(sq->res_fail);
 		sq->res_fail = res;
+		sq->res_fail_at = now_mono();
 		sq->resolved_at = 0;
 		log_info("queue %s: %s", sq->name, res->error ? res->error : "no MX host");
 	} else {
@@ -688,13 +691,18 @@ static void squeue_kick(struct squeue *sq)
 		fail_list(&sq->due, false, 451, text);
 		return;
 	}
+	/* A failed resolution answers for the messages that come within a
+	 * few seconds (one query then, not one per message); after that, or
+	 * after a flush, the next message asks again. */
+	if (sq->res_fail && now_mono() - sq->res_fail_at >= QMGR_RESOLVE_FAIL_TTL) {
+		mx_result_free(sq->res_fail);
+		sq->res_fail = NULL;
+	}
 	if (sq->res_fail) {
 		struct mx_result *r = sq->res_fail;
-		sq->res_fail = NULL;
 		char text[600];
 		bool perm = r->status == DNS_PERMFAIL;
 		snprintf(text, sizeof text, "%s %s", perm ? "5.4.4" : "4.4.4", r->error ? r->error : "no MX host");
-		mx_result_free(r);
 		fail_list(&sq->due, perm, perm ? 550 : 451, text);
 		return;
 	}
@@ -913,7 +921,7 @@ static int load_body(struct conn *c, struct qmsg *m, char *err, size_t errlen)
 		c->sm.len = m->mem_len;
 	} else {
 		size_t len;
-		if (spool_read(&Q->spool, "data", m->id, &c->data, &len, err, errlen) != 0)
+		if (spool_read_data(&Q->spool, &m->loc, &c->data, &len, err, errlen) != 0)
 			return -1;
 		c->sm.len = len;
 		m->size = len;
@@ -1168,8 +1176,11 @@ void qmgr_flush(size_t *n)
 		(*n)++;
 	}
 	for (size_t b = 0; b < SQ_BUCKETS; b++)
-		for (struct squeue *sq = sq_hash[b]; sq; sq = sq->next)
+		for (struct squeue *sq = sq_hash[b]; sq; sq = sq->next) {
+			mx_result_free(sq->res_fail);
+			sq->res_fail = NULL;
 			squeue_kick(sq);
+		}
 }
 
 void qmgr_policy_changed(void)

@@ -92,7 +92,7 @@ void policy_client_free(struct policy_client *pc);
 struct spool_job;
 struct qmgr_client;
 struct qmgr_client *qmgr_client_new(struct event_base *base, const char *sockname);
-void qmgr_notify(struct qmgr_client *qc, const char *const *ids, size_t n);
+void qmgr_notify(struct qmgr_client *qc, const struct spool_item *const *items, size_t n);
 /* deferred_spool: hands the job's messages to kumo-qmgr in memory.  0: the
  * job's done callback runs when it answers (items' result 0 when it holds
  * them, -1 with err when not); -1: not possible now (not connected, too

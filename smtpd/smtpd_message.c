@@ -629,13 +629,13 @@ static void finish(struct session *s, size_t failed, bool nospace)
 /* Tells the queue manager about every message the job stored. */
 static void announce(const struct spool_job *job)
 {
-	const char **ids = xcalloc(job->n ? job->n : 1, sizeof *ids);
+	const struct spool_item **items = xcalloc(job->n ? job->n : 1, sizeof *items);
 	size_t n = 0;
 	for (size_t i = 0; i < job->n; i++)
 		if (job->items[i].result == 0)
-			ids[n++] = job->items[i].id;
-	qmgr_notify(smtpd->qmgr, ids, n);
-	free(ids);
+			items[n++] = &job->items[i];
+	qmgr_notify(smtpd->qmgr, items, n);
+	free(items);
 }
 
 static void spool_finished(struct spool_job *job, void *ctx)

@@ -1,5 +1,5 @@
 /* smtpd_qmgr: tells kumo-qmgr about the messages this worker stored, so it
- * delivers them at once: {"op":"new","ids":[...]} frames (lib/ipc.h), no
+ * delivers them at once: {"op":"new","msgs":[...]} frames (qmgr_ctl.c), no
  * reply.  While the queue manager is away (restarting), notices wait in
  * memory (bounded) and go out on reconnection; a notice lost anyway (this
  * worker dies, the bound is hit) is harmless, since the queue manager lists
@@ -164,15 +164,29 @@ struct qmgr_client *qmgr_client_new(struct event_base *base, const char *socknam
 	return qc;
 }
 
-void qmgr_notify(struct qmgr_client *qc, const char *const *ids, size_t n)
+void qmgr_notify(struct qmgr_client *qc, const struct spool_item *const *items, size_t n)
 {
 	if (!qc || n == 0)
 		return;
 	cJSON *req = cJSON_CreateObject();
 	cJSON_AddStringToObject(req, "op", "new");
-	cJSON *a = cJSON_AddArrayToObject(req, "ids");
-	for (size_t i = 0; i < n; i++)
-		cJSON_AddItemToArray(a, cJSON_CreateString(ids[i]));
+	cJSON *a = cJSON_AddArrayToObject(req, "msgs");
+	for (size_t i = 0; i < n; i++) {
+		const struct spool_item *it = items[i];
+		const struct spool_loc *l = &it->loc;
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "id", it->id);
+		cJSON_AddStringToObject(o, "seg", it->seg_name);
+		/* integers, printed as such (cJSON would print them as doubles) */
+		char loc[200];
+		snprintf(loc, sizeof loc, "[%llu,%llu,%lu,%llu,%lu,%lu,%llu]",
+			 (unsigned long long)l->data_off, (unsigned long long)l->data_len,
+			 (unsigned long)l->data_crc, (unsigned long long)l->meta_off,
+			 (unsigned long)l->meta_len, (unsigned long)l->meta_crc,
+			 (unsigned long long)l->stamp);
+		cJSON_AddItemToObject(o, "loc", cJSON_CreateRaw(loc));
+		cJSON_AddItemToArray(a, o);
+	}
 	log_debug("notifying kumo-qmgr of %zu message(s)%s", n, qc->connected ? "" : " (queued: not connected)");
 	if (qc->connected) {
 		frame_encode(bufferevent_get_output(qc->bev), req);

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 struct spool_writer {
@@ -32,8 +33,15 @@ static void *writer_main(void *arg)
 	struct spool_writer *w = arg;
 	pthread_mutex_lock(&w->mu);
 	for (;;) {
-		while (!w->queue && !w->stop)
-			pthread_cond_wait(&w->cv, &w->mu);
+		while (!w->queue && !w->stop) {
+			/* idle: now and then, seal an old segment (spool_commit with
+			 * nothing), so the queue manager can remove it when done */
+			struct timespec until;
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_sec += (time_t)(SPOOL_SEG_MAX_AGE / 2);
+			if (pthread_cond_timedwait(&w->cv, &w->mu, &until) == ETIMEDOUT && !w->queue)
+				spool_commit(w->spool, NULL, 0);
+		}
 		if (!w->queue && w->stop)
 			break;
 		struct spool_job *batch = w->queue;

@@ -1,22 +1,392 @@
-/* spool: the on-disk message store (see spool.h for the layout).
- * Entry points: spool_open/close/lock, spool_commit (group commit),
- * spool_remove, spool_read, spool_scan (start-up recovery).
+/* spool: the on-disk message store, in segments (see spool.h for the layout).
+ * Entry points: spool_open/close/lock, spool_commit (group commit to this
+ * process's segment), spool_read_data/meta, spool_update_meta, spool_done,
+ * spool_reap, spool_list (what is there, for the queue manager) and
+ * spool_scan (recovery at start).
  * Failures return -1 (or a failure count) with reasons in err buffers. */
 #include "spool/spool.h"
 #include "lib/crc32c.h"
 #include "lib/xalloc.h"
 
-#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
+
+/* ---- records ---------------------------------------------------------------- */
+
+#define REC_MAGIC 0x3152534bu  /* "KSR1" */
+#define REC_HDR 76u            /* header with its CRC */
+#define REC_MIN (REC_HDR + 4u) /* with an empty meta text and its CRC */
+#define META_MAX (16u * 1024u * 1024u)
+
+enum { REC_MSG = 1, REC_SEAL = 2, REC_DONE = 3, REC_META = 4 };
+
+struct rec {
+	int type;
+	char id[SPOOL_ID_LEN + 1];
+	uint64_t data_off, data_len, stamp;
+	uint32_t data_crc, meta_len, meta_crc;
+	uint64_t off;       /* of the record in its file */
+	uint64_t meta_off;  /* of its meta text */
+	bool meta_ok;       /* the meta text matches its CRC */
+};
+
+static void put32(unsigned char *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void put64(unsigned char *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+	uint32_t v = 0;
+	for (int i = 3; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static uint64_t get64(const unsigned char *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/* Appends one record to *buf (grown as needed). */
+static void rec_put(unsigned char **buf, size_t *len, size_t *cap, int type, const char *id,
+		    uint64_t data_off, uint64_t data_len, uint32_t data_crc, uint64_t stamp,
+		    const char *meta, size_t meta_len)
+{
+	size_t need = *len + REC_MIN + meta_len;
+	if (need > *cap) {
+		*cap = need * 2;
+		*buf = xrealloc(*buf, *cap);
+	}
+	unsigned char *p = *buf + *len;
+	memset(p, 0, REC_HDR);
+	put32(p, REC_MAGIC);
+	p[4] = (unsigned char)type;
+	put32(p + 8, (uint32_t)meta_len);
+	put32(p + 12, data_crc);
+	put64(p + 16, data_off);
+	put64(p + 24, data_len);
+	put64(p + 32, stamp);
+	if (id)
+		memcpy(p + 40, id, SPOOL_ID_LEN);
+	put32(p + 72, crc32c(0, p, 72));
+	if (meta_len)
+		memcpy(p + REC_HDR, meta, meta_len);
+	put32(p + REC_HDR + meta_len, crc32c(0, meta, meta_len));
+	*len = need;
+}
+
+enum parse { P_OK, P_END, P_TORN, P_BAD };
+
+/* Parses the record at off of buf[0, len).  P_OK (r filled, *next set),
+ * P_END at the end, P_TORN when the rest is a record cut short or zeros
+ * (a write that never finished), P_BAD when the header is damaged. */
+static enum parse rec_get(const unsigned char *buf, size_t len, size_t off, struct rec *r,
+			  size_t *next)
+{
+	if (off == len)
+		return P_END;
+	size_t left = len - off;
+	const unsigned char *p = buf + off;
+	if (left < REC_MIN || get32(p) != REC_MAGIC || get32(p + 72) != crc32c(0, p, 72)) {
+		for (size_t i = 0; i < left; i++)
+			if (p[i])
+				return left < REC_MIN ? P_TORN : P_BAD;
+		return P_TORN;
+	}
+	memset(r, 0, sizeof *r);
+	r->type = p[4];
+	r->meta_len = get32(p + 8);
+	r->data_crc = get32(p + 12);
+	r->data_off = get64(p + 16);
+	r->data_len = get64(p + 24);
+	r->stamp = get64(p + 32);
+	memcpy(r->id, p + 40, SPOOL_ID_LEN);
+	r->id[SPOOL_ID_LEN] = '\0';
+	if (r->type < REC_MSG || r->type > REC_META || r->meta_len > META_MAX)
+		return P_BAD;
+	if ((r->type == REC_MSG || r->type == REC_DONE || r->type == REC_META) && !spool_id_valid(r->id))
+		return P_BAD;
+	if ((uint64_t)r->meta_len + REC_MIN > left)
+		return P_TORN;
+	r->off = off;
+	r->meta_off = off + REC_HDR;
+	r->meta_crc = get32(p + REC_HDR + r->meta_len);
+	r->meta_ok = crc32c(0, p + REC_HDR, r->meta_len) == r->meta_crc;
+	*next = off + REC_MIN + r->meta_len;
+	return P_OK;
+}
+
+/* ---- segments --------------------------------------------------------------- */
+
+struct spool_seg {
+	struct spool_seg *next;
+	char name[SPOOL_SEG_NAME_LEN + 1];
+	pid_t pid;             /* of its writer, from the name */
+	uint64_t created_us;
+	int data_fd, meta_fd, jrn_fd;  /* -1 until needed */
+	bool writing;          /* this process appends to it */
+	bool sealed_hint;      /* its writer moved on, or is gone */
+	bool ndone_known;
+	size_t ndone;          /* DONE records in its journal */
+	size_t held, released; /* spool_hold / spool_done calls here */
+	uint64_t data_size, meta_size;  /* append offsets (writer) */
+	size_t msgs;           /* records appended (writer) */
+};
+
+static uint64_t now_us(void)
+{
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+}
+
+static bool seg_name_valid(const char *name)
+{
+	for (int i = 0; i < SPOOL_SEG_NAME_LEN; i++)
+		if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f')))
+			return false;
+	return name[SPOOL_SEG_NAME_LEN] == '\0';
+}
+
+static struct spool_seg *seg_new(struct spool *s, const char *name)
+{
+	struct spool_seg *g = xcalloc(1, sizeof *g);
+	memcpy(g->name, name, SPOOL_SEG_NAME_LEN + 1);
+	char t[17];
+	memcpy(t, name, 16);
+	t[16] = '\0';
+	g->created_us = strtoull(t, NULL, 16);
+	g->pid = (pid_t)strtoul(name + 16, NULL, 16);
+	g->data_fd = g->meta_fd = g->jrn_fd = -1;
+	g->next = s->segs;
+	s->segs = g;
+	return g;
+}
+
+static void seg_close_fds(struct spool_seg *g)
+{
+	if (g->data_fd >= 0)
+		close(g->data_fd);
+	if (g->meta_fd >= 0)
+		close(g->meta_fd);
+	if (g->jrn_fd >= 0)
+		close(g->jrn_fd);
+	g->data_fd = g->meta_fd = g->jrn_fd = -1;
+}
+
+static void seg_free(struct spool *s, struct spool_seg *g)
+{
+	for (struct spool_seg **pp = &s->segs; *pp; pp = &(*pp)->next) {
+		if (*pp == g) {
+			*pp = g->next;
+			break;
+		}
+	}
+	if (s->cur == g)
+		s->cur = NULL;
+	seg_close_fds(g);
+	free(g);
+}
+
+static bool try_remove(struct spool *s, struct spool_seg *g);
+
+const char *spool_seg_name(const struct spool_seg *seg)
+{
+	return seg->name;
+}
+
+static struct spool_seg *seg_get(struct spool *s, const char *name, bool may_remove)
+{
+	if (!name || strlen(name) != SPOOL_SEG_NAME_LEN || !seg_name_valid(name))
+		return NULL;
+	for (struct spool_seg *g = s->segs; g; g = g->next)
+		if (strcmp(g->name, name) == 0)
+			return g;
+	struct spool_seg *g = seg_new(s, name);
+	struct spool_seg *o = s->segs, *next;
+	for (; o; o = next) {
+		next = o->next;
+		if (o == g || o->pid != g->pid || o->created_us >= g->created_us || o->writing ||
+		    o->sealed_hint)
+			continue;
+		/* its writer moved on: it is sealed, and may be finished with */
+		o->sealed_hint = true;
+		if (may_remove && o->released >= o->held)
+			try_remove(s, o);
+	}
+	return g;
+}
+
+struct spool_seg *spool_seg_get(struct spool *s, const char *name)
+{
+	return seg_get(s, name, true);
+}
+
+/* Reads a whole file at dirfd/name; NULL with errno (ENOENT when absent). */
+static unsigned char *slurp_at(int dirfd, const char *name, size_t *len)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	struct stat st;
+	if (fstat(fd, &st) != 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return NULL;
+	}
+	size_t size = (size_t)st.st_size, got = 0;
+	unsigned char *buf = xmalloc(size + 1);
+	while (got < size) {
+		ssize_t r = pread(fd, buf + got, size - got, (off_t)got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	close(fd);
+	*len = got;
+	return buf;
+}
+
+static int write_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t w = pwrite(fd, p, len, (off_t)off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -1;
+		p += w;
+		len -= (size_t)w;
+		off += (uint64_t)w;
+	}
+	return 0;
+}
+
+static int writev_all(int fd, const struct iovec *iov, int cnt, uint64_t off)
+{
+	struct iovec v[64];
+	while (cnt > 0) {
+		int k = cnt < 64 ? cnt : 64;
+		memcpy(v, iov, (size_t)k * sizeof *v);
+		struct iovec *pv = v;
+		int pk = k;
+		while (pk > 0) {
+			ssize_t w = pwritev(fd, pv, pk, (off_t)off);
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w < 0)
+				return -1;
+			off += (uint64_t)w;
+			while (pk > 0 && (size_t)w >= pv->iov_len) {
+				w -= (ssize_t)pv->iov_len;
+				pv++;
+				pk--;
+			}
+			if (pk > 0) {
+				pv->iov_base = (char *)pv->iov_base + w;
+				pv->iov_len -= (size_t)w;
+			}
+		}
+		iov += k;
+		cnt -= k;
+	}
+	return 0;
+}
+
+/* Opens (creating) the segment's journal and counts its DONE records once. */
+static int jrn_open(struct spool *s, struct spool_seg *g, bool create, char *err, size_t errlen)
+{
+	if (g->jrn_fd >= 0)
+		return 0;
+	char name[SPOOL_SEG_NAME_LEN + 3];
+	snprintf(name, sizeof name, "%s.j", g->name);
+	int fd = openat(s->meta_dirfd, name, O_RDWR | O_APPEND | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+	if (fd < 0) {
+		if (!create && errno == ENOENT && !g->ndone_known) {
+			g->ndone = 0; /* no journal: nothing done */
+			g->ndone_known = true;
+		}
+		snprintf(err, errlen, "open journal %s: %s", name, strerror(errno));
+		return -1;
+	}
+	if (!g->ndone_known) {
+		size_t len;
+		unsigned char *buf = slurp_at(s->meta_dirfd, name, &len);
+		size_t off = 0, next;
+		struct rec r;
+		g->ndone = 0;
+		while (buf && rec_get(buf, len, off, &r, &next) == P_OK) {
+			g->ndone += r.type == REC_DONE;
+			off = next;
+		}
+		free(buf);
+		g->ndone_known = true;
+	}
+	g->jrn_fd = fd;
+	return 0;
+}
+
+/* A DONE or META record about the message record at target (named by its
+ * id and its data offset: a segment may hold two records of one id). */
+static int jrn_append(struct spool *s, const struct spool_loc *target, int type, const char *id,
+		      const char *meta, size_t meta_len, uint64_t *meta_off, bool flush, char *err,
+		      size_t errlen)
+{
+	struct spool_seg *g = target->seg;
+	if (jrn_open(s, g, true, err, errlen) != 0)
+		return -1;
+	unsigned char *buf = NULL;
+	size_t len = 0, cap = 0;
+	rec_put(&buf, &len, &cap, type, id, target->data_off, target->data_len, 0, now_us(), meta,
+		meta_len);
+	struct stat st;
+	int rc = 0;
+	if (meta_off && fstat(g->jrn_fd, &st) != 0)
+		rc = -1;
+	if (rc == 0 && meta_off)
+		*meta_off = (uint64_t)st.st_size + REC_HDR;
+	while (rc == 0) {
+		ssize_t w = write(g->jrn_fd, buf, len); /* O_APPEND: one record, one write */
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w != (ssize_t)len)
+			rc = -1;
+		break;
+	}
+	if (rc == 0 && flush && fdatasync(g->jrn_fd) != 0)
+		rc = -1;
+	if (rc != 0)
+		snprintf(err, errlen, "journal %s.j: %s", g->name, errno ? strerror(errno) : "short write");
+	free(buf);
+	return rc;
+}
+
+/* ---- open, close, lock ---------------------------------------------------- */
 
 static int mkdir_p(const char *path, mode_t mode)
 {
@@ -46,15 +416,15 @@ static int mkdir_p(const char *path, mode_t mode)
 	return 0;
 }
 
-static int open_one(const char *path, int *dirfd, char *err, size_t errlen)
+static int open_one(const char *path, int *rootfd, int *segfd, char *err, size_t errlen)
 {
 	char sub[4200];
 	if (mkdir_p(path, 0700) != 0) {
 		snprintf(err, errlen, "cannot create spool directory %s: %s", path, strerror(errno));
 		return -1;
 	}
-	static const char *const subs[] = { "new", "quarantine" };
-	for (int i = 0; i < 2; i++) {
+	static const char *const subs[] = { "seg", "new", "quarantine" };
+	for (int i = 0; i < 3; i++) {
 		snprintf(sub, sizeof sub, "%s/%s", path, subs[i]);
 		if (mkdir(sub, 0700) != 0 && errno != EEXIST) {
 			snprintf(err, errlen, "cannot create %s: %s", sub, strerror(errno));
@@ -62,7 +432,7 @@ static int open_one(const char *path, int *dirfd, char *err, size_t errlen)
 		}
 	}
 	/* prove we can create files in it */
-	snprintf(sub, sizeof sub, "%s/new/.probe.%d", path, (int)getpid());
+	snprintf(sub, sizeof sub, "%s/seg/.probe.%d", path, (int)getpid());
 	int fd = open(sub, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		snprintf(err, errlen, "spool directory %s is not writable: %s", path, strerror(errno));
@@ -70,8 +440,10 @@ static int open_one(const char *path, int *dirfd, char *err, size_t errlen)
 	}
 	close(fd);
 	unlink(sub);
-	*dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (*dirfd < 0) {
+	*rootfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	snprintf(sub, sizeof sub, "%s/seg", path);
+	*segfd = open(sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (*rootfd < 0 || *segfd < 0) {
 		snprintf(err, errlen, "cannot open spool directory %s: %s", path, strerror(errno));
 		return -1;
 	}
@@ -82,34 +454,58 @@ int spool_open(struct spool *s, const char *data_path, const char *meta_path,
 	       char *err, size_t errlen)
 {
 	memset(s, 0, sizeof *s);
-	s->data_dirfd = s->meta_dirfd = s->lock_fd = -1;
+	s->data_dirfd = s->meta_dirfd = s->data_rootfd = s->meta_rootfd = s->lock_fd = -1;
 	s->data_path = xstrdup(data_path);
 	s->meta_path = xstrdup(meta_path);
-	if (open_one(data_path, &s->data_dirfd, err, errlen) != 0 ||
-	    open_one(meta_path, &s->meta_dirfd, err, errlen) != 0) {
+	if (open_one(data_path, &s->data_rootfd, &s->data_dirfd, err, errlen) != 0 ||
+	    open_one(meta_path, &s->meta_rootfd, &s->meta_dirfd, err, errlen) != 0) {
 		spool_close(s);
 		return -1;
 	}
 	return 0;
 }
 
+/* Appends a SEAL record (the number of messages in data_len) to our segment;
+ * it is flushed with the next commit of any segment, or by the kernel. */
+static void seal_cur(struct spool *s)
+{
+	struct spool_seg *g = s->cur;
+	if (!g)
+		return;
+	unsigned char *buf = NULL;
+	size_t len = 0, cap = 0;
+	rec_put(&buf, &len, &cap, REC_SEAL, NULL, 0, g->msgs, 0, now_us(), NULL, 0);
+	if (write_all(g->meta_fd, buf, len, g->meta_size) == 0)
+		g->meta_size += len;
+	free(buf);
+	g->writing = false;
+	g->sealed_hint = true;
+	s->cur = NULL;
+	if (g->held == 0) {
+		seg_free(s, g); /* a worker keeps nothing of what it wrote */
+	} else {
+		/* keep it for reading, without the write descriptors' intent */
+	}
+}
+
 void spool_close(struct spool *s)
 {
-	if (s->data_dirfd >= 0)
-		close(s->data_dirfd);
-	if (s->meta_dirfd >= 0)
-		close(s->meta_dirfd);
-	if (s->lock_fd >= 0)
-		close(s->lock_fd);
+	seal_cur(s);
+	while (s->segs)
+		seg_free(s, s->segs);
+	int *fds[] = { &s->data_dirfd, &s->meta_dirfd, &s->data_rootfd, &s->meta_rootfd, &s->lock_fd };
+	for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
+		if (*fds[i] >= 0)
+			close(*fds[i]);
 	free(s->data_path);
 	free(s->meta_path);
 	memset(s, 0, sizeof *s);
-	s->data_dirfd = s->meta_dirfd = s->lock_fd = -1;
+	s->data_dirfd = s->meta_dirfd = s->data_rootfd = s->meta_rootfd = s->lock_fd = -1;
 }
 
 int spool_lock(struct spool *s, char *err, size_t errlen)
 {
-	int fd = openat(s->meta_dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	int fd = openat(s->meta_rootfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		snprintf(err, errlen, "cannot open %s/lock: %s", s->meta_path, strerror(errno));
 		return -1;
@@ -134,247 +530,644 @@ int spool_lock(struct spool *s, char *err, size_t errlen)
 	return 0;
 }
 
-void spool_trailer_make(char out[SPOOL_TRAILER_LEN + 1], const struct iovec *iov, int cnt)
-{
-	uint32_t crc = 0;
-	uint64_t len = 0;
-	for (int i = 0; i < cnt; i++) {
-		crc = crc32c(crc, iov[i].iov_base, iov[i].iov_len);
-		len += iov[i].iov_len;
-	}
-	snprintf(out, SPOOL_TRAILER_LEN + 1, "KUMOSPOOL1 %016" PRIx64 " %08" PRIx32 "\n", len, crc);
-}
+/* ---- writing ---------------------------------------------------------------- */
 
-int spool_trailer_check(const char *buf, size_t len, size_t *payload_len,
-			char *err, size_t errlen)
+/* A new segment for this process: both files created, their directory
+ * entries flushed before anything in them is acknowledged. */
+static int seg_create(struct spool *s, char *err, size_t errlen)
 {
-	if (len < SPOOL_TRAILER_LEN) {
-		snprintf(err, errlen, "file too short for a trailer (%zu bytes)", len);
+	uint64_t t = now_us();
+	if (t <= s->last_name_us)
+		t = s->last_name_us + 1;
+	s->last_name_us = t;
+	char name[SPOOL_SEG_NAME_LEN + 1];
+	snprintf(name, sizeof name, "%016" PRIx64 "%08x", t, (unsigned)getpid());
+	int dfd = openat(s->data_dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (dfd < 0) {
+		snprintf(err, errlen, "create data segment %s: %s", name, strerror(errno));
 		return -1;
 	}
-	const char *t = buf + len - SPOOL_TRAILER_LEN;
-	if (memcmp(t, "KUMOSPOOL1 ", 11) != 0 || t[27] != ' ' || t[36] != '\n') {
-		snprintf(err, errlen, "trailer missing or damaged");
+	int mfd = openat(s->meta_dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (mfd < 0) {
+		snprintf(err, errlen, "create meta segment %s: %s", name, strerror(errno));
+		close(dfd);
+		unlinkat(s->data_dirfd, name, 0);
 		return -1;
 	}
-	char num[17];
-	memcpy(num, t + 11, 16);
-	num[16] = '\0';
-	char *end;
-	uint64_t plen = strtoull(num, &end, 16);
-	if (*end || plen != len - SPOOL_TRAILER_LEN) {
-		snprintf(err, errlen, "length mismatch (trailer says %s, file holds %zu)", num,
-			 len - SPOOL_TRAILER_LEN);
+	if (fsync(s->data_dirfd) != 0 || fsync(s->meta_dirfd) != 0) {
+		snprintf(err, errlen, "flush spool directory: %s", strerror(errno));
+		close(dfd);
+		close(mfd);
+		unlinkat(s->data_dirfd, name, 0);
+		unlinkat(s->meta_dirfd, name, 0);
 		return -1;
 	}
-	memcpy(num, t + 28, 8);
-	num[8] = '\0';
-	uint32_t want = (uint32_t)strtoul(num, &end, 16);
-	if (*end || crc32c(0, buf, (size_t)plen) != want) {
-		snprintf(err, errlen, "checksum mismatch");
-		return -1;
-	}
-	*payload_len = (size_t)plen;
+	struct spool_seg *g = seg_new(s, name);
+	g->data_fd = dfd;
+	g->meta_fd = mfd;
+	g->writing = true;
+	g->ndone_known = true; /* no journal yet */
+	s->cur = g;
 	return 0;
-}
-
-static int write_file(int dirfd, const char *name, const struct iovec *iov, int cnt,
-		      char *err, size_t errlen)
-{
-	char trailer[SPOOL_TRAILER_LEN + 1];
-	spool_trailer_make(trailer, iov, cnt);
-	int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		snprintf(err, errlen, "create %s: %s", name, strerror(errno));
-		return -1;
-	}
-	struct iovec v[17];
-	int i = 0, rc = 0;
-	while (i <= cnt && rc == 0) {
-		int k = 0;
-		for (; i < cnt && k < 16; i++, k++)
-			v[k] = iov[i];
-		if (i == cnt) {
-			v[k].iov_base = trailer;
-			v[k].iov_len = SPOOL_TRAILER_LEN;
-			k++;
-			i++;
-		}
-		size_t want = 0;
-		for (int j = 0; j < k; j++)
-			want += v[j].iov_len;
-		struct iovec *pv = v;
-		int pk = k;
-		while (want > 0) {
-			ssize_t w = writev(fd, pv, pk);
-			if (w < 0) {
-				if (errno == EINTR)
-					continue;
-				snprintf(err, errlen, "write %s: %s", name, strerror(errno));
-				rc = -1;
-				break;
-			}
-			want -= (size_t)w;
-			while (pk > 0 && (size_t)w >= pv->iov_len) {
-				w -= (ssize_t)pv->iov_len;
-				pv++;
-				pk--;
-			}
-			if (pk > 0) {
-				pv->iov_base = (char *)pv->iov_base + w;
-				pv->iov_len -= (size_t)w;
-			}
-		}
-	}
-	if (close(fd) != 0 && rc == 0) {
-		snprintf(err, errlen, "close %s: %s", name, strerror(errno));
-		rc = -1;
-	}
-	if (rc != 0)
-		unlinkat(dirfd, name, 0);
-	return rc;
-}
-
-static void fail_item(struct spool_item *it, const char *why)
-{
-	if (it->result == 0) {
-		it->result = -1;
-		snprintf(it->err, sizeof it->err, "%s", why);
-	}
 }
 
 size_t spool_commit(struct spool *s, struct spool_item *items, size_t n)
 {
-	char tmp[64], dst[64], sub[4];
+	char why[160] = "";
+	for (size_t i = 0; i < n; i++) {
+		items[i].result = 0;
+		items[i].err[0] = '\0';
+	}
+	struct spool_seg *g = s->cur;
+	if (n == 0) {
+		/* an idle writer's call: an old segment is sealed, so that the
+		 * queue manager can remove it once its messages are done */
+		if (g && (double)(now_us() - g->created_us) / 1e6 >= SPOOL_SEG_MAX_AGE)
+			seal_cur(s);
+		return 0;
+	}
+	if (g && (g->data_size >= SPOOL_SEG_MAX_BYTES || g->msgs + n > SPOOL_SEG_MAX_MSGS ||
+		  (double)(now_us() - g->created_us) / 1e6 >= SPOOL_SEG_MAX_AGE))
+		seal_cur(s);
+	if (!s->cur && seg_create(s, why, sizeof why) != 0)
+		goto fail;
+	g = s->cur;
+	uint64_t d0 = g->data_size, m0 = g->meta_size, d = d0, stamp = now_us();
+	unsigned char *buf = NULL;
+	size_t len = 0, cap = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct spool_item *it = &items[i];
-		it->result = 0;
-		it->err[0] = '\0';
-		snprintf(tmp, sizeof tmp, "new/%s", it->id);
-		struct iovec mv = { (void *)it->meta, it->meta_len };
-		if (write_file(s->data_dirfd, tmp, it->data, it->data_cnt, it->err, sizeof it->err) != 0) {
-			it->result = -1;
-			continue;
+		uint32_t crc = 0;
+		uint64_t dlen = 0;
+		for (int k = 0; k < it->data_cnt; k++) {
+			crc = crc32c(crc, it->data[k].iov_base, it->data[k].iov_len);
+			dlen += it->data[k].iov_len;
 		}
-		if (write_file(s->meta_dirfd, tmp, &mv, 1, it->err, sizeof it->err) != 0) {
-			it->result = -1;
-			unlinkat(s->data_dirfd, tmp, 0);
+		if (writev_all(g->data_fd, it->data, it->data_cnt, d) != 0) {
+			snprintf(why, sizeof why, "write data segment %s: %s", g->name, strerror(errno));
+			free(buf);
+			goto undo;
 		}
+		struct spool_loc *l = &it->loc;
+		memset(l, 0, sizeof *l);
+		l->seg = g;
+		l->data_off = d;
+		l->data_len = dlen;
+		l->data_crc = crc;
+		l->stamp = stamp;
+		l->meta_off = m0 + len + REC_HDR;
+		l->meta_len = (uint32_t)it->meta_len;
+		l->meta_crc = crc32c(0, it->meta, it->meta_len);
+		memcpy(it->seg_name, g->name, sizeof it->seg_name);
+		rec_put(&buf, &len, &cap, REC_MSG, it->id, d, dlen, crc, stamp, it->meta, it->meta_len);
+		d += dlen;
 	}
-	/* one flush for every file of the batch (both spools if they share a
-	 * file system; the second syncfs is a no-op cost otherwise) */
-	char why[160];
-	int sync_failed = 0;
-	if (syncfs(s->data_dirfd) != 0 || syncfs(s->meta_dirfd) != 0) {
-		snprintf(why, sizeof why, "syncfs: %s", strerror(errno));
-		sync_failed = 1;
+	if (write_all(g->meta_fd, buf, len, m0) != 0) {
+		snprintf(why, sizeof why, "write meta segment %s: %s", g->name, strerror(errno));
+		free(buf);
+		goto undo;
 	}
-	for (size_t i = 0; i < n; i++) {
-		struct spool_item *it = &items[i];
-		snprintf(tmp, sizeof tmp, "new/%s", it->id);
-		if (it->result != 0 || sync_failed) {
-			fail_item(it, sync_failed ? why : it->err);
-			unlinkat(s->data_dirfd, tmp, 0);
-			unlinkat(s->meta_dirfd, tmp, 0);
-			continue;
-		}
-		memcpy(sub, it->id, 2);
-		sub[2] = '\0';
-		snprintf(dst, sizeof dst, "%s/%s", sub, it->id);
-		if ((mkdirat(s->data_dirfd, sub, 0700) != 0 && errno != EEXIST) ||
-		    (mkdirat(s->meta_dirfd, sub, 0700) != 0 && errno != EEXIST)) {
-			snprintf(why, sizeof why, "mkdir %s: %s", sub, strerror(errno));
-			fail_item(it, why);
-		} else if (renameat(s->data_dirfd, tmp, s->data_dirfd, dst) != 0) {
-			snprintf(why, sizeof why, "rename data %s: %s", it->id, strerror(errno));
-			fail_item(it, why);
-		} else if (renameat(s->meta_dirfd, tmp, s->meta_dirfd, dst) != 0) {
-			snprintf(why, sizeof why, "rename meta %s: %s", it->id, strerror(errno));
-			fail_item(it, why);
-			unlinkat(s->data_dirfd, dst, 0);
-		}
-		if (it->result != 0) {
-			unlinkat(s->data_dirfd, tmp, 0);
-			unlinkat(s->meta_dirfd, tmp, 0);
-		}
+	free(buf);
+	if (fdatasync(g->data_fd) != 0 || fdatasync(g->meta_fd) != 0) {
+		snprintf(why, sizeof why, "flush segment %s: %s", g->name, strerror(errno));
+		goto undo;
 	}
-	if (syncfs(s->data_dirfd) != 0 || syncfs(s->meta_dirfd) != 0) {
-		snprintf(why, sizeof why, "syncfs: %s", strerror(errno));
-		for (size_t i = 0; i < n; i++)
-			fail_item(&items[i], why);
-	}
-	size_t failed = 0;
-	for (size_t i = 0; i < n; i++)
-		failed += items[i].result != 0;
-	return failed;
-}
-
-int spool_remove(struct spool *s, const char *id, char *err, size_t errlen)
-{
-	char path[64];
-	snprintf(path, sizeof path, "%.2s/%s", id, id);
-	if (unlinkat(s->meta_dirfd, path, 0) != 0 && errno != ENOENT) {
-		snprintf(err, errlen, "unlink meta %s: %s", id, strerror(errno));
-		return -1;
-	}
-	if (unlinkat(s->data_dirfd, path, 0) != 0 && errno != ENOENT) {
-		snprintf(err, errlen, "unlink data %s: %s", id, strerror(errno));
-		return -1;
-	}
+	g->data_size = d;
+	g->meta_size = m0 + len;
+	g->msgs += n;
 	return 0;
+undo:
+	/* Nothing of this batch may count: cut both files back.  If that
+	 * fails too, leave the segment (sealed) and start another. */
+	if (ftruncate(g->meta_fd, (off_t)m0) != 0 || ftruncate(g->data_fd, (off_t)d0) != 0) {
+		g->meta_size = m0;
+		seal_cur(s);
+	}
+fail:
+	for (size_t i = 0; i < n; i++) {
+		items[i].result = -1;
+		snprintf(items[i].err, sizeof items[i].err, "%s", why);
+	}
+	return n;
 }
 
-static int read_all_at(int dirfd, const char *name, char **out, size_t *len, char *err, size_t errlen)
+/* ---- reading ---------------------------------------------------------------- */
+
+static int seg_fd(struct spool *s, struct spool_seg *g, bool data, char *err, size_t errlen)
 {
-	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		snprintf(err, errlen, "open %s: %s", name, strerror(errno));
-		return -1;
+	int *fd = data ? &g->data_fd : &g->meta_fd;
+	if (*fd < 0) {
+		*fd = openat(data ? s->data_dirfd : s->meta_dirfd, g->name, O_RDONLY | O_CLOEXEC);
+		if (*fd < 0) {
+			snprintf(err, errlen, "open %s segment %s: %s", data ? "data" : "meta", g->name,
+				 strerror(errno));
+			return -1;
+		}
 	}
-	struct stat st;
-	if (fstat(fd, &st) != 0) {
-		snprintf(err, errlen, "stat %s: %s", name, strerror(errno));
-		close(fd);
-		return -1;
-	}
-	size_t size = (size_t)st.st_size, got = 0;
-	char *buf = xmalloc(size + 1);
-	while (got < size) {
-		ssize_t r = read(fd, buf + got, size - got);
+	return *fd;
+}
+
+static int read_range(int fd, uint64_t off, size_t len, uint32_t crc, char **out, const char *what,
+		      const char *name, char *err, size_t errlen)
+{
+	char *buf = xmalloc(len + 1);
+	size_t got = 0;
+	while (got < len) {
+		ssize_t r = pread(fd, buf + got, len - got, (off_t)(off + got));
 		if (r < 0 && errno == EINTR)
 			continue;
-		if (r <= 0)
-			break;
+		if (r <= 0) {
+			snprintf(err, errlen, "%s in segment %s: %s", what, name,
+				 r < 0 ? strerror(errno) : "the file is too short");
+			free(buf);
+			return -1;
+		}
 		got += (size_t)r;
 	}
-	close(fd);
-	buf[got] = '\0';
-	*out = buf;
-	*len = got;
-	return 0;
-}
-
-int spool_read(struct spool *s, const char *which, const char *id, char **payload,
-	       size_t *len, char *err, size_t errlen)
-{
-	char path[64];
-	snprintf(path, sizeof path, "%.2s/%s", id, id);
-	int dirfd = strcmp(which, "data") == 0 ? s->data_dirfd : s->meta_dirfd;
-	char *buf;
-	size_t n, plen;
-	if (read_all_at(dirfd, path, &buf, &n, err, errlen) != 0)
-		return -1;
-	char why[128];
-	if (spool_trailer_check(buf, n, &plen, why, sizeof why) != 0) {
-		snprintf(err, errlen, "%s file of %s: %s", which, id, why);
+	if (crc32c(0, buf, len) != crc) {
+		snprintf(err, errlen, "%s in segment %s: checksum mismatch", what, name);
 		free(buf);
 		return -1;
 	}
-	buf[plen] = '\0';
-	*payload = buf;
-	*len = plen;
+	buf[len] = '\0';
+	*out = buf;
 	return 0;
 }
+
+int spool_read_data(struct spool *s, const struct spool_loc *loc, char **out, size_t *len,
+		    char *err, size_t errlen)
+{
+	int fd = seg_fd(s, loc->seg, true, err, errlen);
+	if (fd < 0 || read_range(fd, loc->data_off, (size_t)loc->data_len, loc->data_crc, out,
+				 "message data", loc->seg->name, err, errlen) != 0)
+		return -1;
+	*len = (size_t)loc->data_len;
+	return 0;
+}
+
+int spool_read_meta(struct spool *s, const struct spool_loc *loc, char **out, size_t *len,
+		    char *err, size_t errlen)
+{
+	int fd;
+	if (loc->meta_in_journal) {
+		if (jrn_open(s, loc->seg, false, err, errlen) != 0)
+			return -1;
+		fd = loc->seg->jrn_fd;
+	} else {
+		fd = seg_fd(s, loc->seg, false, err, errlen);
+	}
+	if (fd < 0 || read_range(fd, loc->meta_off, loc->meta_len, loc->meta_crc, out, "message meta",
+				 loc->seg->name, err, errlen) != 0)
+		return -1;
+	*len = loc->meta_len;
+	return 0;
+}
+
+char *spool_data_path(const struct spool *s, const struct spool_loc *loc)
+{
+	return xasprintf("%s/seg/%s", s->data_path, loc->seg->name);
+}
+
+/* ---- the queue manager's journal ------------------------------------------- */
+
+void spool_hold(struct spool *s, const struct spool_loc *loc)
+{
+	(void)s;
+	loc->seg->held++;
+}
+
+int spool_update_meta(struct spool *s, struct spool_loc *loc, const char *id, const char *meta,
+		      size_t meta_len, char *err, size_t errlen)
+{
+	uint64_t off;
+	if (jrn_append(s, loc, REC_META, id, meta, meta_len, &off, true, err, errlen) != 0)
+		return -1;
+	loc->meta_in_journal = true;
+	loc->meta_off = off;
+	loc->meta_len = (uint32_t)meta_len;
+	loc->meta_crc = crc32c(0, meta, meta_len);
+	return 0;
+}
+
+/* The segment is sealed (a SEAL record at its end, or its writer is gone)
+ * and every message in it has a DONE record: remove it.  true if removed. */
+static bool try_remove(struct spool *s, struct spool_seg *g)
+{
+	if (g->writing)
+		return false;
+	char err[200];
+	if (jrn_open(s, g, false, err, sizeof err) != 0 && !g->ndone_known)
+		return false;
+	size_t msgs = 0;
+	bool sealed = false;
+	int fd = seg_fd(s, g, false, err, sizeof err);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) != 0)
+		return false;
+	unsigned char tail[REC_MIN];
+	struct rec r;
+	size_t next;
+	if (st.st_size >= (off_t)REC_MIN &&
+	    pread(fd, tail, REC_MIN, st.st_size - (off_t)REC_MIN) == (ssize_t)REC_MIN &&
+	    rec_get(tail, REC_MIN, 0, &r, &next) == P_OK && r.type == REC_SEAL) {
+		sealed = true;
+		msgs = (size_t)r.data_len;
+	} else {
+		/* no SEAL: the writer must be gone, and the file tells the count */
+		if (g->pid == getpid() || kill(g->pid, 0) == 0 || errno != ESRCH)
+			return false;
+		size_t len;
+		unsigned char *buf = slurp_at(s->meta_dirfd, g->name, &len);
+		size_t off = 0;
+		while (buf && rec_get(buf, len, off, &r, &next) == P_OK) {
+			msgs += r.type == REC_MSG;
+			off = next;
+		}
+		free(buf);
+		sealed = true;
+	}
+	if (!sealed || g->ndone < msgs)
+		return false;
+	char jname[SPOOL_SEG_NAME_LEN + 3];
+	snprintf(jname, sizeof jname, "%s.j", g->name);
+	/* the meta file first: without it the others are never read */
+	unlinkat(s->meta_dirfd, g->name, 0);
+	unlinkat(s->data_dirfd, g->name, 0);
+	unlinkat(s->meta_dirfd, jname, 0);
+	seg_free(s, g);
+	return true;
+}
+
+int spool_done(struct spool *s, const struct spool_loc *loc, const char *id, char *err,
+	       size_t errlen)
+{
+	struct spool_seg *g = loc->seg;
+	if (jrn_append(s, loc, REC_DONE, id, NULL, 0, NULL, false, err, errlen) != 0)
+		return -1;
+	g->ndone++;
+	g->released++;
+	if (g->sealed_hint && g->released >= g->held)
+		try_remove(s, g);
+	return 0;
+}
+
+size_t spool_reap(struct spool *s)
+{
+	size_t n = 0;
+	struct spool_seg *g = s->segs, *next;
+	for (; g; g = next) {
+		next = g->next;
+		if (!g->writing && g->released >= g->held && try_remove(s, g))
+			n++;
+	}
+	return n;
+}
+
+/* ---- listing ---------------------------------------------------------------- */
+
+struct entry {
+	char id[SPOOL_ID_LEN + 1];
+	struct spool_loc loc;
+	bool done;
+};
+
+struct entries {
+	struct entry *v;
+	size_t n, cap;
+};
+
+static int name_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The segment names in <meta>/seg, sorted (oldest first). */
+static char **seg_names(struct spool *s, size_t *count, char *err, size_t errlen)
+{
+	int fd = dup(s->meta_dirfd);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d) {
+		snprintf(err, errlen, "cannot read %s/seg: %s", s->meta_path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	rewinddir(d);
+	char **v = NULL;
+	size_t n = 0, cap = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (!seg_name_valid(e->d_name))
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 16;
+			v = xrealloc(v, cap * sizeof *v);
+		}
+		v[n++] = xstrdup(e->d_name);
+	}
+	closedir(d);
+	if (n)
+		qsort(v, n, sizeof *v, name_cmp);
+	*count = n;
+	return v ? v : xcalloc(1, sizeof *v);
+}
+
+static int entry_cmp(const void *a, const void *b)
+{
+	const struct entry *x = a, *y = b;
+	int c = memcmp(x->id, y->id, SPOOL_ID_LEN);
+	if (c)
+		return c;
+	return x->loc.stamp < y->loc.stamp ? -1 : x->loc.stamp > y->loc.stamp;
+}
+
+/* What a journal says about the messages of its segment. */
+struct jstate {
+	struct rec *v;
+	size_t n;
+	size_t good_len;  /* bytes of whole records */
+	bool torn;
+};
+
+static void jrn_load(struct spool *s, struct spool_seg *g, struct jstate *j)
+{
+	memset(j, 0, sizeof *j);
+	char name[SPOOL_SEG_NAME_LEN + 3];
+	snprintf(name, sizeof name, "%s.j", g->name);
+	size_t len = 0, off = 0, next, cap = 0, ndone = 0;
+	unsigned char *buf = slurp_at(s->meta_dirfd, name, &len);
+	struct rec r;
+	enum parse p;
+	while (buf && (p = rec_get(buf, len, off, &r, &next)) == P_OK) {
+		if (r.type == REC_DONE || (r.type == REC_META && r.meta_ok)) {
+			if (j->n == cap) {
+				cap = cap ? cap * 2 : 16;
+				j->v = xrealloc(j->v, cap * sizeof *j->v);
+			}
+			j->v[j->n++] = r;
+			ndone += r.type == REC_DONE;
+		}
+		off = next;
+	}
+	j->good_len = off;
+	j->torn = buf && off < len;
+	free(buf);
+	/* journal records are written by one process at a time (the queue
+	 * manager, or the start-up scan before it), so this count is exact */
+	g->ndone = ndone;
+	g->ndone_known = true;
+}
+
+static int jrec_cmp(const void *a, const void *b)
+{
+	const struct rec *x = a, *y = b;
+	int c = memcmp(x->id, y->id, SPOOL_ID_LEN);
+	if (c)
+		return c;
+	if (x->data_off != y->data_off)
+		return x->data_off < y->data_off ? -1 : 1;
+	return x->off < y->off ? -1 : x->off > y->off; /* journal order */
+}
+
+/* Applies the journal to the entries [from, e->n) of its segment: a record
+ * names its message by id and data offset; the last META wins. */
+static void jrn_apply(struct entries *e, size_t from, struct jstate *j)
+{
+	if (j->n == 0)
+		return;
+	qsort(j->v, j->n, sizeof *j->v, jrec_cmp);
+	for (size_t i = from; i < e->n; i++) {
+		struct entry *x = &e->v[i];
+		struct rec key;
+		memcpy(key.id, x->id, sizeof key.id);
+		key.data_off = x->loc.data_off;
+		key.off = 0;
+		/* the first journal record for (id, data_off) */
+		size_t lo = 0, hi = j->n;
+		while (lo < hi) {
+			size_t mid = lo + (hi - lo) / 2;
+			if (jrec_cmp(&j->v[mid], &key) < 0)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		for (; lo < j->n && memcmp(j->v[lo].id, x->id, SPOOL_ID_LEN) == 0 &&
+		       j->v[lo].data_off == x->loc.data_off; lo++) {
+			const struct rec *r = &j->v[lo];
+			if (r->type == REC_DONE) {
+				x->done = true;
+			} else {
+				x->loc.meta_in_journal = true;
+				x->loc.meta_off = r->meta_off;
+				x->loc.meta_len = r->meta_len;
+				x->loc.meta_crc = r->meta_crc;
+			}
+		}
+	}
+}
+
+/* Reads every segment's records and journal into e.  In scan mode (sc set)
+ * it also repairs: see spool_scan. */
+struct scan_ctx {
+	void (*warn)(void *arg, const char *id, const char *why);
+	void *arg;
+	struct spool_scan_stats *st;
+};
+
+static void quarantine_write(struct spool *s, bool data, const char *name, const void *buf, size_t len)
+{
+	char path[96];
+	snprintf(path, sizeof path, "quarantine/%.60s", name);
+	int fd = openat(data ? s->data_rootfd : s->meta_rootfd, path,
+			O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return;
+	if (write_all(fd, buf, len, 0) == 0)
+		fsync(fd);
+	close(fd);
+}
+
+/* The offset of the next whole record at or after from, or len. */
+static size_t resync(const unsigned char *buf, size_t len, size_t from)
+{
+	struct rec r;
+	size_t next;
+	for (size_t i = from; i + REC_MIN <= len; i++)
+		if (buf[i] == (REC_MAGIC & 0xff) && get32(buf + i) == REC_MAGIC &&
+		    rec_get(buf, len, i, &r, &next) == P_OK)
+			return i;
+	return len;
+}
+
+static void scan_seg_tail(struct spool *s, struct spool_seg *g, const unsigned char *buf, size_t len,
+			  size_t off, enum parse p, struct scan_ctx *sc)
+{
+	if (p == P_BAD) {
+		char qname[64], why[200];
+		snprintf(qname, sizeof qname, "%s.%zu", g->name, off);
+		quarantine_write(s, false, qname, buf + off, len - off);
+		snprintf(why, sizeof why, "segment %s: %zu bytes from offset %zu are damaged; copied to"
+			 " quarantine/%s", g->name, len - off, off, qname);
+		if (sc->warn)
+			sc->warn(sc->arg, g->name, why);
+	} else {
+		sc->st->swept++;
+	}
+	int fd = openat(s->meta_dirfd, g->name, O_WRONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (ftruncate(fd, (off_t)off) == 0)
+			fdatasync(fd);
+		close(fd);
+	}
+}
+
+static void load_seg(struct spool *s, struct spool_seg *g, struct entries *e, struct scan_ctx *sc)
+{
+	size_t len = 0, off = 0, next;
+	unsigned char *buf = slurp_at(s->meta_dirfd, g->name, &len);
+	if (!buf)
+		return;
+	size_t from = e->n;
+	bool sealed = false, damaged = false;
+	struct rec r;
+	enum parse p;
+	for (;;) {
+		p = rec_get(buf, len, off, &r, &next);
+		if (p == P_BAD || p == P_TORN) {
+			/* a damaged header, or zeros where one was: read on from
+			 * the next whole record, if there is one */
+			size_t resume = resync(buf, len, off + 1);
+			if (resume == len)
+				break;
+			bool zeros = true;
+			for (size_t i = off; i < resume && zeros; i++)
+				zeros = buf[i] == 0;
+			if (sc && !zeros) {
+				char qname[64], why[300];
+				snprintf(qname, sizeof qname, "%s.%zu", g->name, off);
+				quarantine_write(s, false, qname, buf + off, resume - off);
+				snprintf(why, sizeof why, "segment %s: %zu bytes from offset %zu are damaged (copied"
+					 " to quarantine/%s); the records after them are read", g->name,
+					 resume - off, off, qname);
+				if (sc->warn)
+					sc->warn(sc->arg, g->name, why);
+				/* zeros from now on: skipped without a word */
+				int fd = openat(s->meta_dirfd, g->name, O_WRONLY | O_CLOEXEC);
+				unsigned char *z = xcalloc(1, resume - off);
+				if (fd >= 0 && write_all(fd, z, resume - off, off) == 0)
+					fdatasync(fd);
+				free(z);
+				if (fd >= 0)
+					close(fd);
+				damaged = true;
+			}
+			off = resume;
+			continue;
+		}
+		if (p != P_OK)
+			break;
+		off = next;
+		if (r.type == REC_SEAL) {
+			sealed = true;
+			continue;
+		}
+		if (r.type != REC_MSG)
+			continue;
+		if (e->n == e->cap) {
+			e->cap = e->cap ? e->cap * 2 : 256;
+			e->v = xrealloc(e->v, e->cap * sizeof *e->v);
+		}
+		struct entry *x = &e->v[e->n++];
+		memset(x, 0, sizeof *x);
+		memcpy(x->id, r.id, sizeof x->id);
+		x->loc = (struct spool_loc){ .seg = g, .data_off = r.data_off, .data_len = r.data_len,
+					    .meta_off = r.meta_off, .stamp = r.stamp, .data_crc = r.data_crc,
+					    .meta_len = r.meta_len, .meta_crc = r.meta_crc };
+		if (!r.meta_ok)
+			x->loc.meta_crc = ~r.meta_crc; /* read_meta fails: damaged */
+	}
+	if (sealed)
+		g->sealed_hint = true;
+	if (sc && p != P_END)
+		scan_seg_tail(s, g, buf, len, off, p, sc);
+	free(buf);
+	struct jstate j;
+	jrn_load(s, g, &j);
+	if (sc && j.torn) {
+		char jname[SPOOL_SEG_NAME_LEN + 3];
+		snprintf(jname, sizeof jname, "%s.j", g->name);
+		int fd = openat(s->meta_dirfd, jname, O_WRONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			if (ftruncate(fd, (off_t)j.good_len) == 0)
+				fdatasync(fd);
+			close(fd);
+		}
+	}
+	jrn_apply(e, from, &j);
+	free(j.v);
+	if (sc && (!sealed || damaged)) {
+		/* no writer runs during the scan: seal it for good, with the
+		 * number of messages that can be found in it (a damaged record's
+		 * cannot be), so it goes once they are done */
+		unsigned char *sb = NULL;
+		size_t sl = 0, scap = 0, msgs = e->n - from;
+		rec_put(&sb, &sl, &scap, REC_SEAL, NULL, 0, msgs, 0, now_us(), NULL, 0);
+		int fd = openat(s->meta_dirfd, g->name, O_WRONLY | O_APPEND | O_CLOEXEC);
+		if (fd >= 0) {
+			if (write_all(fd, sb, sl, (uint64_t)lseek(fd, 0, SEEK_END)) == 0)
+				fdatasync(fd);
+			close(fd);
+		}
+		free(sb);
+		g->sealed_hint = true;
+	}
+}
+
+static int load_all(struct spool *s, struct entries *e, struct scan_ctx *sc, char *err, size_t errlen)
+{
+	size_t n;
+	char **names = seg_names(s, &n, err, errlen);
+	if (!names)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		struct spool_seg *g = seg_get(s, names[i], false);
+		if (g && !g->writing)
+			load_seg(s, g, e, sc);
+		free(names[i]);
+	}
+	free(names);
+	if (e->n)
+		qsort(e->v, e->n, sizeof *e->v, entry_cmp);
+	return 0;
+}
+
+int spool_list(struct spool *s, spool_found_cb found, void *arg, char *err, size_t errlen)
+{
+	struct entries e = { 0 };
+	if (load_all(s, &e, NULL, err, errlen) != 0)
+		return -1;
+	for (size_t i = 0; i < e.n; i++) {
+		struct entry *x = &e.v[i];
+		/* the newest record of an id decides */
+		if (i + 1 < e.n && memcmp(x->id, e.v[i + 1].id, SPOOL_ID_LEN) == 0)
+			continue;
+		if (x->done)
+			continue;
+		char *meta = NULL;
+		size_t mlen = 0;
+		char rerr[200];
+		if (spool_read_meta(s, &x->loc, &meta, &mlen, rerr, sizeof rerr) != 0) {
+			meta = NULL;
+			mlen = 0;
+		}
+		found(arg, x->id, &x->loc, meta, mlen);
+		free(meta);
+	}
+	free(e.v);
+	return 0;
+}
+
+/* ---- recovery at start ------------------------------------------------------ */
 
 static void sweep_new(int parent, struct spool_scan_stats *st)
 {
@@ -396,12 +1189,29 @@ static void sweep_new(int parent, struct spool_scan_stats *st)
 	closedir(d);
 }
 
-static void quarantine(struct spool *s, const char *path, const char *id)
+/* A message that cannot be delivered as it is: what is left of it goes to
+ * quarantine/<id> in both spools, and it is marked done. */
+static void quarantine_msg(struct spool *s, struct entry *x, const char *why, struct scan_ctx *sc)
 {
-	char dst[96];
-	snprintf(dst, sizeof dst, "quarantine/%.40s", id);
-	renameat(s->meta_dirfd, path, s->meta_dirfd, dst);
-	renameat(s->data_dirfd, path, s->data_dirfd, dst);
+	struct spool_seg *g = x->loc.seg;
+	char *buf = xmalloc((size_t)x->loc.data_len + 1);
+	int fd = seg_fd(s, g, true, (char[8]){ 0 }, 8);
+	ssize_t r = fd >= 0 ? pread(fd, buf, (size_t)x->loc.data_len, (off_t)x->loc.data_off) : -1;
+	quarantine_write(s, true, x->id, buf, r > 0 ? (size_t)r : 0);
+	free(buf);
+	int mfd = x->loc.meta_in_journal ? (jrn_open(s, g, false, (char[8]){ 0 }, 8) == 0 ? g->jrn_fd : -1)
+					 : seg_fd(s, g, false, (char[8]){ 0 }, 8);
+	buf = xmalloc(x->loc.meta_len + 1);
+	r = mfd >= 0 ? pread(mfd, buf, x->loc.meta_len, (off_t)x->loc.meta_off) : -1;
+	quarantine_write(s, false, x->id, buf, r > 0 ? (size_t)r : 0);
+	free(buf);
+	char jerr[200];
+	if (jrn_append(s, &x->loc, REC_DONE, x->id, NULL, 0, NULL, true, jerr, sizeof jerr) == 0)
+		g->ndone++;
+	x->done = true;
+	sc->st->quarantined++;
+	if (sc->warn)
+		sc->warn(sc->arg, x->id, why);
 }
 
 int spool_scan(struct spool *s,
@@ -410,111 +1220,49 @@ int spool_scan(struct spool *s,
 	       void *arg, struct spool_scan_stats *st, char *err, size_t errlen)
 {
 	memset(st, 0, sizeof *st);
-	sweep_new(s->data_dirfd, st);
-	sweep_new(s->meta_dirfd, st);
-	int fd = dup(s->meta_dirfd);
-	DIR *top = fd >= 0 ? fdopendir(fd) : NULL;
-	if (!top) {
-		snprintf(err, errlen, "cannot read %s: %s", s->meta_path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
+	sweep_new(s->data_rootfd, st);
+	sweep_new(s->meta_rootfd, st);
+	struct scan_ctx sc = { warn, arg, st };
+	struct entries e = { 0 };
+	if (load_all(s, &e, &sc, err, errlen) != 0)
 		return -1;
-	}
-	rewinddir(top);
-	struct dirent *e;
-	while ((e = readdir(top)) != NULL) {
-		const char *sub = e->d_name;
-		if (strlen(sub) != 2 || !isxdigit((unsigned char)sub[0]) || !isxdigit((unsigned char)sub[1]))
-			continue;
-		int sfd = openat(s->meta_dirfd, sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		DIR *d = sfd >= 0 ? fdopendir(sfd) : NULL;
-		if (!d) {
-			if (sfd >= 0)
-				close(sfd);
+	for (size_t i = 0; i < e.n; i++) {
+		struct entry *x = &e.v[i];
+		char rerr[200], why[300];
+		if (i + 1 < e.n && memcmp(x->id, e.v[i + 1].id, SPOOL_ID_LEN) == 0) {
+			/* an older copy (the queue manager rewrote it): done with */
+			if (!x->done && jrn_append(s, &x->loc, REC_DONE, x->id, NULL, 0, NULL, true, rerr,
+						   sizeof rerr) == 0)
+				x->loc.seg->ndone++;
+			x->done = true;
 			continue;
 		}
-		struct dirent *f;
-		while ((f = readdir(d)) != NULL) {
-			if (f->d_name[0] == '.')
-				continue;
-			char path[64], why[300];
-			snprintf(path, sizeof path, "%.2s/%.40s", sub, f->d_name);
-			if (!spool_id_valid(f->d_name) || strncmp(f->d_name, sub, 2) != 0) {
-				snprintf(why, sizeof why, "unexpected file %.2s/%.100s in the meta spool", sub, f->d_name);
-				if (warn)
-					warn(arg, f->d_name, why);
-				continue;
-			}
-			char *buf;
-			size_t len, plen;
-			char rerr[160];
-			int bad = 0;
-			if (spool_read(s, "meta", f->d_name, &buf, &len, rerr, sizeof rerr) != 0) {
-				bad = 1;
-			} else {
-				free(buf);
-				char dpath[64];
-				snprintf(dpath, sizeof dpath, "%.2s/%.40s", sub, f->d_name);
-				char *dbuf;
-				size_t dlen;
-				if (read_all_at(s->data_dirfd, dpath, &dbuf, &dlen, rerr, sizeof rerr) != 0) {
-					bad = 1;
-				} else {
-					char terr[128];
-					if (spool_trailer_check(dbuf, dlen, &plen, terr, sizeof terr) != 0) {
-						snprintf(rerr, sizeof rerr, "data file of %.40s: %.100s", f->d_name, terr);
-						bad = 1;
-					}
-					free(dbuf);
-				}
-			}
-			if (bad) {
-				quarantine(s, path, f->d_name);
-				st->quarantined++;
-				if (warn)
-					warn(arg, f->d_name, rerr);
-				continue;
-			}
-			st->found++;
-			if (found)
-				found(arg, f->d_name);
-		}
-		closedir(d);
-	}
-	closedir(top);
-	return 0;
-}
-
-int spool_list(struct spool *s, void (*found)(void *arg, const char *id), void *arg,
-	       char *err, size_t errlen)
-{
-	int fd = dup(s->meta_dirfd);
-	DIR *top = fd >= 0 ? fdopendir(fd) : NULL;
-	if (!top) {
-		snprintf(err, errlen, "cannot read %s: %s", s->meta_path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	rewinddir(top);
-	struct dirent *e;
-	while ((e = readdir(top)) != NULL) {
-		const char *sub = e->d_name;
-		if (strlen(sub) != 2 || !isxdigit((unsigned char)sub[0]) || !isxdigit((unsigned char)sub[1]))
+		if (x->done)
 			continue;
-		int sfd = openat(s->meta_dirfd, sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		DIR *d = sfd >= 0 ? fdopendir(sfd) : NULL;
-		if (!d) {
-			if (sfd >= 0)
-				close(sfd);
+		char *buf = NULL;
+		size_t blen;
+		if (spool_read_meta(s, &x->loc, &buf, &blen, rerr, sizeof rerr) != 0 ||
+		    (free(buf), buf = NULL, spool_read_data(s, &x->loc, &buf, &blen, rerr, sizeof rerr)) != 0) {
+			snprintf(why, sizeof why, "%s", rerr);
+			quarantine_msg(s, x, why, &sc);
 			continue;
 		}
-		struct dirent *f;
-		while ((f = readdir(d)) != NULL)
-			if (spool_id_valid(f->d_name) && strncmp(f->d_name, sub, 2) == 0)
-				found(arg, f->d_name);
-		closedir(d);
+		free(buf);
+		st->found++;
+		if (found)
+			found(arg, x->id);
 	}
-	closedir(top);
+	free(e.v);
+	/* segments with nothing left go; the rest stay, sealed */
+	struct spool_seg *g = s->segs, *next;
+	for (; g; g = next) {
+		next = g->next;
+		if (g->writing)
+			continue;
+		if (try_remove(s, g))
+			st->removed++;
+		else
+			st->segments++;
+	}
 	return 0;
 }

@@ -1,14 +1,24 @@
 /* The durable spool: two directories ("data" and "meta", from
- * kumo.define_spool), one file per message in each, named by the message's
- * 32-hex id under a two-hex subdirectory: <path>/<id[0..1]>/<id>.
- * Each file is the payload followed by a fixed 37-byte trailer line
- *   "KUMOSPOOL1 <16 hex payload length> <8 hex crc32c>\n"
- * that must validate for the file to count as whole.
+ * kumo.define_spool) holding segments, not a file per message.
  *
- * A commit writes every file of a batch under a temporary name in
- * <path>/new/, flushes the file system once (syncfs), renames each into
- * place and flushes again, so many messages share one pair of flushes
- * (group commit).  Nothing here logs; errors come back in err buffers. */
+ * A segment is named by its writer: 16 hex digits of its creation time in
+ * microseconds and 8 of the writer's pid (24 characters).  It has
+ *   <data>/seg/<name>     the message bytes, back to back;
+ *   <meta>/seg/<name>     one record per message: id, where its bytes are in
+ *                         the data file and their CRC-32C, the meta JSON;
+ *                         a SEAL record when the writer moved on;
+ *   <meta>/seg/<name>.j   the journal of the queue manager: DONE (the message
+ *                         left) and META (its meta replaced) records.
+ * Every record is a 76-byte header (with its own CRC-32C) and the meta text
+ * with its CRC-32C, so a reader can tell a whole record from a torn one.
+ *
+ * Each writer process appends to its own segment.  A commit appends every
+ * message of a batch to both files and flushes each file once (fdatasync),
+ * so many messages share one pair of flushes (group commit) and no file is
+ * created per message.  A segment is rolled at SPOOL_SEG_MAX_BYTES,
+ * SPOOL_SEG_MAX_MSGS or SPOOL_SEG_MAX_AGE seconds, and removed (all three
+ * files) once it is sealed and every message in it is done.
+ * Nothing here logs; errors come back in err buffers. */
 #ifndef KUMO_SPOOL_H
 #define KUMO_SPOOL_H
 #include <stdbool.h>
@@ -17,14 +27,34 @@
 #include <sys/uio.h>
 
 #define SPOOL_ID_LEN 32
-#define SPOOL_TRAILER_LEN 37
+#define SPOOL_SEG_NAME_LEN 24
+#define SPOOL_SEG_MAX_BYTES (64u * 1024u * 1024u)
+#define SPOOL_SEG_MAX_MSGS 20000u
+#define SPOOL_SEG_MAX_AGE 60.0
+
+struct spool_seg;  /* a segment this process knows (see spool.c) */
 
 struct spool {
 	char *data_path;  /* owned */
 	char *meta_path;  /* owned */
-	int data_dirfd;   /* O_PATH|O_DIRECTORY descriptors, owned */
+	int data_dirfd;   /* <data>/seg and <meta>/seg, owned */
 	int meta_dirfd;
+	int data_rootfd;  /* <data> and <meta> themselves, owned */
+	int meta_rootfd;
 	int lock_fd;      /* -1 unless spool_lock succeeded */
+	struct spool_seg *segs;  /* every segment known here */
+	struct spool_seg *cur;   /* the one this process appends to, or NULL */
+	uint64_t last_name_us;   /* keeps this writer's segment names increasing */
+};
+
+/* Where a stored message is: returned by spool_commit and spool_list. */
+struct spool_loc {
+	struct spool_seg *seg;
+	uint64_t data_off, data_len;
+	uint64_t meta_off;        /* of the meta text, in the segment or its journal */
+	uint64_t stamp;           /* microseconds; the newest record of an id wins */
+	uint32_t data_crc, meta_len, meta_crc;
+	bool meta_in_journal;
 };
 
 /* A new UUID v1 style id: 32 lowercase hex digits, time-ordered, unique
@@ -34,10 +64,11 @@ void spool_id_new(char out[SPOOL_ID_LEN + 1]);
 double spool_id_time(const char *id);
 bool spool_id_valid(const char *id);
 
-/* Creates the directories (and new/, quarantine/) as needed, checks they
+/* Creates the directories (seg/, new/, quarantine/) as needed, checks they
  * are writable, opens them.  0 or -1 with a reason naming the path. */
 int spool_open(struct spool *s, const char *data_path, const char *meta_path,
 	       char *err, size_t errlen);
+/* Seals this process's segment (if any) and closes everything. */
 void spool_close(struct spool *s);
 /* Takes an exclusive lock on <meta_path>/lock (pid written inside).
  * -1 with "spool is locked by pid N" when another process holds it. */
@@ -51,43 +82,75 @@ struct spool_item {
 	size_t meta_len;
 	int result;                 /* out: 0 stored, -1 failed */
 	char err[160];              /* out: reason when result is -1 */
+	struct spool_loc loc;       /* out: where it is, when stored */
+	char seg_name[SPOOL_SEG_NAME_LEN + 1];  /* out: loc's segment */
 };
 
 /* Stores every item durably (see above).  Returns the number that failed;
- * a failure of the shared flush fails every item. */
+ * a failure of the shared flush fails every item.  With n == 0 it seals
+ * this process's segment if it is older than SPOOL_SEG_MAX_AGE (writers
+ * call it when idle). */
 size_t spool_commit(struct spool *s, struct spool_item *items, size_t n);
 
-/* Removes a message's two files (meta first). 0 or -1. */
-int spool_remove(struct spool *s, const char *id, char *err, size_t errlen);
+/* The segment called name (as announced by its writer), known from now on;
+ * NULL if name is not a segment name.  A newer segment of the same writer
+ * means the older ones are sealed. */
+struct spool_seg *spool_seg_get(struct spool *s, const char *name);
+const char *spool_seg_name(const struct spool_seg *seg);
 
-/* Reads and validates one file; *payload (caller frees) excludes the
- * trailer.  which is "data" or "meta".  0, or -1 with a reason. */
-int spool_read(struct spool *s, const char *which, const char *id, char **payload,
-	       size_t *len, char *err, size_t errlen);
+/* This process holds the message (it will call spool_done for it once). */
+void spool_hold(struct spool *s, const struct spool_loc *loc);
 
-/* Validates a whole file image: 0 and *payload_len, or -1 with a reason. */
-int spool_trailer_check(const char *buf, size_t len, size_t *payload_len,
-			char *err, size_t errlen);
-void spool_trailer_make(char out[SPOOL_TRAILER_LEN + 1], const struct iovec *iov, int cnt);
+/* Reads a message's bytes or its meta text (NUL-terminated, caller frees)
+ * and checks the CRC.  0, or -1 with a reason. */
+int spool_read_data(struct spool *s, const struct spool_loc *loc, char **out, size_t *len,
+		    char *err, size_t errlen);
+int spool_read_meta(struct spool *s, const struct spool_loc *loc, char **out, size_t *len,
+		    char *err, size_t errlen);
+/* The data file of loc's segment (for readers that pread at data_off). */
+char *spool_data_path(const struct spool *s, const struct spool_loc *loc);
+
+/* Replaces the meta of a held message (a META journal record, flushed);
+ * loc then points at the new text.  0 or -1. */
+int spool_update_meta(struct spool *s, struct spool_loc *loc, const char *id, const char *meta,
+		      size_t meta_len, char *err, size_t errlen);
+
+/* The message left the spool (a DONE journal record, not flushed).  When
+ * its segment is sealed and everything in it is done, the segment's files
+ * are removed.  0 or -1. */
+int spool_done(struct spool *s, const struct spool_loc *loc, const char *id, char *err,
+	       size_t errlen);
+
+/* Looks again at every sealed segment whose held messages are all done and
+ * removes it if nothing else is in it.  Returns how many were removed. */
+size_t spool_reap(struct spool *s);
+
+/* Calls found() for every message in the spool that is not done (the newest
+ * record of each id), with its location and meta text.  Reads and moves
+ * nothing else, so it is safe while other processes commit: a record is
+ * seen only once it is whole.  0 or -1. */
+typedef void (*spool_found_cb)(void *arg, const char *id, const struct spool_loc *loc,
+			       const char *meta, size_t meta_len);
+int spool_list(struct spool *s, spool_found_cb found, void *arg, char *err, size_t errlen);
 
 struct spool_scan_stats {
 	size_t found;        /* whole messages */
-	size_t quarantined;  /* moved to quarantine/ */
-	size_t swept;        /* temporary files removed from new/ */
+	size_t quarantined;  /* copied to quarantine/ and marked done */
+	size_t swept;        /* torn records at the end of a segment, dropped */
+	size_t segments;     /* segments left in place */
+	size_t removed;      /* segments removed (nothing left in them) */
 };
 
-/* Walks the meta spool at start: sweeps new/, validates each message's
- * two files, moves a message that fails to <path>/quarantine/ (calling
- * warn with the reason), and calls found() for each whole one.  0 or -1. */
+/* Recovery at start, while no writer runs: walks every segment, drops a
+ * torn tail (a commit that never finished, so never acknowledged), checks
+ * every message's bytes against their CRC, copies a damaged message to
+ * <path>/quarantine/<id> (calling warn with the reason) and marks it done,
+ * seals every segment and removes those with nothing left, removes the
+ * temporary files in new/, and calls found() for each whole message.
+ * 0 or -1. */
 int spool_scan(struct spool *s,
 	       void (*found)(void *arg, const char *id),
 	       void (*warn)(void *arg, const char *id, const char *why),
 	       void *arg, struct spool_scan_stats *st, char *err, size_t errlen);
-
-/* Lists the ids in the meta spool without reading or moving anything, so
- * it is safe while other processes commit (a message's meta file is renamed
- * into place after its data file, and removed before it).  0 or -1. */
-int spool_list(struct spool *s, void (*found)(void *arg, const char *id), void *arg,
-	       char *err, size_t errlen);
 
 #endif

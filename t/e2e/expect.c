@@ -1,7 +1,7 @@
 /*
- * Spool and log assertions for end-to-end tests (see expect.h).  The spool
- * layout is not assumed beyond "the file's path contains the id" and "the
- * file contains the payload": a spool file is the payload plus a trailer.
+ * Spool and log assertions for end-to-end tests (see expect.h).  Messages
+ * are found in the spool with the spool library (harness_spool_lookup), as
+ * kumo-qmgr finds them.
  */
 #include "expect.h"
 
@@ -11,43 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void sb_add(char **s, size_t *len, size_t *cap, const char *add)
-{
-    size_t n = strlen(add);
-    if (*len + n + 1 > *cap) {
-        *cap = (*len + n + 1) * 2;
-        *s = realloc(*s, *cap);
-        if (!*s)
-            abort();
-    }
-    memcpy(*s + *len, add, n + 1);
-    *len += n;
-}
-
 char *expect_spool_listing(const struct harness_env *env)
 {
-    char *s = NULL;
-    size_t len = 0, cap = 0;
-    const char *dirs[] = { "spool/data", "spool/meta", NULL };
-    sb_add(&s, &len, &cap, "");
-    for (int d = 0; dirs[d]; d++) {
-        char **files = harness_list_files(env, dirs[d]);
-        char line[600];
-        snprintf(line, sizeof line, "%s/%s: %zu file(s)\n", env->dir, dirs[d],
-                 harness_strv_len(files));
-        sb_add(&s, &len, &cap, line);
-        int shown = 0;
-        for (char **f = files; *f; f++) {
-            if (++shown > 30) {
-                sb_add(&s, &len, &cap, "  ...\n");
-                break;
-            }
-            snprintf(line, sizeof line, "  %s\n", *f);
-            sb_add(&s, &len, &cap, line);
-        }
-        harness_strv_free(files);
-    }
-    return s;
+    return harness_spool_ids(env);
 }
 
 /* Shows a file's content escaped and capped, for failure messages. */
@@ -82,32 +48,27 @@ char *expect_spooled_at(const char *file, int line, const struct harness_env *en
                         const char *id, const char *data_needle,
                         const char *const meta_needles[], size_t *lenp)
 {
-    char *dpath = harness_spool_find(env, "spool/data", id);
-    char *mpath = harness_spool_find(env, "spool/meta", id);
-    if (!dpath || !mpath) {
+    struct harness_spooled sp;
+    if (!harness_spool_lookup(env, id, 1, &sp)) {
         char *l = expect_spool_listing(env);
-        harness_fail(file, line, "message %s: no file whose path contains the id under"
-                     " spool/%s\n%s", id, !dpath ? "data" : "meta", l);
+        harness_fail(file, line, "message %s is not in the spool\n%s", id, l);
     }
-    size_t dlen = 0, mlen = 0;
-    char *data = harness_slurp(dpath, &dlen);
-    char *meta = harness_slurp(mpath, &mlen);
-    if (!data || !meta)
-        harness_fail(file, line, "cannot read %s", !data ? dpath : mpath);
+    char *data = sp.data, *meta = sp.meta;
+    size_t dlen = sp.dlen, mlen = sp.mlen;
+    const char *dpath = sp.data_path, *mpath = sp.meta_path;
     if (data_needle && !harness_contains(data, dlen, data_needle)) {
         char *a = show(data_needle, strlen(data_needle)), *b = show(data, dlen);
-        harness_fail(file, line, "spool data file %s does not contain\n    \"%s\"\n"
-                     "its content:\n    \"%s\"", dpath, a, b);
+        harness_fail(file, line, "spooled data of %s (%s) does not contain\n    \"%s\"\n"
+                     "its content:\n    \"%s\"", id, dpath, a, b);
     }
     for (int i = 0; meta_needles && meta_needles[i]; i++)
         if (!harness_contains(meta, mlen, meta_needles[i])) {
             char *b = show(meta, mlen);
-            harness_fail(file, line, "spool meta file %s does not contain \"%s\"\n"
-                         "its content:\n    \"%s\"", mpath, meta_needles[i], b);
+            harness_fail(file, line, "spooled meta of %s (%s) does not contain \"%s\"\n"
+                         "its content:\n    \"%s\"", id, mpath, meta_needles[i], b);
         }
-    free(meta);
-    free(dpath);
-    free(mpath);
+    sp.data = NULL; /* the caller's */
+    harness_spooled_free(&sp);
     if (lenp)
         *lenp = dlen;
     return data;
@@ -216,20 +177,16 @@ void expect_startup_failure_at(const char *file, int line, struct harness_env *e
 
 cJSON *expect_meta_json_at(const char *file, int line, const struct harness_env *env, const char *id)
 {
-    char *path = harness_spool_find(env, "spool/meta", id);
-    if (!path) {
+    struct harness_spooled sp;
+    if (!harness_spool_lookup(env, id, 1, &sp)) {
         char *l = expect_spool_listing(env);
-        harness_fail(file, line, "message %s: no spool meta file\n%s", id, l);
+        harness_fail(file, line, "message %s is not in the spool\n%s", id, l);
     }
-    size_t len = 0;
-    char *data = harness_slurp(path, &len);
-    if (!data)
-        harness_fail(file, line, "cannot read %s", path);
-    char *nl = memchr(data, '\n', len);
-    cJSON *j = cJSON_ParseWithLength(data, nl ? (size_t)(nl - data) : len);
+    char *nl = memchr(sp.meta, '\n', sp.mlen);
+    cJSON *j = cJSON_ParseWithLength(sp.meta, nl ? (size_t)(nl - sp.meta) : sp.mlen);
     if (!cJSON_IsObject(j))
-        harness_fail(file, line, "%s: the first line is not a JSON object: %.400s", path, data);
-    free(data);
-    free(path);
+        harness_fail(file, line, "%s: the meta of %s is not a JSON object: %.400s", sp.meta_path, id,
+                     sp.meta);
+    harness_spooled_free(&sp);
     return j;
 }

@@ -6,6 +6,7 @@
  * here returns an error the test would have to check.
  */
 #include "harness.h"
+#include "spool/spool.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -996,23 +997,110 @@ size_t harness_strv_len(char *const *v)
     return n;
 }
 
-char *harness_spool_find(const struct harness_env *env, const char *spool_rel,
-                         const char *id)
+struct lookup {
+    const char *id;
+    int hit;
+    struct spool_loc loc;
+    size_t n;
+    char *ids;
+    size_t ids_len;
+};
+
+static void lookup_found(void *arg, const char *id, const struct spool_loc *loc,
+                         const char *meta, size_t meta_len)
 {
-    char **files = harness_list_files(env, spool_rel);
-    char *found = NULL;
-    for (char **p = files; *p && !found; p++) {
-        char flat[1024];
-        size_t k = 0;
-        for (const char *s = *p; *s && k + 1 < sizeof flat; s++)
-            if (*s != '/')
-                flat[k++] = *s;
-        flat[k] = 0;
-        if (strstr(flat, id))
-            found = xasprintf("%s/%s/%s", env->dir, spool_rel, *p);
+    (void)meta;
+    (void)meta_len;
+    struct lookup *lk = arg;
+    lk->n++;
+    if (lk->id && strcmp(id, lk->id) == 0) {
+        lk->hit = 1;
+        lk->loc = *loc;
     }
-    harness_strv_free(files);
-    return found;
+    if (!lk->id && lk->n <= 50) {
+        lk->ids = realloc(lk->ids, lk->ids_len + 80);
+        if (!lk->ids)
+            abort();
+        lk->ids_len += (size_t)sprintf(lk->ids + lk->ids_len, "  %s in segment %s\n", id,
+                                       spool_seg_name(loc->seg));
+    }
+}
+
+static int spool_walk(const char *data, const char *meta, struct spool *sp, struct lookup *lk)
+{
+    char err[300];
+    int rc = spool_open(sp, data, meta, err, sizeof err);
+    if (rc == 0 && spool_list(sp, lookup_found, lk, err, sizeof err) != 0) {
+        spool_close(sp);
+        rc = -1;
+    }
+    if (rc != 0)
+        fprintf(stderr, "harness: the spool %s, %s: %s\n", data, meta, err);
+    return rc;
+}
+
+int harness_spool_lookup_in(const char *data, const char *meta, const char *id, int read_bytes,
+                            struct harness_spooled *out)
+{
+    memset(out, 0, sizeof *out);
+    struct spool sp;
+    struct lookup lk = { .id = id };
+    if (spool_walk(data, meta, &sp, &lk) != 0)
+        return 0;
+    if (lk.hit) {
+        const char *name = spool_seg_name(lk.loc.seg);
+        out->data_path = xasprintf("%s/seg/%s", data, name);
+        out->meta_path = xasprintf("%s/seg/%s%s", meta, name, lk.loc.meta_in_journal ? ".j" : "");
+        out->data_off = lk.loc.data_off;
+        out->meta_off = lk.loc.meta_off;
+        out->dlen = (size_t)lk.loc.data_len;
+        out->mlen = lk.loc.meta_len;
+        char err[300];
+        if (read_bytes && (spool_read_data(&sp, &lk.loc, &out->data, &out->dlen, err, sizeof err) != 0 ||
+                           spool_read_meta(&sp, &lk.loc, &out->meta, &out->mlen, err, sizeof err) != 0)) {
+            fprintf(stderr, "harness: message %s: %s\n", id, err);
+            harness_spooled_free(out);
+            lk.hit = 0;
+        }
+    }
+    spool_close(&sp);
+    return lk.hit;
+}
+
+int harness_spool_lookup(const struct harness_env *env, const char *id, int read_bytes,
+                         struct harness_spooled *out)
+{
+    char *d = xasprintf("%s/spool/data", env->dir), *m = xasprintf("%s/spool/meta", env->dir);
+    int rc = harness_spool_lookup_in(d, m, id, read_bytes, out);
+    free(d);
+    free(m);
+    return rc;
+}
+
+void harness_spooled_free(struct harness_spooled *s)
+{
+    free(s->data);
+    free(s->meta);
+    free(s->data_path);
+    free(s->meta_path);
+    memset(s, 0, sizeof *s);
+}
+
+char *harness_spool_ids(const struct harness_env *env)
+{
+    struct spool sp;
+    struct lookup lk = { 0 };
+    char *d = xasprintf("%s/spool/data", env->dir), *m = xasprintf("%s/spool/meta", env->dir);
+    int rc = spool_walk(d, m, &sp, &lk);
+    free(d);
+    free(m);
+    if (rc != 0)
+        return xasprintf("(the spool under %s cannot be read)\n", env->dir);
+    spool_close(&sp);
+    char *r = xasprintf("%zu message(s) in the spool%s\n%s", lk.n, lk.n > 50 ? ", the first 50:" : ":",
+                        lk.ids ? lk.ids : "");
+    free(lk.ids);
+    return r;
 }
 
 static char *read_log_file(const char *path, size_t *len)

@@ -186,12 +186,29 @@ void harness_strv_free(char **v);
 size_t harness_strv_len(char *const *v);
 
 /*
- * The file under env->dir/spool_rel whose relative path, with the slashes
- * removed, contains id (so both <aa>/<id> and KumoMTA's aa/bb/cc/dd/<rest>
- * layouts are found).  Returns a malloc'd absolute path or NULL.
+ * A message in the spool under env->dir/spool/{data,meta}, found the way
+ * kumo-qmgr finds it (the spool library's spool_list: whole records only,
+ * the newest record of the id, not done).  With read_bytes, data and meta
+ * hold its bytes and meta text (NUL-terminated, checked against their CRCs).
+ * data_path/meta_path are the files holding them (the meta text may be in
+ * the segment's journal) at data_off/meta_off.
  */
-char *harness_spool_find(const struct harness_env *env, const char *spool_rel,
-                         const char *id);
+struct harness_spooled {
+    char *data, *meta;
+    size_t dlen, mlen;
+    char *data_path, *meta_path;
+    unsigned long long data_off, meta_off;
+};
+/* 1 and *out filled (free it with harness_spooled_free), or 0 when the
+ * message is not in the spool. */
+int harness_spool_lookup(const struct harness_env *env, const char *id, int read_bytes,
+                         struct harness_spooled *out);
+/* The same for a spool elsewhere (data and meta directories). */
+int harness_spool_lookup_in(const char *data, const char *meta, const char *id, int read_bytes,
+                            struct harness_spooled *out);
+void harness_spooled_free(struct harness_spooled *s);
+/* The ids in the spool, one per line, for failure messages. */
+char *harness_spool_ids(const struct harness_env *env);
 
 /* Every JSON line of every file under env->dir/logs (zstd segments are
  * decompressed with zstd -dc).  Returns a cJSON array; *bad counts lines

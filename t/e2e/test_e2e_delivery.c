@@ -181,12 +181,12 @@ static cJSON *wait_record(struct harness_env *env, const char *type, const char 
 	return r;
 }
 
-/* Whether the message still has a file in spool_rel. */
-static int in_spool(struct harness_env *env, const char *spool_rel, const char *id)
+/* Whether the message is still in the spool (not done). */
+static int in_spool(struct harness_env *env, const char *id)
 {
-	char *p = harness_spool_find(env, spool_rel, id);
-	int found = p != NULL;
-	free(p);
+	struct harness_spooled sp;
+	int found = harness_spool_lookup(env, id, 0, &sp);
+	harness_spooled_free(&sp);
 	return found;
 }
 
@@ -231,9 +231,9 @@ START_TEST(test_single_delivery_headers_intact)
 		      "headers and body (dot-unstuffed once in, stuffed again out): %s", m);
 	free(m);
 	/* delivered means gone from the spool */
-	for (int i = 0; i < 50 && in_spool(env, "spool/meta", ids[0]); i++)
+	for (int i = 0; i < 50 && in_spool(env, ids[0]); i++)
 		usleep(100000);
-	ck_assert_msg(!in_spool(env, "spool/meta", ids[0]), "delivered message still spooled");
+	ck_assert_msg(!in_spool(env, ids[0]), "delivered message still spooled");
 	stop_clean(env);
 	harness_tool_stop(sink);
 	harness_env_free(env);
@@ -348,9 +348,9 @@ START_TEST(test_permanent_failure_bounces)
 	ck_assert_str_eq(harness_json_str(resp, "content"), "no such user");
 	ck_assert_str_eq(harness_json_str(resp, "command"), "RCPT TO");
 	cJSON_Delete(b);
-	for (int i = 0; i < 50 && in_spool(env, "spool/meta", ids[0]); i++)
+	for (int i = 0; i < 50 && in_spool(env, ids[0]); i++)
 		usleep(100000);
-	ck_assert(!in_spool(env, "spool/meta", ids[0]));
+	ck_assert(!in_spool(env, ids[0]));
 	ck_assert_int_eq(sink_wait(env, 1, 1), 0);
 	stop_clean(env);
 	harness_tool_stop(sink);
@@ -378,7 +378,7 @@ START_TEST(test_expiration)
 	cJSON *e = wait_record(env, "Expiration", ids[0]);
 	ck_assert_int_ge(num(e, "num_attempts"), 2);
 	cJSON_Delete(e);
-	ck_assert(!in_spool(env, "spool/meta", ids[0]));
+	ck_assert(!in_spool(env, ids[0]));
 	stop_clean(env);
 	harness_env_free(env);
 }
@@ -610,9 +610,11 @@ START_TEST(test_deferred_spool_delivered_from_memory)
 	send_msg(env, rcpts, "Subject: fast\r\n\r\nfrom memory\r\n", ids);
 	cJSON_Delete(wait_record(env, "Delivery", ids[0]));
 	ck_assert_int_eq(sink_wait(env, 1, 5), 1);
-	ck_assert_msg(!in_spool(env, "spool/meta", ids[0]) &&
-			      !in_spool(env, "spool/data", ids[0]),
-		      "a deferred_spool message delivered at the first try never touches the spool");
+	char **segs = harness_list_files(env, "spool/meta/seg");
+	ck_assert_msg(!in_spool(env, ids[0]) && harness_strv_len(segs) == 0,
+		      "a deferred_spool message delivered at the first try never touches the spool"
+		      " (%zu segment files)", harness_strv_len(segs));
+	harness_strv_free(segs);
 	stop_clean(env);
 	harness_tool_stop(sink);
 	harness_env_free(env);
@@ -731,7 +733,7 @@ START_TEST(test_policyd_down_is_a_transient_failure)
 	ck_assert_msg(content && strstr(content, "no config today"), "the Lua error is the reason: %s", content);
 	cJSON_Delete(t);
 	ck_assert_int_eq(sink_wait(env, 1, 1), 0);
-	ck_assert(in_spool(env, "spool/meta", ids[0]));
+	ck_assert(in_spool(env, ids[0]));
 	stop_clean(env);
 	harness_tool_stop(sink);
 	harness_env_free(env);
