@@ -1,10 +1,14 @@
 /* logrec: KumoMTA-shaped JSON log records (see logrec.h).
- * Entry points: logrec_open, logrec_new, logrec_response, logrec_write.
+ * Entry points: logrec_open, logrec_new, logrec_response, logrec_write,
+ * logrec_flush.  Records are printed here (the same text cJSON would
+ * print, without its floating-point printf for whole numbers) into a
+ * buffer written once per event-loop pass, not once per record.
  * Write failures are returned to the caller, which logs them once. */
 #include "lib/logrec.h"
 #include "lib/xalloc.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
@@ -14,6 +18,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "lib/duration.h"
+#include "lib/log.h"
+
+#include <event2/event.h>
 
 static int mkdirs(const char *path)
 {
@@ -92,11 +99,41 @@ int logrec_open(struct logrec *lr, const cJSON *conf, char *err, size_t errlen)
 	return 0;
 }
 
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	char err[300];
+	if (logrec_flush(arg, err, sizeof err) != 0)
+		log_warn("log records: %s", err);
+}
+
+static void flush_soon(void *arg)
+{
+	event_active(arg, EV_TIMEOUT, 0);
+}
+
+void logrec_attach(struct logrec *lr, struct event_base *base)
+{
+	lr->flush_ev = event_new(base, -1, 0, flush_cb, lr);
+	lr->want_flush = flush_soon;
+	lr->want_flush_arg = lr->flush_ev;
+}
+
 void logrec_close(struct logrec *lr)
 {
+	char err[200];
+	logrec_flush(lr, err, sizeof err);
+	if (lr->flush_ev)
+		event_free(lr->flush_ev);
+	lr->flush_ev = NULL;
+	lr->want_flush = NULL;
 	if (lr->fd >= 0)
 		close(lr->fd);
+	free(lr->buf);
 	free(lr->dir);
+	lr->buf = NULL;
+	lr->blen = lr->bcap = 0;
 	lr->dir = NULL;
 	lr->fd = -1;
 }
@@ -109,10 +146,22 @@ void logrec_rfc3339(double t, char *buf, size_t buflen)
 		nsec = 0;
 	if (nsec > 999999999)
 		nsec = 999999999;
-	struct tm tm;
-	gmtime_r(&sec, &tm);
-	snprintf(buf, buflen, "%04d-%02d-%02dT%02d:%02d:%02d.%09ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
-		 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, nsec);
+	/* the date and time of the last second asked for, per thread */
+	static __thread time_t last_sec = -1;
+	static __thread char last[80];
+	if (sec != last_sec) {
+		struct tm tm;
+		gmtime_r(&sec, &tm);
+		snprintf(last, sizeof last, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1,
+			 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+		last_sec = sec;
+	}
+	char frac[11];
+	frac[0] = '.';
+	for (int i = 9; i >= 1; i--, nsec /= 10)
+		frac[i] = (char)('0' + nsec % 10);
+	frac[10] = '\0';
+	snprintf(buf, buflen, "%s%sZ", last, frac);
 }
 
 static double now_real(void)
@@ -210,20 +259,123 @@ static int open_segment(struct logrec *lr, char *err, size_t errlen)
 	return -1;
 }
 
-int logrec_write(struct logrec *lr, cJSON *rec, char *err, size_t errlen)
+/* ---- the record as one line: cJSON's unformatted output, made here ---- */
+
+static void buf_need(struct logrec *lr, size_t n)
 {
-	if (!lr->dir) {
-		cJSON_Delete(rec);
-		return 0;
+	if (lr->blen + n > lr->bcap) {
+		lr->bcap = (lr->blen + n) * 2;
+		lr->buf = xrealloc(lr->buf, lr->bcap);
 	}
-	char *text = cJSON_PrintUnformatted(rec);
-	cJSON_Delete(rec);
-	if (!text)
-		abort();
-	size_t n = strlen(text);
-	text[n] = '\n'; /* cJSON allocated n+1 bytes; the NUL becomes the newline */
+}
+
+static void buf_add(struct logrec *lr, const char *s, size_t n)
+{
+	buf_need(lr, n);
+	memcpy(lr->buf + lr->blen, s, n);
+	lr->blen += n;
+}
+
+static void put_string(struct logrec *lr, const char *s)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t n = strlen(s);
+	buf_need(lr, n * 6 + 2);
+	char *o = lr->buf + lr->blen;
+	*o++ = '"';
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		unsigned char c = *p;
+		if (c >= 0x20 && c != '"' && c != '\\') {
+			*o++ = (char)c;
+			continue;
+		}
+		*o++ = '\\';
+		switch (c) {
+		case '"': *o++ = '"'; break;
+		case '\\': *o++ = '\\'; break;
+		case '\b': *o++ = 'b'; break;
+		case '\f': *o++ = 'f'; break;
+		case '\n': *o++ = 'n'; break;
+		case '\r': *o++ = 'r'; break;
+		case '\t': *o++ = 't'; break;
+		default:
+			memcpy(o, "u00", 3);
+			o[3] = hex[c >> 4];
+			o[4] = hex[c & 15];
+			o += 5;
+		}
+	}
+	*o++ = '"';
+	lr->blen = (size_t)(o - lr->buf);
+}
+
+static void put_number(struct logrec *lr, double d)
+{
+	char tmp[64];
+	int n;
+	if (isnan(d) || isinf(d)) {
+		n = snprintf(tmp, sizeof tmp, "null");
+	} else if (d == floor(d) && fabs(d) < 9007199254740992.0) {
+		/* whole numbers (all the log's numbers): no floating-point printf */
+		long long v = (long long)d;
+		unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+		char *e = tmp + sizeof tmp, *p = e;
+		do
+			*--p = (char)('0' + u % 10);
+		while (u /= 10);
+		if (v < 0)
+			*--p = '-';
+		buf_add(lr, p, (size_t)(e - p));
+		return;
+	} else {
+		/* as cJSON does: 15 digits if they read back the same, else 17 */
+		n = snprintf(tmp, sizeof tmp, "%1.15g", d);
+		if (strtod(tmp, NULL) != d)
+			n = snprintf(tmp, sizeof tmp, "%1.17g", d);
+	}
+	buf_add(lr, tmp, (size_t)n);
+}
+
+static void put_value(struct logrec *lr, const cJSON *v)
+{
+	switch (v->type & 0xff) {
+	case cJSON_NULL: buf_add(lr, "null", 4); break;
+	case cJSON_False: buf_add(lr, "false", 5); break;
+	case cJSON_True: buf_add(lr, "true", 4); break;
+	case cJSON_Number: put_number(lr, v->valuedouble); break;
+	case cJSON_String: put_string(lr, v->valuestring ? v->valuestring : ""); break;
+	case cJSON_Raw:
+		if (v->valuestring)
+			buf_add(lr, v->valuestring, strlen(v->valuestring));
+		break;
+	case cJSON_Array:
+	case cJSON_Object: {
+		bool obj = cJSON_IsObject(v);
+		buf_add(lr, obj ? "{" : "[", 1);
+		for (const cJSON *c = v->child; c; c = c->next) {
+			if (c != v->child)
+				buf_add(lr, ",", 1);
+			if (obj) {
+				put_string(lr, c->string ? c->string : "");
+				buf_add(lr, ":", 1);
+			}
+			put_value(lr, c);
+		}
+		buf_add(lr, obj ? "}" : "]", 1);
+		break;
+	}
+	default: buf_add(lr, "null", 4); break;
+	}
+}
+
+/* Writes the buffer to the current segment (a new one when the size or
+ * age limit is reached: records are not split across segments). */
+int logrec_flush(struct logrec *lr, char *err, size_t errlen)
+{
+	if (!lr->dir || lr->blen == 0)
+		return 0;
 	int rc = 0;
-	if (lr->fd >= 0 && (lr->written + n + 1 > lr->max_file_size ||
+	if (lr->fd >= 0 && (lr->written + lr->blen > lr->max_file_size ||
 			    (lr->max_segment_duration > 0 &&
 			     (double)(time(NULL) - lr->opened) >= lr->max_segment_duration))) {
 		close(lr->fd);
@@ -232,14 +384,40 @@ int logrec_write(struct logrec *lr, cJSON *rec, char *err, size_t errlen)
 	if (lr->fd < 0 && open_segment(lr, err, errlen) != 0) {
 		rc = -1;
 	} else {
-		ssize_t w = write(lr->fd, text, n + 1);
-		if (w != (ssize_t)(n + 1)) {
-			snprintf(err, errlen, "log write: %s", w < 0 ? strerror(errno) : "short write");
-			rc = -1;
-		} else {
-			lr->written += n + 1;
+		size_t done = 0;
+		while (done < lr->blen) {
+			ssize_t w = write(lr->fd, lr->buf + done, lr->blen - done);
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0) {
+				snprintf(err, errlen, "log write: %s", w < 0 ? strerror(errno) : "short write");
+				rc = -1;
+				break;
+			}
+			done += (size_t)w;
 		}
+		lr->written += done;
 	}
-	free(text);
+	lr->blen = 0; /* what could not be written is dropped, and reported */
 	return rc;
+}
+
+int logrec_write(struct logrec *lr, cJSON *rec, char *err, size_t errlen)
+{
+	if (!lr->dir) {
+		cJSON_Delete(rec);
+		return 0;
+	}
+	bool was_empty = lr->blen == 0;
+	put_value(lr, rec);
+	buf_add(lr, "\n", 1);
+	cJSON_Delete(rec);
+	if (lr->blen >= LOGREC_BUF_MAX || (lr->max_file_size && lr->blen >= lr->max_file_size))
+		return logrec_flush(lr, err, errlen);
+	if (was_empty) {
+		if (!lr->want_flush)
+			return logrec_flush(lr, err, errlen); /* nobody flushes later: now */
+		lr->want_flush(lr->want_flush_arg);
+	}
+	return 0;
 }

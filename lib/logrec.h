@@ -18,10 +18,22 @@ struct logrec {
 	double max_segment_duration; /* seconds, 0 = unlimited */
 	time_t opened;
 	char nodeid[37];
+	char *buf;            /* owned: records not yet written */
+	size_t blen, bcap;
+	/* called when the buffer stops being empty, so the process can
+	 * arrange a logrec_flush soon (at the end of its event loop's pass) */
+	void (*want_flush)(void *arg);
+	void *want_flush_arg;
+	struct event *flush_ev;  /* owned, from logrec_attach */
 };
 
+struct event_base;
+/* Flushes at the end of each pass of base's loop in which records were
+ * written (a failure is logged with log_warn).  logrec_close frees it. */
+void logrec_attach(struct logrec *lr, struct event_base *base);
+
 /* Reads a configure_local_logs table (NULL or JSON null: disabled), creates
- * log_dir.  0 or -1 with a reason. */
+ * log_dir.  0 or -1 with a reason.  logrec_close flushes. */
 int logrec_open(struct logrec *lr, const cJSON *conf, char *err, size_t errlen);
 void logrec_close(struct logrec *lr);
 
@@ -29,8 +41,13 @@ void logrec_close(struct logrec *lr);
  * queue, site, size, timestamps, nodeid, ...; callers add the rest. */
 cJSON *logrec_new(const struct logrec *lr, const char *type, const char *id, double created);
 
-/* Writes the record as one line and frees it.  0, or -1 with a reason. */
+/* Adds the record as one line to the buffer and frees it; the buffer is
+ * written when it holds LOGREC_BUF_MAX bytes, at logrec_flush and at
+ * logrec_close.  0, or -1 with a reason (of a write this call made). */
+#define LOGREC_BUF_MAX (64u * 1024u)
 int logrec_write(struct logrec *lr, cJSON *rec, char *err, size_t errlen);
+/* Writes what is buffered (one write).  0, or -1 with a reason. */
+int logrec_flush(struct logrec *lr, char *err, size_t errlen);
 
 /* "response" object: code, enhanced_code parsed from the text, content,
  * command. */

@@ -175,6 +175,7 @@ int main(int argc, char **argv)
 		log_fatal("%s", err);
 	if (logrec_open(&Q->logs, cJSON_GetObjectItemCaseSensitive(conf, "logs"), err, sizeof err) != 0)
 		log_fatal("%s", err);
+	logrec_attach(&Q->logs, Q->base);
 	int timeout_ms, tries;
 	char *servers = resolver_servers(cJSON_GetObjectItemCaseSensitive(conf, "resolver"), &timeout_ms, &tries);
 	Q->dns = dns_new(Q->base, servers, timeout_ms, tries, err, sizeof err);

@@ -108,6 +108,7 @@ int main(int argc, char **argv)
 		log_fatal("%s", err);
 	if (logrec_open(&smtpd->logs, cJSON_GetObjectItemCaseSensitive(conf, "logs"), err, sizeof err) != 0)
 		log_fatal("%s", err);
+	logrec_attach(&smtpd->logs, smtpd->base);
 	smtpd->writer = spool_writer_new(smtpd->base, &smtpd->spool);
 
 	const cJSON *ps = cJSON_GetObjectItemCaseSensitive(conf, "policy_socket");
