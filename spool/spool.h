@@ -13,9 +13,10 @@
  * with its CRC-32C, so a reader can tell a whole record from a torn one.
  *
  * Each writer process appends to its own segment.  A commit appends every
- * message of a batch to both files and flushes each file once (fdatasync),
- * so many messages share one pair of flushes (group commit) and no file is
- * created per message.  A segment is rolled at SPOOL_SEG_MAX_BYTES,
+ * message of a batch to both files and flushes each file once (fdatasync,
+ * the two at the same time, one on a helper thread), so many messages
+ * share one pair of flushes (group commit) and no file is created per
+ * message.  A segment is rolled at SPOOL_SEG_MAX_BYTES,
  * SPOOL_SEG_MAX_MSGS or SPOOL_SEG_MAX_AGE seconds, and removed (all three
  * files) once it is sealed and every message in it is done.
  * Nothing here logs; errors come back in err buffers. */
@@ -33,6 +34,7 @@
 #define SPOOL_SEG_MAX_AGE 60.0
 
 struct spool_seg;  /* a segment this process knows (see spool.c) */
+struct spool_syncer;
 
 struct spool {
 	char *data_path;  /* owned */
@@ -45,6 +47,7 @@ struct spool {
 	struct spool_seg *segs;  /* every segment known here */
 	struct spool_seg *cur;   /* the one this process appends to, or NULL */
 	uint64_t last_name_us;   /* keeps this writer's segment names increasing */
+	struct spool_syncer *syncer;  /* flushes the data file beside the meta file's flush */
 };
 
 /* Where a stored message is: returned by spool_commit and spool_list. */
