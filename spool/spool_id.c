@@ -1,10 +1,12 @@
 /* spool_id: time-ordered 128-bit message ids in UUID v1 layout, printed as
  * 32 lowercase hex digits (KumoMTA's Uuid::simple form).  The node field is
  * random per process (multicast bit set, RFC 4122 4.5), so two processes
- * never collide; within a process the 100 ns timestamp strictly increases. */
+ * never collide (a forked child draws its own); within a process the 100 ns
+ * timestamp strictly increases. */
 #include "spool/spool.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
@@ -17,7 +19,13 @@ static pthread_mutex_t id_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t last_ts;
 static uint8_t node[6];
 static uint16_t clock_seq;
-static pid_t node_pid;
+static bool node_ready;      /* false at start and in a forked child */
+static bool atfork_set;
+
+static void forked(void)
+{
+	node_ready = false; /* the child draws its own node */
+}
 
 static void init_node(void)
 {
@@ -31,8 +39,18 @@ static void init_node(void)
 	memcpy(node, r, 6);
 	node[0] |= 0x01;
 	clock_seq = (uint16_t)(((r[6] << 8) | r[7]) & 0x3fff);
-	node_pid = getpid();
 	last_ts = 0;
+	node_ready = true;
+	if (!atfork_set)
+		atfork_set = pthread_atfork(NULL, NULL, forked) == 0;
+}
+
+static char *hex(char *p, uint64_t v, int digits)
+{
+	static const char d[] = "0123456789abcdef";
+	for (int i = digits - 1; i >= 0; i--, v >>= 4)
+		p[i] = d[v & 15];
+	return p + digits;
 }
 
 void spool_id_new(char out[SPOOL_ID_LEN + 1])
@@ -41,7 +59,7 @@ void spool_id_new(char out[SPOOL_ID_LEN + 1])
 	clock_gettime(CLOCK_REALTIME, &ts);
 	uint64_t t = (uint64_t)ts.tv_sec * 10000000ULL + (uint64_t)ts.tv_nsec / 100 + UUID_EPOCH_OFFSET;
 	pthread_mutex_lock(&id_lock);
-	if (node_pid != getpid())
+	if (!node_ready)
 		init_node();
 	if (t <= last_ts)
 		t = last_ts + 1;
@@ -51,12 +69,14 @@ void spool_id_new(char out[SPOOL_ID_LEN + 1])
 	memcpy(n, node, 6);
 	pthread_mutex_unlock(&id_lock);
 
-	uint32_t time_low = (uint32_t)(t & 0xffffffffu);
-	uint16_t time_mid = (uint16_t)((t >> 32) & 0xffff);
-	uint16_t time_hi = (uint16_t)(((t >> 48) & 0x0fff) | 0x1000);
-	uint16_t cs = (uint16_t)(seq | 0x8000);
-	snprintf(out, SPOOL_ID_LEN + 1, "%08x%04x%04x%04x%02x%02x%02x%02x%02x%02x",
-		 time_low, time_mid, time_hi, cs, n[0], n[1], n[2], n[3], n[4], n[5]);
+	char *p = out;
+	p = hex(p, t & 0xffffffffu, 8);                            /* time_low */
+	p = hex(p, (t >> 32) & 0xffff, 4);                         /* time_mid */
+	p = hex(p, ((t >> 48) & 0x0fff) | 0x1000, 4);              /* time_hi, version 1 */
+	p = hex(p, (uint64_t)(seq | 0x8000), 4);                   /* variant, clock_seq */
+	for (int i = 0; i < 6; i++)
+		p = hex(p, n[i], 2);                               /* node */
+	*p = '\0';
 }
 
 bool spool_id_valid(const char *id)

@@ -550,6 +550,35 @@ START_TEST(ids_are_unique_ordered_and_dated)
 }
 END_TEST
 
+/* A forked child (a worker) draws its own node: its ids never share the
+ * last 12 digits with its parent's, even within the same 100 ns. */
+START_TEST(ids_differ_after_fork)
+{
+	char parent[SPOOL_ID_LEN + 1], child[SPOOL_ID_LEN + 1] = "";
+	spool_id_new(parent);
+	int fds[2];
+	ck_assert_int_eq(pipe(fds), 0);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		char id[SPOOL_ID_LEN + 1];
+		spool_id_new(id);
+		_exit(write(fds[1], id, SPOOL_ID_LEN) == SPOOL_ID_LEN ? 0 : 1);
+	}
+	close(fds[1]);
+	ck_assert_int_eq(read(fds[0], child, SPOOL_ID_LEN), SPOOL_ID_LEN);
+	close(fds[0]);
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	ck_assert(spool_id_valid(child));
+	ck_assert_msg(strcmp(parent + 20, child + 20) != 0, "same node after fork: %s %s", parent, child);
+	char again[SPOOL_ID_LEN + 1];
+	spool_id_new(again);
+	ck_assert_str_eq(again + 20, parent + 20); /* the parent keeps its own */
+}
+END_TEST
+
 START_TEST(lock_is_exclusive)
 {
 	struct spool a, b;
@@ -1794,6 +1823,7 @@ int main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, ids_are_unique_ordered_and_dated);
+	tcase_add_test(tc, ids_differ_after_fork);
 	tcase_add_test(tc, lock_is_exclusive);
 	tcase_add_test(tc, unwritable_path_fails);
 	tcase_add_test(tc, commit_then_list);
