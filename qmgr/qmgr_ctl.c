@@ -2,21 +2,23 @@
  * the smtpd workers and kumod.  lib/frame.h frames:
  *   {"op":"new","msgs":[{"id","seg","loc":[data offset, length, crc,
  *        meta offset, length, crc, stamp]},...]}   smtpd: spooled, no reply
- *   {"id":N,"op":"inject","msgs":[{"id","meta","data"},...]}
- *        smtpd, deferred_spool: meta text and base64 data, held in memory
- *        until the first transient failure or shutdown
+ *   {"id":N,"op":"inject","msgs":[{"id","meta","size"},...]} and then,
+ *        right after the frame, the messages' bytes back to back (size
+ *        bytes each, not JSON: no encoding either way)
+ *        smtpd, deferred_spool: held in memory until the first transient
+ *        failure or shutdown
  *        -> {"id":N,"ok":true} | {"id":N,"ok":false,"error":"..."}
  *   {"id":N,"op":"summary"}  -> {"id":N,"ok":true,"summary":{...}}
  *   {"id":N,"op":"flush"}    -> {"id":N,"ok":true,"flushed":K}
  * Only our own uid (or root) may connect (SO_PEERCRED); a bad frame closes
  * the connection.  Entry points: ctl_init, ctl_close. */
 #include "qmgr/qmgr.h"
-#include "lib/base64.h"
 #include "lib/frame.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +33,8 @@ static struct evconnlistener *listener;
 struct client {
 	struct bufferevent *bev;
 	struct client *next;
+	cJSON *pending;   /* an inject whose bytes are not all here yet */
+	size_t need;      /* how many bytes it is waiting for */
 };
 static struct client *clients;
 
@@ -40,6 +44,7 @@ static void client_drop(struct bufferevent *bev)
 		if ((*pp)->bev == bev) {
 			struct client *c = *pp;
 			*pp = c->next;
+			cJSON_Delete(c->pending);
 			free(c);
 			break;
 		}
@@ -56,33 +61,61 @@ static void reply(struct bufferevent *bev, cJSON *r, const cJSON *req)
 	cJSON_Delete(r);
 }
 
-/* One deferred_spool message into the queue, in memory. */
-static int inject_one(const cJSON *m, char *err, size_t errlen)
+#define INJECT_BYTES_MAX (64u * 1024u * 1024u)  /* bytes after one inject frame */
+
+/* The bytes an inject frame says follow it; 0 if it is not one, or
+ * SIZE_MAX if its sizes are bad. */
+static size_t inject_bytes(const cJSON *req)
+{
+	const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");
+	if (!cJSON_IsString(op) || strcmp(op->valuestring, "inject") != 0)
+		return 0;
+	size_t total = 0;
+	const cJSON *m;
+	cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(req, "msgs")) {
+		const cJSON *size = cJSON_GetObjectItemCaseSensitive(m, "size");
+		if (!cJSON_IsNumber(size) || size->valuedouble < 0 || size->valuedouble > INJECT_BYTES_MAX ||
+		    size->valuedouble != (double)(size_t)size->valuedouble)
+			return SIZE_MAX;
+		total += (size_t)size->valuedouble;
+		if (total > INJECT_BYTES_MAX)
+			return SIZE_MAX;
+	}
+	return total;
+}
+
+/* One deferred_spool message into the queue, in memory; its bytes are
+ * taken from in (all of them, even when it is refused). */
+static int inject_one(const cJSON *m, struct evbuffer *in, char *err, size_t errlen)
 {
 	const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
 	const cJSON *meta = cJSON_GetObjectItemCaseSensitive(m, "meta");
-	const cJSON *data = cJSON_GetObjectItemCaseSensitive(m, "data");
-	if (!cJSON_IsString(id) || !spool_id_valid(id->valuestring) || !cJSON_IsString(meta) ||
-	    !cJSON_IsString(data)) {
+	size_t len = (size_t)cJSON_GetObjectItemCaseSensitive(m, "size")->valuedouble;
+	char *bytes = xmalloc(len + 1);
+	if (evbuffer_remove(in, bytes, len) != (int)len) {
+		free(bytes);
+		snprintf(err, errlen, "inject: the message bytes are missing");
+		return -1;
+	}
+	bytes[len] = '\0';
+	if (!cJSON_IsString(id) || !spool_id_valid(id->valuestring) || !cJSON_IsString(meta)) {
+		free(bytes);
 		snprintf(err, errlen, "inject: bad message");
 		return -1;
 	}
-	if (Q->stopping) {
-		snprintf(err, errlen, "the queue manager is stopping");
-		return -1;
-	}
-	if (qmgr_find(id->valuestring))
-		return 0;
-	size_t len;
-	unsigned char *bytes = base64_decode(data->valuestring, strlen(data->valuestring), &len);
-	cJSON *doc = cJSON_Parse(meta->valuestring);
-	if (!bytes || !doc) {
+	if (Q->stopping || qmgr_find(id->valuestring)) {
 		free(bytes);
-		cJSON_Delete(doc);
-		snprintf(err, errlen, "inject %s: bad data or meta", id->valuestring);
+		if (Q->stopping)
+			snprintf(err, errlen, "the queue manager is stopping");
+		return Q->stopping ? -1 : 0;
+	}
+	cJSON *doc = cJSON_Parse(meta->valuestring);
+	if (!doc) {
+		free(bytes);
+		snprintf(err, errlen, "inject %s: bad meta", id->valuestring);
 		return -1;
 	}
-	int rc = qmgr_add(id->valuestring, doc, NULL, (char *)bytes, len, xstrdup(meta->valuestring), err, errlen);
+	int rc = qmgr_add(id->valuestring, doc, NULL, bytes, len, xstrdup(meta->valuestring), err, errlen);
 	cJSON_Delete(doc);
 	return rc;
 }
@@ -138,9 +171,12 @@ static void handle(struct bufferevent *bev, const cJSON *req)
 	if (strcmp(o, "inject") == 0) {
 		char err[300] = "";
 		const cJSON *m;
+		struct evbuffer *in = bufferevent_get_input(bev);
 		cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(req, "msgs")) {
-			if (inject_one(m, err, sizeof err) != 0)
-				break;
+			char e[300] = "";
+			/* every message's bytes are read, whatever happens */
+			if (inject_one(m, in, e, sizeof e) != 0 && !err[0])
+				snprintf(err, sizeof err, "%s", e);
 		}
 		cJSON_AddBoolToObject(r, "ok", !err[0]);
 		if (err[0]) {
@@ -164,17 +200,35 @@ static void handle(struct bufferevent *bev, const cJSON *req)
 
 static void on_read(struct bufferevent *bev, void *arg)
 {
-	(void)arg;
+	struct client *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
 	for (;;) {
+		if (c->pending) {
+			/* an inject frame waits for the bytes that follow it */
+			if (evbuffer_get_length(in) < c->need)
+				return;
+			cJSON *req = c->pending;
+			c->pending = NULL;
+			handle(bev, req);
+			cJSON_Delete(req);
+			continue;
+		}
 		cJSON *req = NULL;
 		char err[200];
-		int r = frame_read(bufferevent_get_input(bev), &req, err, sizeof err);
+		int r = frame_read(in, &req, err, sizeof err);
 		if (r == 0)
 			return;
-		if (r < 0) {
-			log_warn("bad frame on the queue manager socket: %s", err);
+		size_t need = r > 0 ? inject_bytes(req) : 0;
+		if (r < 0 || need == SIZE_MAX) {
+			log_warn("bad frame on the queue manager socket: %s", r < 0 ? err : "bad inject sizes");
+			cJSON_Delete(req);
 			client_drop(bev);
 			return;
+		}
+		if (need > 0) {
+			c->pending = req;
+			c->need = need;
+			continue;
 		}
 		handle(bev, req);
 		cJSON_Delete(req);
@@ -202,9 +256,9 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		return;
 	}
 	struct bufferevent *bev = bufferevent_socket_new(Q->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	bufferevent_setcb(bev, on_read, NULL, on_event, NULL);
-	bufferevent_enable(bev, EV_READ | EV_WRITE);
 	struct client *c = xcalloc(1, sizeof *c);
+	bufferevent_setcb(bev, on_read, NULL, on_event, c);
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
 	c->bev = bev;
 	c->next = clients;
 	clients = c;

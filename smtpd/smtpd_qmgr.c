@@ -4,14 +4,14 @@
  * memory (bounded) and go out on reconnection; a notice lost anyway (this
  * worker dies, the bound is hit) is harmless, since the queue manager lists
  * the spool at start and every few minutes.
- * deferred_spool messages go the same way, with their bytes (base64) and
- * meta, as {"id":N,"op":"inject","msgs":[{"id","meta","data"}]}, answered
- * {"id":N,"ok":true}; the 250 waits for that answer.  If the queue manager
+ * deferred_spool messages go the same way, as
+ * {"id":N,"op":"inject","msgs":[{"id","meta","size"}]} followed by their
+ * bytes as they are, answered {"id":N,"ok":true}; the 250 waits for that
+ * answer.  If the queue manager
  * is away, does not answer, or the message is large, it is stored durably
  * instead: never a 250 for a message nobody holds.
  * Entry points: qmgr_client_new, qmgr_notify, qmgr_inject, qmgr_client_free. */
 #include "smtpd/smtpd.h"
-#include "lib/base64.h"
 #include "lib/frame.h"
 #include "lib/log.h"
 #include "lib/netaddr.h"
@@ -219,29 +219,26 @@ int qmgr_inject(struct qmgr_client *qc, struct spool_job *job)
 	cJSON *msgs = cJSON_AddArrayToObject(req, "msgs");
 	for (size_t i = 0; i < job->n; i++) {
 		const struct spool_item *it = &job->items[i];
-		size_t len = 0, off = 0;
+		size_t len = 0;
 		for (int k = 0; k < it->data_cnt; k++)
 			len += it->data[k].iov_len;
-		char *flat = xmalloc(len + 1);
-		for (int k = 0; k < it->data_cnt; k++) {
-			memcpy(flat + off, it->data[k].iov_base, it->data[k].iov_len);
-			off += it->data[k].iov_len;
-		}
-		char *b64 = base64_encode(flat, len);
-		free(flat);
 		cJSON *m = cJSON_CreateObject();
 		cJSON_AddStringToObject(m, "id", it->id);
 		cJSON_AddItemToObject(m, "meta", cJSON_CreateString(it->meta));
-		cJSON_AddItemToObject(m, "data", cJSON_CreateString(b64));
-		free(b64);
+		cJSON_AddNumberToObject(m, "size", (double)len);
 		cJSON_AddItemToArray(msgs, m);
 	}
-	int rc = frame_encode(bufferevent_get_output(qc->bev), req);
+	struct evbuffer *out = bufferevent_get_output(qc->bev);
+	int rc = frame_encode(out, req);
 	cJSON_Delete(req);
 	if (rc != 0) {
 		free(in);
 		return -1;
 	}
+	/* the bytes follow the frame as they are */
+	for (size_t i = 0; i < job->n; i++)
+		for (int k = 0; k < job->items[i].data_cnt; k++)
+			evbuffer_add(out, job->items[i].data[k].iov_base, job->items[i].data[k].iov_len);
 	in->timer = evtimer_new(qc->base, inject_timeout, in);
 	struct timeval tv = { INJECT_TIMEOUT, 0 };
 	evtimer_add(in->timer, &tv);
