@@ -4,6 +4,7 @@
  * frame_send_fd/frame_recv_fd for blocking use.
  * Failures return -1 with a reason in the caller's buffer. */
 #include "lib/frame.h"
+#include "lib/jsonw.h"
 #include "lib/xalloc.h"
 
 #include <errno.h>
@@ -90,42 +91,41 @@ int frame_decode(const uint8_t *buf, size_t len, cJSON **out, size_t *used,
 	return 1;
 }
 
+/* The frame for doc: 4 bytes of length, then the JSON text; NULL if it
+ * is too large. */
+static uint8_t *frame_build(const cJSON *doc, size_t *len)
+{
+	struct jbuf b = { 0 };
+	jbuf_add(&b, "\0\0\0\0", 4);
+	jbuf_value(&b, doc);
+	size_t n = b.len - 4;
+	if (n > FRAME_MAX) {
+		jbuf_free(&b);
+		return NULL;
+	}
+	uint8_t *buf = (uint8_t *)b.p;
+	buf[0] = (uint8_t)(n >> 24);
+	buf[1] = (uint8_t)(n >> 16);
+	buf[2] = (uint8_t)(n >> 8);
+	buf[3] = (uint8_t)n;
+	*len = b.len;
+	return buf;
+}
+
 int frame_encode(struct evbuffer *out, const cJSON *doc)
 {
-	char *text = cJSON_PrintUnformatted(doc);
-	if (!text)
-		abort();
-	size_t n = strlen(text);
-	if (n > FRAME_MAX) {
-		free(text);
+	size_t len;
+	uint8_t *buf = frame_build(doc, &len);
+	if (!buf)
 		return -1;
-	}
-	uint8_t hdr[4] = { (uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n };
-	evbuffer_add(out, hdr, 4);
-	evbuffer_add(out, text, n);
-	free(text);
+	evbuffer_add(out, buf, len);
+	free(buf);
 	return 0;
 }
 
 uint8_t *frame_text(const cJSON *doc, size_t *len)
 {
-	char *text = cJSON_PrintUnformatted(doc);
-	if (!text)
-		abort();
-	size_t n = strlen(text);
-	if (n > FRAME_MAX) {
-		free(text);
-		return NULL;
-	}
-	/* the JSON moves up to make room for the length in front */
-	uint8_t *buf = xrealloc(text, n + 4);
-	memmove(buf + 4, buf, n);
-	buf[0] = (uint8_t)(n >> 24);
-	buf[1] = (uint8_t)(n >> 16);
-	buf[2] = (uint8_t)(n >> 8);
-	buf[3] = (uint8_t)n;
-	*len = n + 4;
-	return buf;
+	return frame_build(doc, len);
 }
 
 int frame_read(struct evbuffer *in, cJSON **out, char *err, size_t errlen)

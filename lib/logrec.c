@@ -1,8 +1,7 @@
 /* logrec: KumoMTA-shaped JSON log records (see logrec.h).
  * Entry points: logrec_open, logrec_new, logrec_response, logrec_write,
- * logrec_flush.  Records are printed here (the same text cJSON would
- * print, without its floating-point printf for whole numbers) into a
- * buffer written once per event-loop pass, not once per record.
+ * logrec_flush.  Records are printed with lib/jsonw.h into a buffer
+ * written once per event-loop pass, not once per record.
  * Write failures are returned to the caller, which logs them once. */
 #include "lib/logrec.h"
 #include "lib/xalloc.h"
@@ -18,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "lib/duration.h"
+#include "lib/jsonw.h"
 #include "lib/log.h"
 
 #include <event2/event.h>
@@ -130,10 +130,8 @@ void logrec_close(struct logrec *lr)
 	lr->want_flush = NULL;
 	if (lr->fd >= 0)
 		close(lr->fd);
-	free(lr->buf);
+	jbuf_free(&lr->buf);
 	free(lr->dir);
-	lr->buf = NULL;
-	lr->blen = lr->bcap = 0;
 	lr->dir = NULL;
 	lr->fd = -1;
 }
@@ -259,123 +257,14 @@ static int open_segment(struct logrec *lr, char *err, size_t errlen)
 	return -1;
 }
 
-/* ---- the record as one line: cJSON's unformatted output, made here ---- */
-
-static void buf_need(struct logrec *lr, size_t n)
-{
-	if (lr->blen + n > lr->bcap) {
-		lr->bcap = (lr->blen + n) * 2;
-		lr->buf = xrealloc(lr->buf, lr->bcap);
-	}
-}
-
-static void buf_add(struct logrec *lr, const char *s, size_t n)
-{
-	buf_need(lr, n);
-	memcpy(lr->buf + lr->blen, s, n);
-	lr->blen += n;
-}
-
-static void put_string(struct logrec *lr, const char *s)
-{
-	static const char hex[] = "0123456789abcdef";
-	size_t n = strlen(s);
-	buf_need(lr, n * 6 + 2);
-	char *o = lr->buf + lr->blen;
-	*o++ = '"';
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		unsigned char c = *p;
-		if (c >= 0x20 && c != '"' && c != '\\') {
-			*o++ = (char)c;
-			continue;
-		}
-		*o++ = '\\';
-		switch (c) {
-		case '"': *o++ = '"'; break;
-		case '\\': *o++ = '\\'; break;
-		case '\b': *o++ = 'b'; break;
-		case '\f': *o++ = 'f'; break;
-		case '\n': *o++ = 'n'; break;
-		case '\r': *o++ = 'r'; break;
-		case '\t': *o++ = 't'; break;
-		default:
-			memcpy(o, "u00", 3);
-			o[3] = hex[c >> 4];
-			o[4] = hex[c & 15];
-			o += 5;
-		}
-	}
-	*o++ = '"';
-	lr->blen = (size_t)(o - lr->buf);
-}
-
-static void put_number(struct logrec *lr, double d)
-{
-	char tmp[64];
-	int n;
-	if (isnan(d) || isinf(d)) {
-		n = snprintf(tmp, sizeof tmp, "null");
-	} else if (d == floor(d) && fabs(d) < 9007199254740992.0) {
-		/* whole numbers (all the log's numbers): no floating-point printf */
-		long long v = (long long)d;
-		unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
-		char *e = tmp + sizeof tmp, *p = e;
-		do
-			*--p = (char)('0' + u % 10);
-		while (u /= 10);
-		if (v < 0)
-			*--p = '-';
-		buf_add(lr, p, (size_t)(e - p));
-		return;
-	} else {
-		/* as cJSON does: 15 digits if they read back the same, else 17 */
-		n = snprintf(tmp, sizeof tmp, "%1.15g", d);
-		if (strtod(tmp, NULL) != d)
-			n = snprintf(tmp, sizeof tmp, "%1.17g", d);
-	}
-	buf_add(lr, tmp, (size_t)n);
-}
-
-static void put_value(struct logrec *lr, const cJSON *v)
-{
-	switch (v->type & 0xff) {
-	case cJSON_NULL: buf_add(lr, "null", 4); break;
-	case cJSON_False: buf_add(lr, "false", 5); break;
-	case cJSON_True: buf_add(lr, "true", 4); break;
-	case cJSON_Number: put_number(lr, v->valuedouble); break;
-	case cJSON_String: put_string(lr, v->valuestring ? v->valuestring : ""); break;
-	case cJSON_Raw:
-		if (v->valuestring)
-			buf_add(lr, v->valuestring, strlen(v->valuestring));
-		break;
-	case cJSON_Array:
-	case cJSON_Object: {
-		bool obj = cJSON_IsObject(v);
-		buf_add(lr, obj ? "{" : "[", 1);
-		for (const cJSON *c = v->child; c; c = c->next) {
-			if (c != v->child)
-				buf_add(lr, ",", 1);
-			if (obj) {
-				put_string(lr, c->string ? c->string : "");
-				buf_add(lr, ":", 1);
-			}
-			put_value(lr, c);
-		}
-		buf_add(lr, obj ? "}" : "]", 1);
-		break;
-	}
-	default: buf_add(lr, "null", 4); break;
-	}
-}
-
 /* Writes the buffer to the current segment (a new one when the size or
  * age limit is reached: records are not split across segments). */
 int logrec_flush(struct logrec *lr, char *err, size_t errlen)
 {
-	if (!lr->dir || lr->blen == 0)
+	if (!lr->dir || lr->buf.len == 0)
 		return 0;
 	int rc = 0;
-	if (lr->fd >= 0 && (lr->written + lr->blen > lr->max_file_size ||
+	if (lr->fd >= 0 && (lr->written + lr->buf.len > lr->max_file_size ||
 			    (lr->max_segment_duration > 0 &&
 			     (double)(time(NULL) - lr->opened) >= lr->max_segment_duration))) {
 		close(lr->fd);
@@ -385,8 +274,8 @@ int logrec_flush(struct logrec *lr, char *err, size_t errlen)
 		rc = -1;
 	} else {
 		size_t done = 0;
-		while (done < lr->blen) {
-			ssize_t w = write(lr->fd, lr->buf + done, lr->blen - done);
+		while (done < lr->buf.len) {
+			ssize_t w = write(lr->fd, lr->buf.p + done, lr->buf.len - done);
 			if (w < 0 && errno == EINTR)
 				continue;
 			if (w <= 0) {
@@ -398,7 +287,7 @@ int logrec_flush(struct logrec *lr, char *err, size_t errlen)
 		}
 		lr->written += done;
 	}
-	lr->blen = 0; /* what could not be written is dropped, and reported */
+	lr->buf.len = 0; /* what could not be written is dropped, and reported */
 	return rc;
 }
 
@@ -408,11 +297,11 @@ int logrec_write(struct logrec *lr, cJSON *rec, char *err, size_t errlen)
 		cJSON_Delete(rec);
 		return 0;
 	}
-	bool was_empty = lr->blen == 0;
-	put_value(lr, rec);
-	buf_add(lr, "\n", 1);
+	bool was_empty = lr->buf.len == 0;
+	jbuf_value(&lr->buf, rec);
+	jbuf_add(&lr->buf, "\n", 1);
 	cJSON_Delete(rec);
-	if (lr->blen >= LOGREC_BUF_MAX || (lr->max_file_size && lr->blen >= lr->max_file_size))
+	if (lr->buf.len >= LOGREC_BUF_MAX || (lr->max_file_size && lr->buf.len >= lr->max_file_size))
 		return logrec_flush(lr, err, errlen);
 	if (was_empty) {
 		if (!lr->want_flush)

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <time.h>
 #include <cjson/cJSON.h>
+#include "lib/jsonw.h"
 
 struct logrec {
 	char *dir;            /* owned; NULL: logging disabled */
@@ -18,8 +19,7 @@ struct logrec {
 	double max_segment_duration; /* seconds, 0 = unlimited */
 	time_t opened;
 	char nodeid[37];
-	char *buf;            /* owned: records not yet written */
-	size_t blen, bcap;
+	struct jbuf buf;      /* owned: records not yet written */
 	/* called when the buffer stops being empty, so the process can
 	 * arrange a logrec_flush soon (at the end of its event loop's pass) */
 	void (*want_flush)(void *arg);

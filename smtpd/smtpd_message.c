@@ -14,6 +14,7 @@
  * rejects the whole transaction before anything is stored. */
 #include "smtpd/smtpd.h"
 #include "lib/base64.h"
+#include "lib/jsonw.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
@@ -703,10 +704,11 @@ static void store(struct session *s)
 			cJSON_AddItemToObject(m, "recipient", cJSON_Duplicate(b->recipients, 1));
 		cJSON_AddItemToObject(m, "meta", cJSON_Duplicate(b->meta, 1));
 		cJSON_AddNullToObject(m, "schedule");
-		char *text = cJSON_PrintUnformatted(m);
+		struct jbuf jb = { 0 };
+		jbuf_value(&jb, m);
+		jbuf_add(&jb, "\n", 1); /* one line */
 		cJSON_Delete(m);
-		b->meta_text = xasprintf("%s\n", text); /* the trailer then has its own line */
-		free(text);
+		b->meta_text = jbuf_cstr(&jb);
 		n++;
 	}
 	if (t->msg_path) {

@@ -190,7 +190,7 @@ START_TEST(buffer_bound_writes)
 		big[sizeof big - 1] = '\0';
 		cJSON_AddStringToObject(r, "big", big);
 		ck_assert_int_eq(logrec_write(&lr, r, err, sizeof err), 0);
-		if (lr.blen == 0)
+		if (lr.buf.len == 0)
 			break;
 	}
 	ck_assert_uint_gt(n, 50);

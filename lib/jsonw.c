@@ -1,0 +1,149 @@
+/* jsonw: cJSON documents printed as cJSON_PrintUnformatted prints them
+ * (see jsonw.h).  Entry points: jbuf_value, json_print.  It cannot fail
+ * (allocation failure aborts, as everywhere here). */
+#include "lib/jsonw.h"
+#include "lib/xalloc.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void need(struct jbuf *b, size_t n)
+{
+	if (b->len + n > b->cap) {
+		b->cap = (b->len + n) * 2 + 64;
+		b->p = xrealloc(b->p, b->cap);
+	}
+}
+
+void jbuf_add(struct jbuf *b, const void *s, size_t n)
+{
+	need(b, n);
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+}
+
+char *jbuf_cstr(struct jbuf *b)
+{
+	need(b, 1);
+	b->p[b->len] = '\0';
+	return b->p;
+}
+
+void jbuf_free(struct jbuf *b)
+{
+	free(b->p);
+	b->p = NULL;
+	b->len = b->cap = 0;
+}
+
+/* cJSON escapes '"', '\\' and every byte below 0x20 (the named ones by
+ * name), and nothing else: not '/', not bytes of 0x7f and above. */
+static void put_string(struct jbuf *b, const char *s)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t n = strlen(s);
+	need(b, n * 6 + 2);
+	char *o = b->p + b->len;
+	*o++ = '"';
+	const unsigned char *p = (const unsigned char *)s, *end = p + n;
+	while (p < end) {
+		/* the run that needs no escape, copied at once */
+		const unsigned char *q = p;
+		while (q < end && *q >= 0x20 && *q != '"' && *q != '\\')
+			q++;
+		memcpy(o, p, (size_t)(q - p));
+		o += q - p;
+		if (q == end)
+			break;
+		unsigned char c = *q;
+		p = q + 1;
+		*o++ = '\\';
+		switch (c) {
+		case '"': *o++ = '"'; break;
+		case '\\': *o++ = '\\'; break;
+		case '\b': *o++ = 'b'; break;
+		case '\f': *o++ = 'f'; break;
+		case '\n': *o++ = 'n'; break;
+		case '\r': *o++ = 'r'; break;
+		case '\t': *o++ = 't'; break;
+		default:
+			memcpy(o, "u00", 3);
+			o[3] = hex[c >> 4];
+			o[4] = hex[c & 15];
+			o += 5;
+		}
+	}
+	*o++ = '"';
+	b->len = (size_t)(o - b->p);
+}
+
+static void put_number(struct jbuf *b, double d)
+{
+	char tmp[64];
+	int n;
+	if (isnan(d) || isinf(d)) {
+		n = snprintf(tmp, sizeof tmp, "null");
+	} else if (d == floor(d) && fabs(d) < 9007199254740992.0) {
+		/* whole numbers: no floating-point printf */
+		long long v = (long long)d;
+		unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+		char *e = tmp + sizeof tmp, *p = e;
+		do
+			*--p = (char)('0' + u % 10);
+		while (u /= 10);
+		if (v < 0)
+			*--p = '-';
+		jbuf_add(b, p, (size_t)(e - p));
+		return;
+	} else {
+		/* as cJSON does: 15 digits if they read back the same, else 17 */
+		n = snprintf(tmp, sizeof tmp, "%1.15g", d);
+		if (strtod(tmp, NULL) != d)
+			n = snprintf(tmp, sizeof tmp, "%1.17g", d);
+	}
+	jbuf_add(b, tmp, (size_t)n);
+}
+
+void jbuf_value(struct jbuf *b, const cJSON *v)
+{
+	switch (v->type & 0xff) {
+	case cJSON_NULL: jbuf_add(b, "null", 4); break;
+	case cJSON_False: jbuf_add(b, "false", 5); break;
+	case cJSON_True: jbuf_add(b, "true", 4); break;
+	case cJSON_Number: put_number(b, v->valuedouble); break;
+	case cJSON_String: put_string(b, v->valuestring ? v->valuestring : ""); break;
+	case cJSON_Raw:
+		if (v->valuestring)
+			jbuf_add(b, v->valuestring, strlen(v->valuestring));
+		break;
+	case cJSON_Array:
+	case cJSON_Object: {
+		bool obj = cJSON_IsObject(v);
+		jbuf_add(b, obj ? "{" : "[", 1);
+		for (const cJSON *c = v->child; c; c = c->next) {
+			if (c != v->child)
+				jbuf_add(b, ",", 1);
+			if (obj) {
+				put_string(b, c->string ? c->string : "");
+				jbuf_add(b, ":", 1);
+			}
+			jbuf_value(b, c);
+		}
+		jbuf_add(b, obj ? "}" : "]", 1);
+		break;
+	}
+	default: jbuf_add(b, "null", 4); break;
+	}
+}
+
+char *json_print(const cJSON *v, size_t *len)
+{
+	struct jbuf b = { 0 };
+	jbuf_value(&b, v);
+	if (len)
+		*len = b.len;
+	return jbuf_cstr(&b);
+}
