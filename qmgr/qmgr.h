@@ -185,6 +185,10 @@ void qmgr_set_envelope(struct qmsg *m, const cJSON *doc);
 int qmgr_load(const char *id, const struct spool_loc *loc, const char *meta, size_t meta_len,
 	      char *err, size_t errlen);
 void qmgr_flush(size_t *n);          /* every waiting message due now */
+/* Moves the waiting messages of sparse segments into this process's
+ * segment (qmgr_queue.c); how many moved.  Runs by itself a little after
+ * messages start waiting. */
+size_t qmgr_compact(void);
 cJSON *qmgr_summary(void);
 void qmgr_policy_changed(void);     /* a reload: configs are fetched again */
 void qmgr_stop(void);                /* no new deliveries; spool what is in memory */

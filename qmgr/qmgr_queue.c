@@ -50,6 +50,7 @@ static struct squeue *queue_for(const cJSON *meta, const char *rcpt);
 static void rqueue_kick(struct rqueue *rq);
 static void conn_next(struct conn *c);
 static void timer_arm(void);
+static void compact_soon(void);
 
 /* ---- small containers ---------------------------------------------------- */
 
@@ -508,6 +509,136 @@ static void rewrite_recipients(struct qmsg *m)
 	free(text);
 }
 
+/* ---- moving waiting messages out of sparse segments ------------------------ */
+
+/* A segment stays on disk while one message in it waits for a retry.  A
+ * little after messages start waiting, those in segments that are sealed
+ * and mostly done (spool_seg_sparse) are written again, together, into
+ * this process's segment, and their old records marked done, so the old
+ * segments go.  A crash between the two leaves two copies; the newer wins
+ * (spool.h). */
+#define COMPACT_DELAY_SECS 2
+#define COMPACT_MAX_BYTES (64u * 1024u * 1024u)  /* moved per pass */
+#define COMPACT_SEG_CACHE 64
+
+static struct event *compact_ev;
+
+static void on_compact(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	qmgr_compact();
+}
+
+static void compact_soon(void)
+{
+	if (Q->stopping)
+		return;
+	if (!compact_ev)
+		compact_ev = evtimer_new(Q->base, on_compact, NULL);
+	if (!evtimer_pending(compact_ev, NULL)) {
+		struct timeval tv = { COMPACT_DELAY_SECS, 0 };
+		evtimer_add(compact_ev, &tv);
+	}
+}
+
+/* spool_seg_sparse, asked once per segment and pass */
+static bool seg_sparse(struct spool_seg *g, struct spool_seg **segs, bool *ans, size_t *n)
+{
+	for (size_t i = 0; i < *n; i++)
+		if (segs[i] == g)
+			return ans[i];
+	bool a = spool_seg_sparse(&Q->spool, g);
+	if (*n < COMPACT_SEG_CACHE) {
+		segs[*n] = g;
+		ans[(*n)++] = a;
+	}
+	return a;
+}
+
+size_t qmgr_compact(void)
+{
+	struct spool_seg *segs[COMPACT_SEG_CACHE];
+	bool ans[COMPACT_SEG_CACHE];
+	size_t nseg = 0, n = 0, cap = 0;
+	uint64_t bytes = 0;
+	struct qmsg **v = NULL;
+	bool more = false;
+	for (size_t i = 0; i < Q->hash_size && !more; i++) {
+		for (struct qmsg *m = Q->hash[i]; m; m = m->hnext) {
+			if (!m->spooled || m->state != M_WAIT || !seg_sparse(m->loc.seg, segs, ans, &nseg))
+				continue;
+			if (n > 0 && bytes + m->loc.data_len > COMPACT_MAX_BYTES) {
+				more = true;
+				break;
+			}
+			if (n == cap) {
+				cap = cap ? cap * 2 : 64;
+				v = xrealloc(v, cap * sizeof *v);
+			}
+			v[n++] = m;
+			bytes += m->loc.data_len;
+		}
+	}
+	if (n == 0) {
+		free(v);
+		return 0;
+	}
+	struct spool_item *items = xcalloc(n, sizeof *items);
+	struct iovec *iov = xcalloc(n, sizeof *iov);
+	char **data = xcalloc(n, sizeof *data), **meta = xcalloc(n, sizeof *meta);
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct qmsg *m = v[i];
+		size_t dlen, mlen;
+		char err[300];
+		if (spool_read_data(&Q->spool, &m->loc, &data[k], &dlen, err, sizeof err) != 0 ||
+		    spool_read_meta(&Q->spool, &m->loc, &meta[k], &mlen, err, sizeof err) != 0) {
+			log_warn("message %s: cannot move it out of segment %s: %s", m->id,
+				 spool_seg_name(m->loc.seg), err);
+			free(data[k]);
+			data[k] = NULL;
+			continue;
+		}
+		iov[k] = (struct iovec){ data[k], dlen };
+		items[k] = (struct spool_item){ .data = &iov[k], .data_cnt = 1, .meta = meta[k], .meta_len = mlen };
+		memcpy(items[k].id, m->id, sizeof items[k].id);
+		v[k++] = m;
+	}
+	size_t moved = 0;
+	if (k > 0 && spool_commit(&Q->spool, items, k) != 0) {
+		log_warn("spool: moving %zu waiting message%s out of sparse segments: %s", k, k == 1 ? "" : "s",
+			 items[0].err);
+	} else {
+		for (size_t i = 0; i < k; i++) {
+			struct qmsg *m = v[i];
+			struct spool_loc old = m->loc;
+			m->loc = items[i].loc;
+			spool_hold(&Q->spool, &m->loc);
+			char err[200];
+			if (spool_done(&Q->spool, &old, m->id, err, sizeof err) != 0)
+				log_warn("message %s: %s", m->id, err);
+			moved++;
+		}
+		if (moved)
+			log_info("spool: %zu waiting message%s moved out of sparse segments", moved,
+				 moved == 1 ? "" : "s");
+	}
+	for (size_t i = 0; i < k; i++) {
+		free(data[i]);
+		free(meta[i]);
+	}
+	free(data);
+	free(meta);
+	free(iov);
+	free(items);
+	free(v);
+	if (more)
+		compact_soon();
+	return moved;
+}
+
 /* ---- outcomes --------------------------------------------------------------- */
 
 static const struct queue_config *msg_cfg(struct qmsg *m)
@@ -543,6 +674,8 @@ void qmgr_retry(struct qmsg *m, struct conn *c, int code, const char *text, cons
 	m->state = M_WAIT;
 	heap_push(m);
 	timer_arm();
+	if (m->spooled)
+		compact_soon();
 }
 
 void qmgr_bounce(struct qmsg *m, struct conn *c, int code, const char *text, const char *command)
@@ -1262,6 +1395,9 @@ void qmgr_stop(void)
 
 void qmgr_queue_free(void)
 {
+	if (compact_ev)
+		event_free(compact_ev);
+	compact_ev = NULL;
 	for (struct rqueue *rq = Q->rqueues; rq;) {
 		struct rqueue *next = rq->next;
 		while (rq->conns)

@@ -151,6 +151,7 @@ struct spool_seg {
 	bool ndone_known;
 	size_t ndone;          /* DONE records in its journal */
 	size_t held, released; /* spool_hold / spool_done calls here */
+	uint64_t live_bytes;   /* data bytes of the held messages not yet done */
 	uint64_t data_size, meta_size;  /* append offsets (writer) */
 	size_t msgs;           /* records appended (writer) */
 };
@@ -828,6 +829,7 @@ void spool_hold(struct spool *s, const struct spool_loc *loc)
 {
 	(void)s;
 	loc->seg->held++;
+	loc->seg->live_bytes += loc->data_len;
 }
 
 int spool_update_meta(struct spool *s, struct spool_loc *loc, const char *id, const char *meta,
@@ -845,6 +847,52 @@ int spool_update_meta(struct spool *s, struct spool_loc *loc, const char *id, co
 
 /* The segment is sealed (a SEAL record at its end, or its writer is gone)
  * and every message in it has a DONE record: remove it.  true if removed. */
+/* Whether the segment is sealed: a SEAL record at its end (which counts
+ * its messages), or no SEAL and its writer gone (the file is counted).
+ * *msgs gets the count when it is. */
+static bool seg_sealed(struct spool *s, struct spool_seg *g, size_t *msgs)
+{
+	char err[200];
+	int fd = seg_fd(s, g, false, err, sizeof err);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) != 0)
+		return false;
+	unsigned char tail[REC_MIN];
+	struct rec r;
+	size_t next;
+	*msgs = 0;
+	if (st.st_size >= (off_t)REC_MIN &&
+	    pread(fd, tail, REC_MIN, st.st_size - (off_t)REC_MIN) == (ssize_t)REC_MIN &&
+	    rec_get(tail, REC_MIN, 0, &r, &next) == P_OK && r.type == REC_SEAL) {
+		*msgs = (size_t)r.data_len;
+		return true;
+	}
+	if (g->pid == getpid() || kill(g->pid, 0) == 0 || errno != ESRCH)
+		return false;
+	size_t len;
+	unsigned char *buf = slurp_at(s->meta_dirfd, g->name, &len);
+	size_t off = 0;
+	while (buf && rec_get(buf, len, off, &r, &next) == P_OK) {
+		*msgs += r.type == REC_MSG;
+		off = next;
+	}
+	free(buf);
+	return true;
+}
+
+bool spool_seg_sparse(struct spool *s, struct spool_seg *g)
+{
+	if (g->writing || g->held <= g->released)
+		return false;
+	size_t msgs;
+	char err[200];
+	int fd = seg_fd(s, g, true, err, sizeof err);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) != 0 || !seg_sealed(s, g, &msgs))
+		return false;
+	return g->live_bytes * 2 <= (uint64_t)st.st_size;
+}
+
 static bool try_remove(struct spool *s, struct spool_seg *g)
 {
 	if (g->writing)
@@ -853,34 +901,7 @@ static bool try_remove(struct spool *s, struct spool_seg *g)
 	if (jrn_open(s, g, false, err, sizeof err) != 0 && !g->ndone_known)
 		return false;
 	size_t msgs = 0;
-	bool sealed = false;
-	int fd = seg_fd(s, g, false, err, sizeof err);
-	struct stat st;
-	if (fd < 0 || fstat(fd, &st) != 0)
-		return false;
-	unsigned char tail[REC_MIN];
-	struct rec r;
-	size_t next;
-	if (st.st_size >= (off_t)REC_MIN &&
-	    pread(fd, tail, REC_MIN, st.st_size - (off_t)REC_MIN) == (ssize_t)REC_MIN &&
-	    rec_get(tail, REC_MIN, 0, &r, &next) == P_OK && r.type == REC_SEAL) {
-		sealed = true;
-		msgs = (size_t)r.data_len;
-	} else {
-		/* no SEAL: the writer must be gone, and the file tells the count */
-		if (g->pid == getpid() || kill(g->pid, 0) == 0 || errno != ESRCH)
-			return false;
-		size_t len;
-		unsigned char *buf = slurp_at(s->meta_dirfd, g->name, &len);
-		size_t off = 0;
-		while (buf && rec_get(buf, len, off, &r, &next) == P_OK) {
-			msgs += r.type == REC_MSG;
-			off = next;
-		}
-		free(buf);
-		sealed = true;
-	}
-	if (!sealed || g->ndone < msgs)
+	if (!seg_sealed(s, g, &msgs) || g->ndone < msgs)
 		return false;
 	char jname[SPOOL_SEG_NAME_LEN + 3];
 	snprintf(jname, sizeof jname, "%s.j", g->name);
@@ -900,6 +921,7 @@ int spool_done(struct spool *s, const struct spool_loc *loc, const char *id, cha
 		return -1;
 	g->ndone++;
 	g->released++;
+	g->live_bytes -= g->live_bytes < loc->data_len ? g->live_bytes : loc->data_len;
 	if (g->sealed_hint && g->released >= g->held)
 		try_remove(s, g);
 	return 0;

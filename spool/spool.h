@@ -124,6 +124,11 @@ int spool_update_meta(struct spool *s, struct spool_loc *loc, const char *id, co
 int spool_done(struct spool *s, const struct spool_loc *loc, const char *id, char *err,
 	       size_t errlen);
 
+/* Whether the segment is sealed and the messages this process holds in it
+ * take at most half of its data file: then moving them elsewhere (a new
+ * commit, then spool_done of the old record) lets the segment go. */
+bool spool_seg_sparse(struct spool *s, struct spool_seg *seg);
+
 /* Looks again at every sealed segment whose held messages are all done and
  * removes it if nothing else is in it.  Returns how many were removed. */
 size_t spool_reap(struct spool *s);

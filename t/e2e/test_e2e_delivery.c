@@ -787,6 +787,54 @@ START_TEST(test_deferred_queue_runs_deferred_inject)
 }
 END_TEST
 
+/* A message waiting for a retry does not keep a mostly finished spool
+ * segment on disk: once the segment is sealed (here by a clean stop and
+ * the start-up scan), the queue manager writes the message again in its
+ * own segment and the old one goes, and the message stays exactly once. */
+START_TEST(test_waiting_message_leaves_sparse_segment)
+{
+	struct harness_env *env = harness_env_new();
+	int sport = 0;
+	const char *rules[] = { "--rule", "RCPT:0:451 4.3.0 later:held.example", NULL };
+	pid_t sink = sink_start(env, &sport, rules);
+	char *q = to_sink(sport, "retry_interval = '1 hours'");
+	policy(env, NULL, NULL, q, NULL);
+	free(q);
+	harness_start(env);
+	const char *rcpts[] = { "a@one.example", "b@two.example", "c@held.example", NULL };
+	char ids[3][33];
+	send_msg(env, rcpts, "Subject: sparse\r\n\r\nsparse-marker\r\n", ids);
+	cJSON_Delete(wait_record(env, "Delivery", ids[0]));
+	cJSON_Delete(wait_record(env, "Delivery", ids[1]));
+	cJSON_Delete(wait_record(env, "TransientFailure", ids[2]));
+	struct harness_spooled sp;
+	ck_assert(harness_spool_lookup(env, ids[2], 0, &sp));
+	char *old = strdup(sp.data_path);
+	harness_spooled_free(&sp);
+	stop_clean(env);
+
+	harness_start(env);
+	ck_assert_msg(harness_output_wait_regex(env, "1 waiting message moved out of sparse segments", 20),
+		      "the waiting message was not moved\n%s", harness_context(env));
+	for (int i = 0; i < 50 && access(old, F_OK) == 0; i++)
+		usleep(100000);
+	ck_assert_msg(access(old, F_OK) != 0, "segment %s is still there", old);
+	ck_assert(harness_spool_lookup(env, ids[2], 1, &sp));
+	ck_assert_str_ne(sp.data_path, old);
+	ck_assert(harness_contains(sp.data, sp.dlen, "sparse-marker\r\n"));
+	ck_assert(harness_contains(sp.meta, sp.mlen, "c@held.example"));
+	harness_spooled_free(&sp);
+	stop_clean(env);
+	char *listing = harness_spool_ids(env);
+	ck_assert_msg(strncmp(listing, "1 message(s)", 12) == 0, "%s", listing);
+	free(listing);
+	free(old);
+	ck_assert_int_eq(sink_wait(env, 2, 1), 2);
+	harness_tool_stop(sink);
+	harness_env_free(env);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("e2e_delivery");
@@ -809,6 +857,7 @@ int main(void)
 	tcase_add_test(tc, test_qmgr_kill9_is_replaced_and_loses_nothing);
 	tcase_add_test(tc, test_policyd_down_is_a_transient_failure);
 	tcase_add_test(tc, test_deferred_queue_runs_deferred_inject);
+	tcase_add_test(tc, test_waiting_message_leaves_sparse_segment);
 	suite_add_tcase(s, tc);
 	return harness_run_suite(s);
 }
