@@ -8,6 +8,7 @@
 #include "lib/xalloc.h"
 
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,19 +23,24 @@ static uint32_t get_be32(const uint8_t *p)
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* Whether an object anywhere in j has the same key twice (JSON leaves
- * that to the reader; our readers would see only the first). */
-static bool has_duplicate_keys(const cJSON *j)
+/* What is wrong anywhere in j that JSON leaves to the reader: an object
+ * with the same key twice (our readers would see only the first), or a
+ * number too large for a double (1e999: it would be infinity, which JSON
+ * cannot write back).  NULL if nothing. */
+static const char *doc_problem(const cJSON *j)
 {
 	for (const cJSON *c = j->child; c; c = c->next) {
 		if (cJSON_IsObject(j))
 			for (const cJSON *d = c->next; d; d = d->next)
 				if (strcmp(c->string, d->string) == 0)
-					return true;
-		if ((cJSON_IsObject(c) || cJSON_IsArray(c)) && has_duplicate_keys(c))
-			return true;
+					return "a key appears twice in one object";
+		if (cJSON_IsNumber(c) && !isfinite(c->valuedouble))
+			return "a number is out of range";
+		const char *why;
+		if ((cJSON_IsObject(c) || cJSON_IsArray(c)) && (why = doc_problem(c)) != NULL)
+			return why;
 	}
-	return false;
+	return NULL;
 }
 
 int frame_decode(const uint8_t *buf, size_t len, cJSON **out, size_t *used,
@@ -81,9 +87,10 @@ int frame_decode(const uint8_t *buf, size_t len, cJSON **out, size_t *used,
 		snprintf(err, errlen, "frame is not a JSON object");
 		return -1;
 	}
-	if (has_duplicate_keys(doc)) {
+	const char *why = doc_problem(doc);
+	if (why) {
 		cJSON_Delete(doc);
-		snprintf(err, errlen, "a key appears twice in one object");
+		snprintf(err, errlen, "%s", why);
 		return -1;
 	}
 	*out = doc;

@@ -68,6 +68,9 @@ static const struct decode_case decode_cases[] = {
 	BAD("control byte in a string", "\0\0\0\x08" "{\"a\":\"\x07\"}", "control byte 0x07"),
 	BAD("duplicate key", "\0\0\0\x0f" "{\"op\":1,\"op\":5}", "twice"),
 	BAD("nested duplicate key", "\0\0\0\x15" "{\"m\":[{\"k\":1,\"k\":2}]}", "twice"),
+	/* found by fuzz_frame: 9E3230 parses to infinity, printed back as null */
+	BAD("number out of range", "\0\0\0\x13" "{\"id\":1,\"o\":9E3230}", "out of range"),
+	BAD("nested number out of range", "\0\0\0\x0e" "{\"a\":[-1e999]}", "out of range"),
 	ONE("same key in two objects", "\0\0\0\x19" "{\"a\":{\"k\":1},\"b\":{\"k\":1}}", 29,
 	    "{\"a\":{\"k\":1},\"b\":{\"k\":1}}", 0, NULL),
 	ONE("tab and newlines are white space", "\0\0\0\x05" "{\t\r\n}", 9, "{}", 0, NULL),
