@@ -411,25 +411,25 @@ void qmgr_record(const char *type, struct qmsg *m, char **rcpts, size_t n, struc
 	if (!Q->logs.dir)
 		return;
 	cJSON *r = logrec_new(&Q->logs, type, m->id, m->created);
-	cJSON_ReplaceItemInObject(r, "sender", cJSON_CreateString(m->sender));
-	cJSON_ReplaceItemInObject(r, "recipient", rcpt_json(m, rcpts, n));
-	cJSON_ReplaceItemInObject(r, "queue", cJSON_CreateString(m->sq->name));
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "sender", cJSON_CreateString(m->sender));
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "recipient", rcpt_json(m, rcpts, n));
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "queue", cJSON_CreateString(m->sq->name));
 	struct rqueue *rq = c ? c->rq : m->sq->rq;
-	cJSON_ReplaceItemInObject(r, "site", cJSON_CreateString(rq ? rq->name : ""));
-	cJSON_ReplaceItemInObject(r, "size", cJSON_CreateNumber((double)m->size));
-	cJSON_ReplaceItemInObject(r, "response", logrec_response(code, text ? text : "", command));
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "site", cJSON_CreateString(rq ? rq->name : ""));
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "size", cJSON_CreateNumber((double)m->size));
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "response", logrec_response(code, text ? text : "", command));
 	if (c && c->peer_addr[0]) {
 		cJSON *pa = cJSON_CreateObject();
 		cJSON_AddStringToObject(pa, "name", c->peer_name);
 		cJSON_AddStringToObject(pa, "addr", c->peer_addr);
-		cJSON_ReplaceItemInObject(r, "peer_address", pa);
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "peer_address", pa);
 	}
-	cJSON_ReplaceItemInObject(r, "num_attempts", cJSON_CreateNumber(m->num_attempts));
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "num_attempts", cJSON_CreateNumber(m->num_attempts));
 	const char *pool = m->sq->cfg.egress_pool ? m->sq->cfg.egress_pool : "unspecified";
-	cJSON_ReplaceItemInObject(r, "egress_pool", cJSON_CreateString(pool));
-	cJSON_ReplaceItemInObject(r, "egress_source", cJSON_CreateString("unspecified"));
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "egress_pool", cJSON_CreateString(pool));
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "egress_source", cJSON_CreateString("unspecified"));
 	if (strcmp(type, "Expiration") != 0)
-		cJSON_ReplaceItemInObject(r, "delivery_protocol", cJSON_CreateString("ESMTP"));
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "delivery_protocol", cJSON_CreateString("ESMTP"));
 	if (c && c->c && smtp_client_tls_version(c->c)) {
 		cJSON_AddStringToObject(r, "tls_cipher", smtp_client_tls_cipher(c->c));
 		cJSON_AddStringToObject(r, "tls_protocol_version", smtp_client_tls_version(c->c));

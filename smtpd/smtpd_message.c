@@ -470,7 +470,14 @@ static void split(struct session *s)
 		struct batch *b = &t->batches[t->n_batches++];
 		spool_id_new(b->id);
 		b->sender = xstrdup(t->proto.sender);
-		b->meta = cJSON_Duplicate(t->proto.meta, 1);
+		/* the first message takes the transaction's meta (nothing uses it
+		 * after the split), the others copy it (hooks may change each) */
+		if (t->n_batches == 1) {
+			b->meta = t->proto.meta;
+			t->proto.meta = NULL;
+		} else {
+			b->meta = cJSON_Duplicate(t->batches[0].meta, 1);
+		}
 		b->recipients = cJSON_CreateArray();
 		const char *di = domain_of_email(cJSON_GetArrayItem(t->proto.recipients, (int)i)->valuestring);
 		for (size_t j = i; j < n; j++) {
@@ -570,21 +577,21 @@ void data_complete(struct session *s)
 static void log_reception(struct session *s, const struct batch *b)
 {
 	cJSON *r = logrec_new(&smtpd->logs, "Reception", b->id, spool_id_time(b->id));
-	cJSON_ReplaceItemInObject(r, "sender", cJSON_CreateString(b->sender));
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "sender", cJSON_CreateString(b->sender));
 	if (cJSON_GetArraySize(b->recipients) == 1)
-		cJSON_ReplaceItemInObject(r, "recipient", cJSON_CreateString(cJSON_GetArrayItem(b->recipients, 0)->valuestring));
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "recipient", cJSON_CreateString(cJSON_GetArrayItem(b->recipients, 0)->valuestring));
 	else
-		cJSON_ReplaceItemInObject(r, "recipient", cJSON_Duplicate(b->recipients, 1));
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "recipient", cJSON_Duplicate(b->recipients, 1));
 	const cJSON *q = cJSON_GetObjectItemCaseSensitive(b->meta, "queue");
 	const cJSON *first = cJSON_GetArrayItem(b->recipients, 0);
-	cJSON_ReplaceItemInObject(r, "queue", cJSON_CreateString(
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "queue", cJSON_CreateString(
 		cJSON_IsString(q) ? q->valuestring : cJSON_IsString(first) ? domain_of_email(first->valuestring) : ""));
-	cJSON_ReplaceItemInObject(r, "size", cJSON_CreateNumber((double)b->size));
-	cJSON_ReplaceItemInObject(r, "response", logrec_response(250, "", NULL));
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "size", cJSON_CreateNumber((double)b->size));
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "response", logrec_response(250, "", NULL));
 	cJSON *pa = cJSON_CreateObject();
 	cJSON_AddStringToObject(pa, "name", s->ehlo_domain ? s->ehlo_domain : "");
 	cJSON_AddStringToObject(pa, "addr", s->peer_ip_str);
-	cJSON_ReplaceItemInObject(r, "peer_address", pa);
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "peer_address", pa);
 	cJSON_AddStringToObject(r, "session_id", s->session_id);
 	const cJSON *tv = cJSON_GetObjectItemCaseSensitive(b->meta, "tls_protocol_version");
 	const cJSON *tc = cJSON_GetObjectItemCaseSensitive(b->meta, "tls_cipher");
@@ -701,8 +708,9 @@ static void store(struct session *s)
 		if (cJSON_GetArraySize(b->recipients) == 1)
 			cJSON_AddStringToObject(m, "recipient", cJSON_GetArrayItem(b->recipients, 0)->valuestring);
 		else
-			cJSON_AddItemToObject(m, "recipient", cJSON_Duplicate(b->recipients, 1));
-		cJSON_AddItemToObject(m, "meta", cJSON_Duplicate(b->meta, 1));
+			cJSON_AddItemToObject(m, "recipient", cJSON_CreateArrayReference(b->recipients->child));
+		/* printed, not kept: the batch's own meta, by reference */
+		cJSON_AddItemToObject(m, "meta", cJSON_CreateObjectReference(b->meta->child));
 		cJSON_AddNullToObject(m, "schedule");
 		struct jbuf jb = { 0 };
 		jbuf_value(&jb, m);

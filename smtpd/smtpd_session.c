@@ -64,12 +64,12 @@ static void log_rejection(struct session *s, int code, const char *text)
 		return;
 	cJSON *r = logrec_new(&smtpd->logs, "Rejection", "", 0);
 	if (s->txn && !s->txn->sender.is_null && s->txn->sender.email)
-		cJSON_ReplaceItemInObject(r, "sender", cJSON_CreateString(s->txn->sender.email));
-	cJSON_ReplaceItemInObject(r, "response", logrec_response(code, text, s->cur_cmd));
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "sender", cJSON_CreateString(s->txn->sender.email));
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "response", logrec_response(code, text, s->cur_cmd));
 	cJSON *pa = cJSON_CreateObject();
 	cJSON_AddStringToObject(pa, "name", s->ehlo_domain ? s->ehlo_domain : "");
 	cJSON_AddStringToObject(pa, "addr", s->peer_ip_str);
-	cJSON_ReplaceItemInObject(r, "peer_address", pa);
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "peer_address", pa);
 	cJSON_AddStringToObject(r, "session_id", s->session_id);
 	char err[200];
 	if (logrec_write(&smtpd->logs, r, err, sizeof err) != 0)
