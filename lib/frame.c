@@ -119,6 +119,16 @@ static uint8_t *frame_build(const cJSON *doc, size_t *len)
 	return buf;
 }
 
+int frame_encode_text(struct evbuffer *out, const char *json, size_t n)
+{
+	if (n > FRAME_MAX)
+		return -1;
+	uint8_t hdr[4] = { (uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n };
+	evbuffer_add(out, hdr, 4);
+	evbuffer_add(out, json, n);
+	return 0;
+}
+
 int frame_encode(struct evbuffer *out, const cJSON *doc)
 {
 	size_t len;

@@ -19,6 +19,8 @@ int frame_decode(const uint8_t *buf, size_t len, cJSON **out, size_t *used,
 
 /* Appends the frame for doc to out.  Returns 0, or -1 if too large. */
 int frame_encode(struct evbuffer *out, const cJSON *doc);
+/* The same for JSON text the caller made (it must be one object). */
+int frame_encode_text(struct evbuffer *out, const char *json, size_t len);
 
 /* The frame for doc as one buffer (owned by the caller) of *len bytes, for
  * a writer that is not an event loop; NULL if too large. */

@@ -53,9 +53,36 @@ static void bare(struct data_reader *r, struct evbuffer *out, char c)
 	}
 }
 
+/* Bytes of the input that go out as they are, gathered while they are
+ * contiguous, so a message arrives in out in few pieces, not two per line. */
+struct run {
+	const char *p;
+	size_t n;
+};
+
+static void run_flush(struct data_reader *r, struct evbuffer *out, struct run *ru)
+{
+	emit(r, out, ru->p, ru->n);
+	ru->n = 0;
+}
+
+static void run_add(struct data_reader *r, struct evbuffer *out, struct run *ru, const char *p, size_t n)
+{
+	if (n == 0)
+		return;
+	if (ru->n && ru->p + ru->n == p) {
+		ru->n += n;
+		return;
+	}
+	run_flush(r, out, ru);
+	ru->p = p;
+	ru->n = n;
+}
+
 size_t data_reader_feed(struct data_reader *r, const char *in, size_t len, struct evbuffer *out)
 {
 	size_t i = 0;
+	struct run ru = { NULL, 0 };
 	while (i < len && r->state != DR_DONE) {
 		char c = in[i];
 		switch (r->state) {
@@ -83,17 +110,24 @@ size_t data_reader_feed(struct data_reader *r, const char *in, size_t len, struc
 				break;
 			}
 			/* ".\r" then not LF: the dot is dropped, the CR is bare */
+			run_flush(r, out, &ru);
 			bare(r, out, '\r');
 			r->state = DR_MID;
 			break;
 		case DR_CR:
 			if (c == '\n') {
-				emit(r, out, "\r\n", 2);
+				if (i > 0) {
+					run_add(r, out, &ru, in + i - 1, 2); /* the CR was the byte before */
+				} else {
+					run_flush(r, out, &ru);
+					emit(r, out, "\r\n", 2);
+				}
 				r->line_len = 0;
 				r->state = DR_BOL;
 				i++;
 				break;
 			}
+			run_flush(r, out, &ru);
 			bare(r, out, '\r');
 			r->state = DR_MID;
 			break;
@@ -102,13 +136,14 @@ size_t data_reader_feed(struct data_reader *r, const char *in, size_t len, struc
 			size_t j = i;
 			while (j < len && in[j] != '\r' && in[j] != '\n')
 				j++;
-			emit(r, out, in + i, j - i);
+			run_add(r, out, &ru, in + i, j - i);
 			line_bytes(r, j - i);
 			i = j;
 			if (i < len) {
 				if (in[i] == '\r') {
 					r->state = DR_CR;
 				} else {
+					run_flush(r, out, &ru);
 					bare(r, out, '\n');
 				}
 				i++;
@@ -119,5 +154,6 @@ size_t data_reader_feed(struct data_reader *r, const char *in, size_t len, struc
 			break;
 		}
 	}
+	run_flush(r, out, &ru);
 	return i;
 }

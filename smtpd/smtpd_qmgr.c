@@ -13,6 +13,7 @@
  * Entry points: qmgr_client_new, qmgr_notify, qmgr_inject, qmgr_client_free. */
 #include "smtpd/smtpd.h"
 #include "lib/frame.h"
+#include "lib/jsonw.h"
 #include "lib/log.h"
 #include "lib/netaddr.h"
 #include "lib/xalloc.h"
@@ -164,39 +165,50 @@ struct qmgr_client *qmgr_client_new(struct event_base *base, const char *socknam
 	return qc;
 }
 
+/* A whole number in decimal, appended (no printf). */
+static void put_u64(struct jbuf *b, uint64_t v)
+{
+	char tmp[24], *e = tmp + sizeof tmp, *p = e;
+	do
+		*--p = (char)('0' + v % 10);
+	while (v /= 10);
+	jbuf_add(b, p, (size_t)(e - p));
+}
+
 void qmgr_notify(struct qmgr_client *qc, const struct spool_item *const *items, size_t n)
 {
 	if (!qc || n == 0)
 		return;
-	cJSON *req = cJSON_CreateObject();
-	cJSON_AddStringToObject(req, "op", "new");
-	cJSON *a = cJSON_AddArrayToObject(req, "msgs");
+	/* written directly: ids and segment names are hex, the rest numbers */
+	struct jbuf b = { 0 };
+	jbuf_add(&b, "{\"op\":\"new\",\"msgs\":[", 20);
 	for (size_t i = 0; i < n; i++) {
 		const struct spool_item *it = items[i];
 		const struct spool_loc *l = &it->loc;
-		cJSON *o = cJSON_CreateObject();
-		cJSON_AddStringToObject(o, "id", it->id);
-		cJSON_AddStringToObject(o, "seg", it->seg_name);
-		/* integers, printed as such (cJSON would print them as doubles) */
-		char loc[200];
-		snprintf(loc, sizeof loc, "[%llu,%llu,%lu,%llu,%lu,%lu,%llu]",
-			 (unsigned long long)l->data_off, (unsigned long long)l->data_len,
-			 (unsigned long)l->data_crc, (unsigned long long)l->meta_off,
-			 (unsigned long)l->meta_len, (unsigned long)l->meta_crc,
-			 (unsigned long long)l->stamp);
-		cJSON_AddItemToObject(o, "loc", cJSON_CreateRaw(loc));
-		cJSON_AddItemToArray(a, o);
+		jbuf_add(&b, i ? ",{\"id\":\"" : "{\"id\":\"", i ? 8 : 7);
+		jbuf_add(&b, it->id, SPOOL_ID_LEN);
+		jbuf_add(&b, "\",\"seg\":\"", 9);
+		jbuf_add(&b, it->seg_name, SPOOL_SEG_NAME_LEN);
+		jbuf_add(&b, "\",\"loc\":[", 9);
+		uint64_t v[] = { l->data_off, l->data_len, l->data_crc, l->meta_off, l->meta_len, l->meta_crc,
+				 l->stamp };
+		for (size_t k = 0; k < 7; k++) {
+			if (k)
+				jbuf_add(&b, ",", 1);
+			put_u64(&b, v[k]);
+		}
+		jbuf_add(&b, "]}", 2);
 	}
-	log_debug("notifying kumo-qmgr of %zu message(s)%s", n, qc->connected ? "" : " (queued: not connected)");
+	jbuf_add(&b, "]}", 2);
 	if (qc->connected) {
-		frame_encode(bufferevent_get_output(qc->bev), req);
+		frame_encode_text(bufferevent_get_output(qc->bev), b.p, b.len);
 	} else if (evbuffer_get_length(qc->backlog) < QMGR_BACKLOG_MAX) {
-		frame_encode(qc->backlog, req);
+		frame_encode_text(qc->backlog, b.p, b.len);
 	} else if (!qc->warned) {
 		log_warn("kumo-qmgr is away and the notice backlog is full; it will find the messages in the spool");
 		qc->warned = true;
 	}
-	cJSON_Delete(req);
+	jbuf_free(&b);
 }
 
 int qmgr_inject(struct qmgr_client *qc, struct spool_job *job)
