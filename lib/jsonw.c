@@ -41,7 +41,7 @@ void jbuf_free(struct jbuf *b)
 
 /* cJSON escapes '"', '\\' and every byte below 0x20 (the named ones by
  * name), and nothing else: not '/', not bytes of 0x7f and above. */
-static void put_string(struct jbuf *b, const char *s)
+void jbuf_str(struct jbuf *b, const char *s)
 {
 	static const char hex[] = "0123456789abcdef";
 	size_t n = strlen(s);
@@ -80,7 +80,7 @@ static void put_string(struct jbuf *b, const char *s)
 	b->len = (size_t)(o - b->p);
 }
 
-static void put_number(struct jbuf *b, double d)
+void jbuf_num(struct jbuf *b, double d)
 {
 	char tmp[64];
 	int n;
@@ -113,8 +113,8 @@ void jbuf_value(struct jbuf *b, const cJSON *v)
 	case cJSON_NULL: jbuf_add(b, "null", 4); break;
 	case cJSON_False: jbuf_add(b, "false", 5); break;
 	case cJSON_True: jbuf_add(b, "true", 4); break;
-	case cJSON_Number: put_number(b, v->valuedouble); break;
-	case cJSON_String: put_string(b, v->valuestring ? v->valuestring : ""); break;
+	case cJSON_Number: jbuf_num(b, v->valuedouble); break;
+	case cJSON_String: jbuf_str(b, v->valuestring ? v->valuestring : ""); break;
 	case cJSON_Raw:
 		if (v->valuestring)
 			jbuf_add(b, v->valuestring, strlen(v->valuestring));
@@ -127,7 +127,7 @@ void jbuf_value(struct jbuf *b, const cJSON *v)
 			if (c != v->child)
 				jbuf_add(b, ",", 1);
 			if (obj) {
-				put_string(b, c->string ? c->string : "");
+				jbuf_str(b, c->string ? c->string : "");
 				jbuf_add(b, ":", 1);
 			}
 			jbuf_value(b, c);

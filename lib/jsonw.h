@@ -14,6 +14,9 @@ struct jbuf {
 };
 
 void jbuf_add(struct jbuf *b, const void *s, size_t n);
+/* A JSON string (s escaped as cJSON escapes), a whole number. */
+void jbuf_str(struct jbuf *b, const char *s);
+void jbuf_num(struct jbuf *b, double d);
 /* Appends v's text. */
 void jbuf_value(struct jbuf *b, const cJSON *v);
 /* NUL-terminates and returns b->p (still owned by b). */

@@ -205,24 +205,159 @@ cJSON *logrec_new(const struct logrec *lr, const char *type, const char *id, dou
 	return r;
 }
 
+/* The enhanced status code at the start of text ("4.3.0 ..."): 1 and its
+ * three numbers and where the rest starts, or 0. */
+static int enhanced_code(const char *text, int *c, int *sub, int *det, const char **rest)
+{
+	int n = 0;
+	if (sscanf(text, "%1d.%3d.%3d%n", c, sub, det, &n) == 3 && n > 0 &&
+	    (text[n] == ' ' || text[n] == '\0') && *c >= 2 && *c <= 5) {
+		text += n;
+		while (*text == ' ')
+			text++;
+		*rest = text;
+		return 1;
+	}
+	*rest = text;
+	return 0;
+}
+
+static int logrec_written(struct logrec *lr, bool was_empty, char *err, size_t errlen);
+
+/* a string literal, without counting its bytes by hand */
+#define LIT(b, s) jbuf_add((b), (s), sizeof(s) - 1)
+
+static void key(struct jbuf *b, const char *k)
+{
+	jbuf_add(b, ",\"", 2);
+	jbuf_add(b, k, strlen(k)); /* our own keys: nothing to escape */
+	jbuf_add(b, "\":", 2);
+}
+
+static void str_or(struct jbuf *b, const char *s, bool null_if_missing)
+{
+	if (s)
+		jbuf_str(b, s);
+	else if (null_if_missing)
+		jbuf_add(b, "null", 4);
+	else
+		jbuf_add(b, "\"\"", 2);
+}
+
+int logrec_put(struct logrec *lr, const struct logrec_fields *f, char *err, size_t errlen)
+{
+	if (!lr->dir)
+		return 0;
+	bool was_empty = lr->buf.len == 0;
+	struct jbuf *b = &lr->buf;
+	double now = now_real(), created = f->created > 0 ? f->created : now;
+	char t[48];
+	LIT(b, "{\"type\":");
+	jbuf_str(b, f->type);
+	key(b, "id");
+	str_or(b, f->id, false);
+	key(b, "sender");
+	str_or(b, f->sender, false);
+	key(b, "recipient");
+	if (f->recipient_json)
+		jbuf_value(b, f->recipient_json);
+	else
+		str_or(b, f->recipient, false);
+	key(b, "queue");
+	str_or(b, f->queue, false);
+	key(b, "site");
+	str_or(b, f->site, false);
+	key(b, "size");
+	jbuf_num(b, f->size);
+	key(b, "response");
+	if (!f->response) {
+		LIT(b, "null");
+	} else {
+		int c, sub, det;
+		const char *rest;
+		LIT(b, "{\"code\":");
+		jbuf_num(b, f->code);
+		if (enhanced_code(f->text ? f->text : "", &c, &sub, &det, &rest)) {
+			LIT(b, ",\"enhanced_code\":{\"class\":");
+			jbuf_num(b, c);
+			LIT(b, ",\"subject\":");
+			jbuf_num(b, sub);
+			LIT(b, ",\"detail\":");
+			jbuf_num(b, det);
+			LIT(b, "}");
+		} else {
+			LIT(b, ",\"enhanced_code\":null");
+		}
+		key(b, "content");
+		jbuf_str(b, rest);
+		key(b, "command");
+		str_or(b, f->command, true);
+		LIT(b, "}");
+	}
+	key(b, "peer_address");
+	if (f->peer_addr) {
+		LIT(b, "{\"name\":");
+		str_or(b, f->peer_name, false);
+		key(b, "addr");
+		jbuf_str(b, f->peer_addr);
+		LIT(b, "}");
+	} else {
+		LIT(b, "null");
+	}
+	key(b, "timestamp");
+	jbuf_num(b, floor(now));
+	key(b, "event_time");
+	logrec_rfc3339(now, t, sizeof t);
+	jbuf_str(b, t);
+	key(b, "created");
+	jbuf_num(b, floor(created));
+	key(b, "created_time");
+	logrec_rfc3339(created, t, sizeof t);
+	jbuf_str(b, t);
+	key(b, "num_attempts");
+	jbuf_num(b, f->num_attempts);
+	key(b, "bounce_classification");
+	jbuf_str(b, "Uncategorized");
+	key(b, "egress_pool");
+	str_or(b, f->egress_pool, true);
+	key(b, "egress_source");
+	str_or(b, f->egress_source, true);
+	LIT(b, ",\"source_address\":null,\"feedback_report\":null,\"meta\":{},\"headers\":{}");
+	key(b, "delivery_protocol");
+	str_or(b, f->delivery_protocol, true);
+	key(b, "reception_protocol");
+	jbuf_str(b, "ESMTP");
+	key(b, "nodeid");
+	jbuf_str(b, lr->nodeid);
+	if (f->session_id) {
+		key(b, "session_id");
+		jbuf_str(b, f->session_id);
+	}
+	for (const cJSON *x = f->extra ? f->extra->child : NULL; x; x = x->next) {
+		LIT(b, ",");
+		jbuf_str(b, x->string);
+		LIT(b, ":");
+		jbuf_value(b, x);
+	}
+	LIT(b, "}\n");
+	return logrec_written(lr, was_empty, err, errlen);
+}
+
 cJSON *logrec_response(int code, const char *text, const char *command)
 {
 	cJSON *resp = cJSON_CreateObject();
 	cJSON_AddNumberToObject(resp, "code", code);
-	int c, s, d, n = 0;
-	if (sscanf(text, "%1d.%3d.%3d%n", &c, &s, &d, &n) == 3 && n > 0 &&
-	    (text[n] == ' ' || text[n] == '\0') && c >= 2 && c <= 5) {
+	int c, s, d;
+	const char *rest;
+	if (enhanced_code(text, &c, &s, &d, &rest)) {
 		cJSON *ec = cJSON_AddObjectToObject(resp, "enhanced_code");
 		cJSON_AddNumberToObject(ec, "class", c);
 		cJSON_AddNumberToObject(ec, "subject", s);
 		cJSON_AddNumberToObject(ec, "detail", d);
-		text += n;
-		while (*text == ' ')
-			text++;
 	} else {
 		cJSON_AddNullToObject(resp, "enhanced_code");
 	}
-	cJSON_AddStringToObject(resp, "content", text);
+	cJSON_AddStringToObject(resp, "content", rest);
 	if (command)
 		cJSON_AddStringToObject(resp, "command", command);
 	else
@@ -291,6 +426,20 @@ int logrec_flush(struct logrec *lr, char *err, size_t errlen)
 	return rc;
 }
 
+/* A record was added to the buffer: written now if the buffer is full (or
+ * nobody flushes later), else a flush is asked for. */
+static int logrec_written(struct logrec *lr, bool was_empty, char *err, size_t errlen)
+{
+	if (lr->buf.len >= LOGREC_BUF_MAX || (lr->max_file_size && lr->buf.len >= lr->max_file_size))
+		return logrec_flush(lr, err, errlen);
+	if (was_empty) {
+		if (!lr->want_flush)
+			return logrec_flush(lr, err, errlen); /* nobody flushes later: now */
+		lr->want_flush(lr->want_flush_arg);
+	}
+	return 0;
+}
+
 int logrec_write(struct logrec *lr, cJSON *rec, char *err, size_t errlen)
 {
 	if (!lr->dir) {
@@ -301,12 +450,5 @@ int logrec_write(struct logrec *lr, cJSON *rec, char *err, size_t errlen)
 	jbuf_value(&lr->buf, rec);
 	jbuf_add(&lr->buf, "\n", 1);
 	cJSON_Delete(rec);
-	if (lr->buf.len >= LOGREC_BUF_MAX || (lr->max_file_size && lr->buf.len >= lr->max_file_size))
-		return logrec_flush(lr, err, errlen);
-	if (was_empty) {
-		if (!lr->want_flush)
-			return logrec_flush(lr, err, errlen); /* nobody flushes later: now */
-		lr->want_flush(lr->want_flush_arg);
-	}
-	return 0;
+	return logrec_written(lr, was_empty, err, errlen);
 }

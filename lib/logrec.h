@@ -6,6 +6,7 @@
  * max_segment_duration. */
 #ifndef KUMO_LOGREC_H
 #define KUMO_LOGREC_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <time.h>
 #include <cjson/cJSON.h>
@@ -48,6 +49,28 @@ cJSON *logrec_new(const struct logrec *lr, const char *type, const char *id, dou
 int logrec_write(struct logrec *lr, cJSON *rec, char *err, size_t errlen);
 /* Writes what is buffered (one write).  0, or -1 with a reason. */
 int logrec_flush(struct logrec *lr, char *err, size_t errlen);
+
+/* The fields of a record, for logrec_put: the same record as logrec_new
+ * with these set, written straight into the buffer (no cJSON tree).  NULL
+ * strings are "" where logrec_new has "", null where it has null. */
+struct logrec_fields {
+	const char *type, *id;
+	double created;                  /* <= 0: now */
+	const char *sender;
+	const char *recipient;           /* one recipient, or */
+	const cJSON *recipient_json;     /* any JSON value (an array) */
+	const char *queue, *site;
+	double size;
+	bool response;                   /* false: "response":null */
+	int code;
+	const char *text, *command;
+	const char *peer_name, *peer_addr;  /* peer_address null without addr */
+	int num_attempts;
+	const char *egress_pool, *egress_source, *delivery_protocol;
+	const char *session_id;          /* added after the standard fields */
+	const cJSON *extra;              /* its members too, after session_id */
+};
+int logrec_put(struct logrec *lr, const struct logrec_fields *f, char *err, size_t errlen);
 
 /* "response" object: code, enhanced_code parsed from the text, content,
  * command. */

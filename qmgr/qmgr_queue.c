@@ -410,35 +410,34 @@ void qmgr_record(const char *type, struct qmsg *m, char **rcpts, size_t n, struc
 {
 	if (!Q->logs.dir)
 		return;
-	cJSON *r = logrec_new(&Q->logs, type, m->id, m->created);
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "sender", cJSON_CreateString(m->sender));
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "recipient", rcpt_json(m, rcpts, n));
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "queue", cJSON_CreateString(m->sq->name));
 	struct rqueue *rq = c ? c->rq : m->sq->rq;
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "site", cJSON_CreateString(rq ? rq->name : ""));
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "size", cJSON_CreateNumber((double)m->size));
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "response", logrec_response(code, text ? text : "", command));
-	if (c && c->peer_addr[0]) {
-		cJSON *pa = cJSON_CreateObject();
-		cJSON_AddStringToObject(pa, "name", c->peer_name);
-		cJSON_AddStringToObject(pa, "addr", c->peer_addr);
-		cJSON_ReplaceItemInObjectCaseSensitive(r, "peer_address", pa);
-	}
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "num_attempts", cJSON_CreateNumber(m->num_attempts));
-	const char *pool = m->sq->cfg.egress_pool ? m->sq->cfg.egress_pool : "unspecified";
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "egress_pool", cJSON_CreateString(pool));
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "egress_source", cJSON_CreateString("unspecified"));
-	if (strcmp(type, "Expiration") != 0)
-		cJSON_ReplaceItemInObjectCaseSensitive(r, "delivery_protocol", cJSON_CreateString("ESMTP"));
+	bool one = n == 1 && !m->rcpt_array;
+	cJSON *rj = one ? NULL : rcpt_json(m, rcpts, n);
+	struct logrec_fields f = {
+		.type = type, .id = m->id, .created = m->created, .sender = m->sender,
+		.recipient = one ? rcpts[0] : NULL, .recipient_json = rj,
+		.queue = m->sq->name, .site = rq ? rq->name : "", .size = (double)m->size,
+		.response = true, .code = code, .text = text ? text : "", .command = command,
+		.peer_name = c && c->peer_addr[0] ? c->peer_name : NULL,
+		.peer_addr = c && c->peer_addr[0] ? c->peer_addr : NULL,
+		.num_attempts = m->num_attempts,
+		.egress_pool = m->sq->cfg.egress_pool ? m->sq->cfg.egress_pool : "unspecified",
+		.egress_source = "unspecified",
+		.delivery_protocol = strcmp(type, "Expiration") != 0 ? "ESMTP" : NULL,
+		.session_id = c && c->session_id[0] ? c->session_id : NULL,
+	};
+	cJSON *extra = NULL;
 	if (c && c->c && smtp_client_tls_version(c->c)) {
-		cJSON_AddStringToObject(r, "tls_cipher", smtp_client_tls_cipher(c->c));
-		cJSON_AddStringToObject(r, "tls_protocol_version", smtp_client_tls_version(c->c));
+		extra = cJSON_CreateObject();
+		cJSON_AddStringToObject(extra, "tls_cipher", smtp_client_tls_cipher(c->c));
+		cJSON_AddStringToObject(extra, "tls_protocol_version", smtp_client_tls_version(c->c));
+		f.extra = extra;
 	}
-	if (c && c->session_id[0])
-		cJSON_AddStringToObject(r, "session_id", c->session_id);
 	char err[300];
-	if (logrec_write(&Q->logs, r, err, sizeof err) != 0)
+	if (logrec_put(&Q->logs, &f, err, sizeof err) != 0)
 		log_warn("log record: %s", err);
+	cJSON_Delete(extra);
+	cJSON_Delete(rj);
 }
 
 /* ---- spool writes of the queue manager --------------------------------- */

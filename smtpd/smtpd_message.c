@@ -576,35 +576,33 @@ void data_complete(struct session *s)
 
 static void log_reception(struct session *s, const struct batch *b)
 {
-	cJSON *r = logrec_new(&smtpd->logs, "Reception", b->id, spool_id_time(b->id));
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "sender", cJSON_CreateString(b->sender));
-	if (cJSON_GetArraySize(b->recipients) == 1)
-		cJSON_ReplaceItemInObjectCaseSensitive(r, "recipient", cJSON_CreateString(cJSON_GetArrayItem(b->recipients, 0)->valuestring));
-	else
-		cJSON_ReplaceItemInObjectCaseSensitive(r, "recipient", cJSON_Duplicate(b->recipients, 1));
 	const cJSON *q = cJSON_GetObjectItemCaseSensitive(b->meta, "queue");
 	const cJSON *first = cJSON_GetArrayItem(b->recipients, 0);
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "queue", cJSON_CreateString(
-		cJSON_IsString(q) ? q->valuestring : cJSON_IsString(first) ? domain_of_email(first->valuestring) : ""));
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "size", cJSON_CreateNumber((double)b->size));
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "response", logrec_response(250, "", NULL));
-	cJSON *pa = cJSON_CreateObject();
-	cJSON_AddStringToObject(pa, "name", s->ehlo_domain ? s->ehlo_domain : "");
-	cJSON_AddStringToObject(pa, "addr", s->peer_ip_str);
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "peer_address", pa);
-	cJSON_AddStringToObject(r, "session_id", s->session_id);
+	bool one = cJSON_GetArraySize(b->recipients) == 1;
+	struct logrec_fields f = {
+		.type = "Reception", .id = b->id, .created = spool_id_time(b->id), .sender = b->sender,
+		.recipient = one ? first->valuestring : NULL, .recipient_json = one ? NULL : b->recipients,
+		.queue = cJSON_IsString(q) ? q->valuestring : cJSON_IsString(first) ? domain_of_email(first->valuestring) : "",
+		.size = (double)b->size, .response = true, .code = 250, .text = "",
+		.peer_name = s->ehlo_domain ? s->ehlo_domain : "", .peer_addr = s->peer_ip_str,
+		.session_id = s->session_id,
+	};
 	const cJSON *tv = cJSON_GetObjectItemCaseSensitive(b->meta, "tls_protocol_version");
 	const cJSON *tc = cJSON_GetObjectItemCaseSensitive(b->meta, "tls_cipher");
+	cJSON *extra = NULL;
 	if (cJSON_IsString(tv) && cJSON_IsString(tc)) {
-		cJSON_AddStringToObject(r, "tls_protocol_version", tv->valuestring);
-		cJSON_AddStringToObject(r, "tls_cipher", tc->valuestring);
+		extra = cJSON_CreateObject();
+		cJSON_AddStringToObject(extra, "tls_protocol_version", tv->valuestring);
+		cJSON_AddStringToObject(extra, "tls_cipher", tc->valuestring);
 		const cJSON *sn = cJSON_GetObjectItemCaseSensitive(b->meta, "tls_peer_subject_name");
 		if (cJSON_IsArray(sn))
-			cJSON_AddItemToObject(r, "tls_peer_subject_name", cJSON_Duplicate(sn, 1));
+			cJSON_AddItemToObject(extra, "tls_peer_subject_name", cJSON_Duplicate(sn, 1));
+		f.extra = extra;
 	}
 	char err[200];
-	if (logrec_write(&smtpd->logs, r, err, sizeof err) != 0)
+	if (logrec_put(&smtpd->logs, &f, err, sizeof err) != 0)
 		log_warn("session %s: %s", s->session_id, err);
+	cJSON_Delete(extra);
 }
 
 static void finish(struct session *s, size_t failed, bool nospace)

@@ -62,17 +62,15 @@ static void log_rejection(struct session *s, int code, const char *text)
 		return;
 	if (code == 421 && strncmp(text, "4.3.2 ", 6) == 0)
 		return;
-	cJSON *r = logrec_new(&smtpd->logs, "Rejection", "", 0);
-	if (s->txn && !s->txn->sender.is_null && s->txn->sender.email)
-		cJSON_ReplaceItemInObjectCaseSensitive(r, "sender", cJSON_CreateString(s->txn->sender.email));
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "response", logrec_response(code, text, s->cur_cmd));
-	cJSON *pa = cJSON_CreateObject();
-	cJSON_AddStringToObject(pa, "name", s->ehlo_domain ? s->ehlo_domain : "");
-	cJSON_AddStringToObject(pa, "addr", s->peer_ip_str);
-	cJSON_ReplaceItemInObjectCaseSensitive(r, "peer_address", pa);
-	cJSON_AddStringToObject(r, "session_id", s->session_id);
+	struct logrec_fields f = {
+		.type = "Rejection", .id = "",
+		.sender = s->txn && !s->txn->sender.is_null && s->txn->sender.email ? s->txn->sender.email : NULL,
+		.response = true, .code = code, .text = text, .command = s->cur_cmd,
+		.peer_name = s->ehlo_domain ? s->ehlo_domain : "", .peer_addr = s->peer_ip_str,
+		.session_id = s->session_id,
+	};
 	char err[200];
-	if (logrec_write(&smtpd->logs, r, err, sizeof err) != 0)
+	if (logrec_put(&smtpd->logs, &f, err, sizeof err) != 0)
 		log_warn("session %s: %s", s->session_id, err);
 }
 

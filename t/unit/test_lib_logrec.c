@@ -217,6 +217,99 @@ START_TEST(rfc3339_times)
 }
 END_TEST
 
+/* logrec_put writes the record logrec_new and the callers' replacements
+ * made: the same JSON, times aside (each call reads the clock). */
+static cJSON *by_tree(struct logrec *lr, const struct logrec_fields *f)
+{
+	cJSON *r = logrec_new(lr, f->type, f->id ? f->id : "", f->created);
+	if (f->sender)
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "sender", cJSON_CreateString(f->sender));
+	if (f->recipient_json)
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "recipient", cJSON_Duplicate(f->recipient_json, 1));
+	else if (f->recipient)
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "recipient", cJSON_CreateString(f->recipient));
+	if (f->queue)
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "queue", cJSON_CreateString(f->queue));
+	if (f->site)
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "site", cJSON_CreateString(f->site));
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "size", cJSON_CreateNumber(f->size));
+	if (f->response)
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "response", logrec_response(f->code, f->text, f->command));
+	if (f->peer_addr) {
+		cJSON *pa = cJSON_CreateObject();
+		cJSON_AddStringToObject(pa, "name", f->peer_name ? f->peer_name : "");
+		cJSON_AddStringToObject(pa, "addr", f->peer_addr);
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "peer_address", pa);
+	}
+	cJSON_ReplaceItemInObjectCaseSensitive(r, "num_attempts", cJSON_CreateNumber(f->num_attempts));
+	if (f->egress_pool)
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "egress_pool", cJSON_CreateString(f->egress_pool));
+	if (f->egress_source)
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "egress_source", cJSON_CreateString(f->egress_source));
+	if (f->delivery_protocol)
+		cJSON_ReplaceItemInObjectCaseSensitive(r, "delivery_protocol", cJSON_CreateString(f->delivery_protocol));
+	if (f->session_id)
+		cJSON_AddStringToObject(r, "session_id", f->session_id);
+	for (const cJSON *x = f->extra ? f->extra->child : NULL; x; x = x->next)
+		cJSON_AddItemToObject(r, x->string, cJSON_Duplicate(x, 1));
+	return r;
+}
+
+static void drop_times(cJSON *r)
+{
+	cJSON_DeleteItemFromObjectCaseSensitive(r, "timestamp");
+	cJSON_DeleteItemFromObjectCaseSensitive(r, "event_time");
+}
+
+START_TEST(put_matches_new)
+{
+	cJSON *rcpts = cJSON_Parse("[\"a@x.example\",\"b@y.example\"]");
+	cJSON *extra = cJSON_Parse("{\"tls_cipher\":\"TLS_AES_256_GCM_SHA384\",\"tls_peer_subject_name\":[\"CN=x\"]}");
+	const struct logrec_fields cases[] = {
+		{ .type = "Reception", .id = "0123456789abcdef0123456789abcdef", .created = 1763949632.25,
+		  .sender = "s@example.com", .recipient = "r@example.net", .queue = "example.net", .size = 1296,
+		  .response = true, .code = 250, .text = "", .peer_name = "client.example", .peer_addr = "127.0.0.1",
+		  .session_id = "20639a16-9eed-4214-95a2-bb66cc400d6c" },
+		{ .type = "TransientFailure", .id = "fedcba9876543210fedcba9876543210", .created = 1763949632.5,
+		  .sender = "", .recipient_json = rcpts, .queue = "camp:t@y.example", .site = "unspecified->(a|b)",
+		  .size = 0, .response = true, .code = 451, .text = "4.4.4 no usable \"answer\"\n", .command = "RCPT TO",
+		  .num_attempts = 3, .egress_pool = "unspecified", .egress_source = "unspecified",
+		  .delivery_protocol = "ESMTP", .session_id = "s", .extra = extra },
+		{ .type = "Rejection", .response = true, .code = 550, .text = "5.7.1 relaying not permitted",
+		  .command = "RCPT TO:<x@y>", .peer_addr = "::1" },
+		{ .type = "Expiration", .id = "00000000000000000000000000000000", .created = 1.0,
+		  .response = true, .code = 551, .text = "5.4.7 Next delivery time would be after the expiration time" },
+		{ .type = "Bounce", .response = false, .text = "9.1.1 not an enhanced code" },
+	};
+	char err[300];
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		struct logrec lr;
+		open_logs(&lr);
+		lr.want_flush = count_flush; /* keep the record in the buffer */
+		ck_assert_int_eq(logrec_put(&lr, &cases[i], err, sizeof err), 0);
+		cJSON *put = cJSON_ParseWithLength(lr.buf.p, lr.buf.len);
+		ck_assert_msg(put != NULL, "case %zu: not JSON: %.*s", i, (int)lr.buf.len, lr.buf.p);
+		ck_assert_msg(lr.buf.p[lr.buf.len - 1] == '\n', "case %zu: no newline", i);
+		cJSON *tree = by_tree(&lr, &cases[i]);
+		drop_times(put);
+		drop_times(tree);
+		if (cases[i].created <= 0) { /* created is now too */
+			cJSON_DeleteItemFromObjectCaseSensitive(put, "created_time");
+			cJSON_DeleteItemFromObjectCaseSensitive(tree, "created_time");
+		}
+		char *a = cJSON_PrintUnformatted(put), *b = cJSON_PrintUnformatted(tree);
+		ck_assert_msg(cJSON_Compare(put, tree, 1), "case %zu:\nput  %s\ntree %s", i, a, b);
+		free(a);
+		free(b);
+		cJSON_Delete(put);
+		cJSON_Delete(tree);
+		logrec_close(&lr);
+	}
+	cJSON_Delete(rcpts);
+	cJSON_Delete(extra);
+}
+END_TEST
+
 static Suite *logrec_suite(void)
 {
 	Suite *s = suite_create("lib_logrec");
@@ -227,6 +320,7 @@ static Suite *logrec_suite(void)
 	tcase_add_test(tc, buffered_until_flush);
 	tcase_add_test(tc, buffer_bound_writes);
 	tcase_add_test(tc, rfc3339_times);
+	tcase_add_test(tc, put_matches_new);
 	suite_add_tcase(s, tc);
 	return s;
 }
