@@ -90,7 +90,8 @@ struct harness_env *harness_env_new_at(const char *file, int line);
 /* Stops kumod if running, removes the temp dir, frees.  NULL is fine. */
 void harness_env_free(struct harness_env *env);
 
-/* A free loopback port (bind 127.0.0.1:0, read it, close). */
+/* A free loopback port from 20000-31999, below the kernel's ephemeral
+ * range, so that no program started on port 0 is handed it later. */
 int harness_free_port(void);
 
 /* Substitutes @DIR@, @PORT@ and @EXTRA@ (with extra, may be NULL). Caller frees. */
