@@ -24,6 +24,15 @@
 
 /* ---- records ---------------------------------------------------------------- */
 
+/* A record, little-endian:
+ *    0  u32  magic "KSR1"          4  u8 type, then 3 zero bytes
+ *    8  u32  meta text length     12  u32 CRC-32C of the message bytes (MSG)
+ *   16  u64  data offset          24  u64 data length (SEAL: how many MSG records)
+ *   32  u64  stamp, microseconds  40  32 bytes: the message id (none in SEAL)
+ *   72  u32  CRC-32C of bytes 0-71
+ *   76  the meta text, then a u32 CRC-32C of it.
+ * DONE and META records (journal) name their message by id and data offset. */
+
 #define REC_MAGIC 0x3152534bu  /* "KSR1" */
 #define REC_HDR 76u            /* header with its CRC */
 #define REC_MIN (REC_HDR + 4u) /* with an empty meta text and its CRC */
