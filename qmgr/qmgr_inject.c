@@ -2,9 +2,9 @@
  * a listener with deferred_queue accepted is spooled in that queue; here
  * the policy's smtp_server_message_deferred_inject(msg, conn_meta) runs for
  * it, as KumoMTA does: the message is passed by reference (its data
- * segment and offset), conn_meta is synthesized from the message meta, and the handler's
- * changes (sender, recipients, meta, headers, data) are written back to the
- * spool.  Then the message is rebound into the queue its meta and
+ * segment and offset), conn_meta is synthesized from the message meta,
+ * and the handler's changes (sender, recipients, meta, headers, data) are
+ * written back to the spool as a new record (the old one is then done).  Then the message is rebound into the queue its meta and
  * recipient name (a DeferredInjectionRebind record); a kumo.reject with a
  * 5xx bounces it; any other failure is a TransientFailure, retried from one
  * minute, doubling.
