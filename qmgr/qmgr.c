@@ -49,7 +49,8 @@ static void load_spool(bool first)
 {
 	struct load_stats st = { 0, 0 };
 	char err[300];
-	if (spool_list(&Q->spool, found, &st, err, sizeof err) != 0) {
+	/* at start every segment; later only those that grew since */
+	if ((first ? spool_list : spool_list_changed)(&Q->spool, found, &st, err, sizeof err) != 0) {
 		log_warn("%s", err);
 		return;
 	}

@@ -161,6 +161,7 @@ struct spool_seg {
 	size_t ndone;          /* DONE records in its journal */
 	size_t held, released; /* spool_hold / spool_done calls here */
 	uint64_t live_bytes;   /* data bytes of the held messages not yet done */
+	uint64_t listed_size;  /* bytes of the meta file the last listing read */
 	uint64_t data_size, meta_size;  /* append offsets (writer) */
 	size_t msgs;           /* records appended (writer) */
 };
@@ -1152,6 +1153,7 @@ static void load_seg(struct spool *s, struct spool_seg *g, struct entries *e, st
 	unsigned char *buf = slurp_at(s->meta_dirfd, g->name, &len);
 	if (!buf)
 		return;
+	g->listed_size = len;
 	size_t from = e->n;
 	bool sealed = false, damaged = false;
 	struct rec r;
@@ -1248,7 +1250,10 @@ static void load_seg(struct spool *s, struct spool_seg *g, struct entries *e, st
 	}
 }
 
-static int load_all(struct spool *s, struct entries *e, struct scan_ctx *sc, char *err, size_t errlen)
+/* Reads the segments (only_changed: those whose meta file grew since this
+ * process last listed them, or that it never listed). */
+static int load_all(struct spool *s, struct entries *e, struct scan_ctx *sc, bool only_changed,
+		    char *err, size_t errlen)
 {
 	size_t n;
 	char **names = seg_names(s, &n, err, errlen);
@@ -1256,7 +1261,10 @@ static int load_all(struct spool *s, struct entries *e, struct scan_ctx *sc, cha
 		return -1;
 	for (size_t i = 0; i < n; i++) {
 		struct spool_seg *g = seg_get(s, names[i], false);
-		if (g && !g->writing)
+		struct stat st;
+		bool same = only_changed && g && g->listed_size &&
+			    fstatat(s->meta_dirfd, g->name, &st, 0) == 0 && (uint64_t)st.st_size == g->listed_size;
+		if (g && !g->writing && !same)
 			load_seg(s, g, e, sc);
 		free(names[i]);
 	}
@@ -1266,10 +1274,11 @@ static int load_all(struct spool *s, struct entries *e, struct scan_ctx *sc, cha
 	return 0;
 }
 
-int spool_list(struct spool *s, spool_found_cb found, void *arg, char *err, size_t errlen)
+static int list(struct spool *s, spool_found_cb found, void *arg, bool only_changed, char *err,
+		size_t errlen)
 {
 	struct entries e = { 0 };
-	if (load_all(s, &e, NULL, err, errlen) != 0)
+	if (load_all(s, &e, NULL, only_changed, err, errlen) != 0)
 		return -1;
 	for (size_t i = 0; i < e.n; i++) {
 		struct entry *x = &e.v[i];
@@ -1290,6 +1299,16 @@ int spool_list(struct spool *s, spool_found_cb found, void *arg, char *err, size
 	}
 	free(e.v);
 	return 0;
+}
+
+int spool_list(struct spool *s, spool_found_cb found, void *arg, char *err, size_t errlen)
+{
+	return list(s, found, arg, false, err, errlen);
+}
+
+int spool_list_changed(struct spool *s, spool_found_cb found, void *arg, char *err, size_t errlen)
+{
+	return list(s, found, arg, true, err, errlen);
 }
 
 /* ---- recovery at start ------------------------------------------------------ */
@@ -1349,7 +1368,7 @@ int spool_scan(struct spool *s,
 	sweep_new(s->meta_rootfd, st);
 	struct scan_ctx sc = { warn, arg, st };
 	struct entries e = { 0 };
-	if (load_all(s, &e, &sc, err, errlen) != 0)
+	if (load_all(s, &e, &sc, false, err, errlen) != 0)
 		return -1;
 	for (size_t i = 0; i < e.n; i++) {
 		struct entry *x = &e.v[i];

@@ -140,6 +140,10 @@ size_t spool_reap(struct spool *s);
 typedef void (*spool_found_cb)(void *arg, const char *id, const struct spool_loc *loc,
 			       const char *meta, size_t meta_len);
 int spool_list(struct spool *s, spool_found_cb found, void *arg, char *err, size_t errlen);
+/* The same, reading only the segments whose meta file changed since an
+ * earlier listing on s read it (or that it never read): what it reports
+ * is what is new since then, at the cost of one stat per old segment. */
+int spool_list_changed(struct spool *s, spool_found_cb found, void *arg, char *err, size_t errlen);
 
 struct spool_scan_stats {
 	size_t found;        /* whole messages */

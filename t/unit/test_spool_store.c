@@ -1219,6 +1219,41 @@ START_TEST(processes_write_their_own_segments)
 }
 END_TEST
 
+/* spool_list_changed reports what is new since the last listing on the
+ * same spool: a segment that did not grow is not read again. */
+START_TEST(list_changed_reads_only_what_grew)
+{
+	struct msg m[5];
+	struct spool_item it[5];
+	msgs_make(m, 5, "changed");
+	struct spool w, r;
+	open_spool(&w);
+	commit_msgs(&w, m, it, 3);
+	open_spool(&r);
+	struct hits h;
+	char err[256];
+	memset(&h, 0, sizeof h);
+	ck_assert_msg(spool_list_changed(&r, on_found, &h, err, sizeof err) == 0, "%s", err);
+	ck_assert_uint_eq(h.n, 3); /* never listed: read */
+	hits_free(&h);
+	memset(&h, 0, sizeof h);
+	ck_assert(spool_list_changed(&r, on_found, &h, err, sizeof err) == 0);
+	ck_assert_uint_eq(h.n, 0); /* nothing changed */
+	hits_free(&h);
+	commit_msgs(&w, m + 3, it + 3, 2); /* the same segment grows */
+	memset(&h, 0, sizeof h);
+	ck_assert(spool_list_changed(&r, on_found, &h, err, sizeof err) == 0);
+	ck_assert_uint_eq(h.n, 5); /* it is read again, whole */
+	hits_free(&h);
+	list(&r, &h); /* spool_list reads everything every time */
+	ck_assert_uint_eq(h.n, 5);
+	hits_free(&h);
+	spool_close(&r);
+	spool_close(&w);
+	msgs_free(m, 5);
+}
+END_TEST
+
 /* ---- writers that are gone -------------------------------------------------- */
 
 /* A segment without SEAL stays while its writer lives, even with every
@@ -1824,6 +1859,7 @@ int main(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, ids_are_unique_ordered_and_dated);
 	tcase_add_test(tc, ids_differ_after_fork);
+	tcase_add_test(tc, list_changed_reads_only_what_grew);
 	tcase_add_test(tc, lock_is_exclusive);
 	tcase_add_test(tc, unwritable_path_fails);
 	tcase_add_test(tc, commit_then_list);
