@@ -302,9 +302,9 @@ static int write_all(int fd, const void *buf, size_t len, uint64_t off)
 
 static int writev_all(int fd, const struct iovec *iov, int cnt, uint64_t off)
 {
-	struct iovec v[64];
+	struct iovec v[256];
 	while (cnt > 0) {
-		int k = cnt < 64 ? cnt : 64;
+		int k = cnt < 256 ? cnt : 256;
 		memcpy(v, iov, (size_t)k * sizeof *v);
 		struct iovec *pv = v;
 		int pk = k;
@@ -696,6 +696,12 @@ size_t spool_commit(struct spool *s, struct spool_item *items, size_t n)
 	uint64_t d0 = g->data_size, m0 = g->meta_size, d = d0, stamp = now_us();
 	unsigned char *buf = NULL;
 	size_t len = 0, cap = 0;
+	/* every message's bytes go out in one gathered write */
+	int nv = 0;
+	for (size_t i = 0; i < n; i++)
+		nv += items[i].data_cnt;
+	struct iovec *all = xcalloc(nv ? (size_t)nv : 1, sizeof *all);
+	nv = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct spool_item *it = &items[i];
 		uint32_t crc = 0;
@@ -703,11 +709,7 @@ size_t spool_commit(struct spool *s, struct spool_item *items, size_t n)
 		for (int k = 0; k < it->data_cnt; k++) {
 			crc = crc32c(crc, it->data[k].iov_base, it->data[k].iov_len);
 			dlen += it->data[k].iov_len;
-		}
-		if (writev_all(g->data_fd, it->data, it->data_cnt, d) != 0) {
-			snprintf(why, sizeof why, "write data segment %s: %s", g->name, strerror(errno));
-			free(buf);
-			goto undo;
+			all[nv++] = it->data[k];
 		}
 		struct spool_loc *l = &it->loc;
 		memset(l, 0, sizeof *l);
@@ -722,6 +724,13 @@ size_t spool_commit(struct spool *s, struct spool_item *items, size_t n)
 		memcpy(it->seg_name, g->name, sizeof it->seg_name);
 		rec_put(&buf, &len, &cap, REC_MSG, it->id, d, dlen, crc, stamp, it->meta, it->meta_len);
 		d += dlen;
+	}
+	int werr = writev_all(g->data_fd, all, nv, d0) != 0 ? errno : 0;
+	free(all);
+	if (werr) {
+		snprintf(why, sizeof why, "write data segment %s: %s", g->name, strerror(werr));
+		free(buf);
+		goto undo;
 	}
 	if (write_all(g->meta_fd, buf, len, m0) != 0) {
 		snprintf(why, sizeof why, "write meta segment %s: %s", g->name, strerror(errno));
