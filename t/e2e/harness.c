@@ -65,14 +65,14 @@ static char *xasprintf(const char *fmt, ...)
     return s;
 }
 
-static void sleep_ms(long ms)
+void harness_pause_ms(long ms)
 {
     struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
     while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
         ;
 }
 
-static double now_s(void)
+double harness_now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -584,7 +584,7 @@ int harness_wait_exit(struct harness_env *env, int timeout_s, int *status)
 {
     if (!env->pid)
         return 1;
-    double end = now_s() + timeout_s;
+    double end = harness_now_s() + timeout_s;
     for (;;) {
         int st;
         pid_t r = waitpid(env->pid, &st, WNOHANG);
@@ -597,9 +597,9 @@ int harness_wait_exit(struct harness_env *env, int timeout_s, int *status)
                 *status = st;
             return 1;
         }
-        if (now_s() >= end)
+        if (harness_now_s() >= end)
             return 0;
-        sleep_ms(20);
+        harness_pause_ms(20);
     }
 }
 
@@ -609,11 +609,11 @@ static void reap_group(struct harness_env *env)
 {
     if (!env->pgid)
         return;
-    double end = now_s() + 2.0;
+    double end = harness_now_s() + 2.0;
     char desc[sizeof env->leftover];
     desc[0] = 0;
-    while (harness_pgrp_live(env->pgid, desc, sizeof desc) > 0 && now_s() < end)
-        sleep_ms(50);
+    while (harness_pgrp_live(env->pgid, desc, sizeof desc) > 0 && harness_now_s() < end)
+        harness_pause_ms(50);
     if (harness_pgrp_live(env->pgid, desc, sizeof desc) > 0)
         snprintf(env->leftover, sizeof env->leftover, "%s", desc);
     kill(-env->pgid, SIGKILL);
@@ -647,7 +647,7 @@ void harness_start_at(const char *file, int line, struct harness_env *env)
         harness_fail(file, line, "port %d is already accepting connections before kumod"
                      " started", env->port);
     harness_spawn_at(file, line, env, argv);
-    double end = now_s() + HARNESS_START_TIMEOUT;
+    double end = harness_now_s() + HARNESS_START_TIMEOUT;
     for (;;) {
         int st;
         if (harness_wait_exit(env, 0, &st)) {
@@ -658,13 +658,13 @@ void harness_start_at(const char *file, int line, struct harness_env *env)
         }
         if (harness_port_open(env->port))
             return;
-        if (now_s() >= end) {
+        if (harness_now_s() >= end) {
             harness_kill9(env);
             char *ctx = harness_context(env);
             harness_fail(file, line, "kumod did not open port %d within %d s\n%s",
                          env->port, HARNESS_START_TIMEOUT, ctx);
         }
-        sleep_ms(50);
+        harness_pause_ms(50);
     }
 }
 
@@ -725,9 +725,9 @@ void harness_kill9(struct harness_env *env)
     }
     if (env->pgid) {
         /* the rest of the group dies asynchronously; wait for it */
-        double end = now_s() + 5.0;
-        while (harness_pgrp_live(env->pgid, NULL, 0) > 0 && now_s() < end)
-            sleep_ms(20);
+        double end = harness_now_s() + 5.0;
+        while (harness_pgrp_live(env->pgid, NULL, 0) > 0 && harness_now_s() < end)
+            harness_pause_ms(20);
         reg_del(env->pgid);
         env->pgid = 0;
     }
@@ -751,16 +751,16 @@ int harness_regex_match(const char *text, const char *regex, int icase)
 
 int harness_output_wait_regex(const struct harness_env *env, const char *regex, int timeout_s)
 {
-    double end = now_s() + timeout_s;
+    double end = harness_now_s() + timeout_s;
     for (;;) {
         char *out = harness_output(env);
         int ok = harness_regex_match(out, regex, 0);
         free(out);
         if (ok)
             return 1;
-        if (now_s() >= end)
+        if (harness_now_s() >= end)
             return 0;
-        sleep_ms(100);
+        harness_pause_ms(100);
     }
 }
 
@@ -1188,7 +1188,7 @@ const char *harness_json_str(const cJSON *obj, const char *name)
 cJSON *harness_log_wait_pred(const struct harness_env *env, const char *type,
                              int (*pred)(const cJSON *rec, void *arg), void *arg)
 {
-    double end = now_s() + HARNESS_LOG_TIMEOUT;
+    double end = harness_now_s() + HARNESS_LOG_TIMEOUT;
     for (;;) {
         cJSON *arr = harness_logs_read(env, NULL);
         cJSON *rec;
@@ -1201,9 +1201,9 @@ cJSON *harness_log_wait_pred(const struct harness_env *env, const char *type,
             }
         }
         cJSON_Delete(arr);
-        if (now_s() >= end)
+        if (harness_now_s() >= end)
             return NULL;
-        sleep_ms(100);
+        harness_pause_ms(100);
     }
 }
 

@@ -94,6 +94,10 @@ void harness_env_free(struct harness_env *env);
  * range, so that no program started on port 0 is handed it later. */
 int harness_free_port(void);
 
+/* Sleeps ms milliseconds (through signals); the monotonic clock in seconds. */
+void harness_pause_ms(long ms);
+double harness_now_s(void);
+
 /* Substitutes @DIR@, @PORT@ and @EXTRA@ (with extra, may be NULL). Caller frees. */
 char *harness_subst(const struct harness_env *env, const char *tmpl, const char *extra);
 /* Writes the substituted template to env->policy. */

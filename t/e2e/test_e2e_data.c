@@ -41,12 +41,6 @@ static void quit(struct smtpc *c)
     smtpc_close(c);
 }
 
-static void pause_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
 START_TEST(test_dot_stuffing)
 {
     struct harness_env *env = harness_env_new();
@@ -102,7 +96,7 @@ START_TEST(test_terminator_split)
     const char *pieces[] = { "Subject: split\r\n\r\nsplit body\r", "\n", ".", "\r", "\n" };
     for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++) {
         smtpc_send(c, pieces[i], strlen(pieces[i]));
-        pause_ms(150);
+        harness_pause_ms(150);
     }
     char ids[1][33];
     smtpc_expect_ids(c, 1, ids);
@@ -112,7 +106,7 @@ START_TEST(test_terminator_split)
     const char *more[] = { "a\r\n.", ".x\r\n", "b\r\n.\r", "\n" };
     for (size_t i = 0; i < sizeof more / sizeof more[0]; i++) {
         smtpc_send(c, more[i], strlen(more[i]));
-        pause_ms(150);
+        harness_pause_ms(150);
     }
     char ids2[1][33];
     smtpc_expect_ids(c, 1, ids2);

@@ -40,20 +40,6 @@
 #define GO_AHEAD "354 Send body; end with CRLF.CRLF"
 #define IDLE "421 4.3.2 " H " idle too long"
 
-static void pause_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
-		;
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static struct smtpc *session(struct harness_env *env, const char *src)
 {
 	struct smtpc *c = smtpc_connect(env, env->port, src);
@@ -107,10 +93,10 @@ static int count_records(struct harness_env *env, const char *type)
  * returns how many there are. */
 static int wait_records(struct harness_env *env, const char *type, int n)
 {
-	double end = now_s() + HARNESS_LOG_TIMEOUT;
+	double end = harness_now_s() + HARNESS_LOG_TIMEOUT;
 	int have;
-	while ((have = count_records(env, type)) < n && now_s() < end)
-		pause_ms(100);
+	while ((have = count_records(env, type)) < n && harness_now_s() < end)
+		harness_pause_ms(100);
 	return have;
 }
 
@@ -206,9 +192,9 @@ static size_t sink_count(struct harness_env *env, const char *needle)
 static size_t sink_wait(struct harness_env *env, size_t n, int secs)
 {
 	size_t have = 0;
-	double end = now_s() + secs;
-	while ((have = sink_count(env, NULL)) < n && now_s() < end)
-		pause_ms(100);
+	double end = harness_now_s() + secs;
+	while ((have = sink_count(env, NULL)) < n && harness_now_s() < end)
+		harness_pause_ms(100);
 	return have;
 }
 
@@ -378,7 +364,7 @@ static void *sampler_main(void *arg)
 				s->peak[j].kb = per[i].kb;
 		}
 		s->samples++;
-		pause_ms(100);
+		harness_pause_ms(100);
 	}
 	return NULL;
 }
@@ -449,12 +435,12 @@ START_TEST(test_many_big_messages)
 	static const char dot[] = ".\r\n";
 
 	/* settle, then the idle figure */
-	pause_ms(1000);
+	harness_pause_ms(1000);
 	long base_kb = harness_pgrp_rss_kb(env->pgid, NULL, 0, NULL);
 	struct sampler smp = { .pgid = env->pgid };
 	pthread_t th;
 	ck_assert_int_eq(pthread_create(&th, NULL, sampler_main, &smp), 0);
-	double t0 = now_s();
+	double t0 = harness_now_s();
 
 	struct big_conn *cs = calloc(BIG_SESSIONS, sizeof *cs);
 	struct pollfd *pfd = calloc(BIG_SESSIONS, sizeof *pfd);
@@ -470,8 +456,8 @@ START_TEST(test_many_big_messages)
 		c->code = -1;
 	}
 	int done = 0;
-	double end = now_s() + 280;
-	while (done < BIG_SESSIONS && now_s() < end) {
+	double end = harness_now_s() + 280;
+	while (done < BIG_SESSIONS && harness_now_s() < end) {
 		for (int i = 0; i < BIG_SESSIONS; i++) {
 			pfd[i].fd = cs[i].state == 5 ? -1 : cs[i].fd;
 			pfd[i].events = (cs[i].state == 1 || cs[i].state == 3) ? POLLOUT : POLLIN;
@@ -553,7 +539,7 @@ START_TEST(test_many_big_messages)
 			}
 		}
 	}
-	double secs = now_s() - t0;
+	double secs = harness_now_s() - t0;
 	smp.stop = 1;
 	pthread_join(th, NULL);
 	free(body);
@@ -616,10 +602,10 @@ static int smtpd_pids(struct harness_env *env, pid_t *pids)
  * the helpers have exec'd); returns how many it has, pids in pids[16]. */
 static int wait_kids(struct harness_env *env, const char *name, int n, pid_t *pids)
 {
-	double end = now_s() + 10;
+	double end = harness_now_s() + 10;
 	int have;
-	while ((have = harness_children(env->pid, name, pids, 16)) != n && now_s() < end)
-		pause_ms(100);
+	while ((have = harness_children(env->pid, name, pids, 16)) != n && harness_now_s() < end)
+		harness_pause_ms(100);
 	return have;
 }
 
@@ -654,7 +640,7 @@ START_TEST(test_kill_worker_mid_data)
 		smtpc_chat(other, "DATA", GO_AHEAD);
 		smtpc_sendf(other, "Subject: other\r\n\r\nother-marker first half\r\n");
 	}
-	pause_ms(500); /* let the worker read what was sent */
+	harness_pause_ms(500); /* let the worker read what was sent */
 	ck_assert_int_eq(kill(dead, SIGKILL), 0);
 
 	/* the client sees the connection go, and no reply */
@@ -675,14 +661,14 @@ START_TEST(test_kill_worker_mid_data)
 	/* the worker is replaced */
 	pid_t now[16];
 	int n = 0, fresh = 0;
-	end = now_s() + 30;
+	end = harness_now_s() + 30;
 	do {
-		pause_ms(100);
+		harness_pause_ms(100);
 		n = smtpd_pids(env, now);
 		fresh = 0;
 		for (int i = 0; i < n && i < 16; i++)
 			fresh += now[i] != w[0] && now[i] != w[1];
-	} while (!(n == 2 && fresh == 1) && now_s() < end);
+	} while (!(n == 2 && fresh == 1) && harness_now_s() < end);
 	char desc[512];
 	harness_children_desc(env->pid, desc, sizeof desc);
 	ck_assert_msg(n == 2 && fresh == 1 && now[0] != dead && now[1] != dead, "kumod did not replace"
@@ -700,9 +686,9 @@ START_TEST(test_kill_worker_mid_data)
 	for (int i = 1; i < 8; i++)
 		smtpc_close(cs[i]);
 	/* a new session works */
-	end = now_s() + 20;
-	while (!try_transaction(env, "after-kill", ids[1]) && now_s() < end)
-		pause_ms(200);
+	end = harness_now_s() + 20;
+	while (!try_transaction(env, "after-kill", ids[1]) && harness_now_s() < end)
+		harness_pause_ms(200);
 	struct smtpc *c = session(env, NULL);
 	const char *rcpts[] = { "b@example.net", NULL };
 	smtpc_transaction(c, "new@example.com", rcpts, "Subject: n\r\n\r\nnew session\r\n", ids + 1);
@@ -749,7 +735,7 @@ START_TEST(test_kill_policyd_while_waiting)
 		cs[i] = session(env, NULL);
 		smtpc_cmd(cs[i], "MAIL FROM:<slow@example.com>");
 	}
-	pause_ms(800); /* they are waiting on the handler now */
+	harness_pause_ms(800); /* they are waiting on the handler now */
 	ck_assert_int_eq(kill(pol[0], SIGKILL), 0);
 	for (int i = 0; i < 4; i++) {
 		char *t = NULL;
@@ -764,10 +750,10 @@ START_TEST(test_kill_policyd_while_waiting)
 	/* replaced within seconds */
 	pid_t now[4];
 	int n = 0;
-	end = now_s() + 30;
+	end = harness_now_s() + 30;
 	while (!((n = harness_children(env->pid, "kumo-policyd", now, 4)) == 1 && now[0] != pol[0]) &&
-	       now_s() < end)
-		pause_ms(100);
+	       harness_now_s() < end)
+		harness_pause_ms(100);
 	ck_assert_msg(n == 1 && now[0] != pol[0], "kumo-policyd[%d] not replaced within 30 s\n%s", (int)pol[0],
 		      harness_context(env));
 	/* the workers lived through it */
@@ -777,10 +763,10 @@ START_TEST(test_kill_policyd_while_waiting)
 		      (int)w2[0], (int)w2[1]);
 	/* new sessions work, and so does the one that idled through it */
 	char ids[2][33];
-	end = now_s() + 20;
+	end = harness_now_s() + 20;
 	int ok = 0;
-	while (!(ok = try_transaction(env, "after-policyd", ids[0])) && now_s() < end)
-		pause_ms(200);
+	while (!(ok = try_transaction(env, "after-policyd", ids[0])) && harness_now_s() < end)
+		harness_pause_ms(200);
 	ck_assert_msg(ok, "no transaction succeeded within 20 s of the new policyd\n%s", harness_context(env));
 	const char *rcpts[] = { "b@example.net", NULL };
 	smtpc_transaction(idle, "fast@example.com", rcpts, "Subject: i\r\n\r\nidle through it\r\n", ids + 1);
@@ -854,7 +840,7 @@ START_TEST(test_kill9_master_only)
 	 * none is left serving headless, and the port closes */
 	int live = nk;
 	for (int t = 0; t < 200 && live; t++) {
-		pause_ms(100);
+		harness_pause_ms(100);
 		live = 0;
 		for (int i = 0; i < nk; i++)
 			live += alive(kids[i]);
@@ -1128,7 +1114,7 @@ START_TEST(test_corrupted_spool)
 	ck_assert_msg(got == 2, "%zu messages delivered, want the 2 intact ones", got);
 	ck_assert_int_eq(sink_count(env, "corrupt-marker-2"), 1);
 	ck_assert_int_eq(sink_count(env, "corrupt-marker-3"), 1);
-	pause_ms(2000); /* a late delivery of a damaged one would show now */
+	harness_pause_ms(2000); /* a late delivery of a damaged one would show now */
 	ck_assert_int_eq(sink_count(env, NULL), 2);
 	for (int i = 2; i < 4; i++) {
 		cJSON *r = harness_log_wait(env, "Delivery", ids[i]);

@@ -27,19 +27,6 @@
 #define BYE "221 So long, and thanks for all the fish!"
 #define SHUTDOWN "421 4.3.2 " HARNESS_HOSTNAME " shutting down"
 
-static void pause_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Whether 127.0.0.1:port can be bound again (SO_REUSEADDR, as a restarted
  * server would), i.e. nobody listens on it any more. */
 static int port_bindable(int port)
@@ -166,7 +153,7 @@ START_TEST(test_sigterm_inflight_transaction)
     smtpc_chat(c, "DATA", GO_AHEAD);
     smtpc_sendf(c, "Subject: in flight\r\n\r\nfirst half\r\n");
     ck_assert_int_eq(kill(env->pid, SIGTERM), 0);
-    pause_ms(1000);
+    harness_pause_ms(1000);
     smtpc_sendf(c, "second half inflight-marker\r\n.\r\n");
     char ids[1][33];
     smtpc_expect_ids(c, 1, ids);
@@ -195,7 +182,7 @@ END_TEST
 static int wait_children(pid_t parent, const char *name, int want, const pid_t *old, int nold,
                          pid_t *pids, int timeout_s)
 {
-    double end = now_s() + timeout_s;
+    double end = harness_now_s() + timeout_s;
     int n = 0;
     for (;;) {
         n = harness_children(parent, name, pids, 16);
@@ -208,9 +195,9 @@ static int wait_children(pid_t parent, const char *name, int want, const pid_t *
         }
         if (fresh == want && n == want)
             return n;
-        if (now_s() >= end)
+        if (harness_now_s() >= end)
             return n;
-        pause_ms(100);
+        harness_pause_ms(100);
     }
 }
 
@@ -252,9 +239,9 @@ START_TEST(test_worker_restart)
                   now[1] != old[1], "after SIGKILL of both workers (%d, %d), kumod did not"
                   " start 2 new ones within 30 s; its children: %s\n%s", (int)old[0],
                   (int)old[1], desc, harness_context(env));
-    double end = now_s() + 20;
-    while (!try_transaction(env) && now_s() < end)
-        pause_ms(200);
+    double end = harness_now_s() + 20;
+    while (!try_transaction(env) && harness_now_s() < end)
+        harness_pause_ms(200);
     struct smtpc *c = session(env);
     const char *rcpts[] = { "b@example.net", NULL };
     char ids[1][33];
@@ -279,10 +266,10 @@ START_TEST(test_policyd_restart)
     harness_children_desc(env->pid, desc, sizeof desc);
     ck_assert_msg(n == 1 && now[0] != old[0], "kumod did not restart kumo-policyd (was %d)"
                   " within 30 s; its children: %s\n%s", (int)old[0], desc, harness_context(env));
-    double end = now_s() + 20;
+    double end = harness_now_s() + 20;
     int ok = 0;
-    while (!(ok = try_transaction(env)) && now_s() < end)
-        pause_ms(200);
+    while (!(ok = try_transaction(env)) && harness_now_s() < end)
+        harness_pause_ms(200);
     if (!ok) {
         /* show what a session looks like now */
         struct smtpc *c = session(env);

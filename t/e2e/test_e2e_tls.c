@@ -33,19 +33,6 @@
 #define NO_MAIL "503 5.5.0 MAIL FROM must be issued first"
 #define TLS_TWICE "501 Cannot STARTTLS as TLS is already active"
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void pause_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
 /* Splits a multi-line reply into its lines (pointers into text). */
 static int split_lines(char *text, char **lines, int max)
 {
@@ -173,20 +160,20 @@ static int run_prog_at(const char *file, int line, const struct harness_env *env
         _exit(127);
     }
     close(fd);
-    double end = now_s() + timeout_s;
+    double end = harness_now_s() + timeout_s;
     int st = 0;
     for (;;) {
         pid_t r = waitpid(pid, &st, WNOHANG);
         if (r == pid)
             break;
-        if (now_s() >= end) {
+        if (harness_now_s() >= end) {
             kill(pid, SIGKILL);
             waitpid(pid, &st, 0);
             char *o = harness_slurp(out, NULL);
             harness_fail(file, line, "%s did not finish within %d s; its output:\n%s", argv[0],
                          timeout_s, o ? o : "");
         }
-        pause_ms(20);
+        harness_pause_ms(20);
     }
     if (output) {
         *output = harness_slurp(out, NULL);
@@ -305,19 +292,19 @@ static char *sclient_expect_at(const char *file, int line, struct sclient *s,
 /* Waits up to timeout_s for s_client to exit, then SIGKILLs it by pid. */
 static int sclient_finish(struct sclient *s, int timeout_s)
 {
-    double end = now_s() + timeout_s;
+    double end = harness_now_s() + timeout_s;
     int st = -1;
     for (;;) {
         pid_t r = waitpid(s->pid, &st, WNOHANG);
         if (r == s->pid || (r < 0 && errno == ECHILD))
             break;
-        if (now_s() >= end) {
+        if (harness_now_s() >= end) {
             kill(s->pid, SIGKILL);
             waitpid(s->pid, &st, 0);
             st = -1;
             break;
         }
-        pause_ms(20);
+        harness_pause_ms(20);
     }
     smtpc_close(s->c);
     free(s->err_path);
@@ -582,7 +569,7 @@ START_TEST(test_failed_handshake_closes)
     struct smtpc *c = session(env);
     ck_assert(ehlo_starttls(c));
     smtpc_chat(c, "STARTTLS", READY);
-    pause_ms(200); /* let the server drain the socket and start the handshake */
+    harness_pause_ms(200); /* let the server drain the socket and start the handshake */
     smtpc_cmd(c, "EHLO client.example");
     size_t len = 0;
     char *rest = smtpc_read_until_eof(c, 15000, &len);

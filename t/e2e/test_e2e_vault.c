@@ -31,12 +31,6 @@
 #define BYE "221 So long, and thanks for all the fish!"
 #define TOKEN "hvs.test-token-1"
 
-static void pause_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
 /* Runs argv (PATH search) to completion within 30 s, output to a file in
  * env->dir; fails the test unless it exits 0. */
 #define run_ok(env, argv) run_ok_at(__FILE__, __LINE__, env, argv)
@@ -69,7 +63,7 @@ static void run_ok_at(const char *file, int line, const struct harness_env *env,
             waitpid(pid, &st, 0);
             harness_fail(file, line, "%s %s did not finish within 30 s", argv[0], argv[1]);
         }
-        pause_ms(20);
+        harness_pause_ms(20);
     }
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
         char *o = harness_slurp(out, NULL);
