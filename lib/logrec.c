@@ -1,6 +1,6 @@
 /* logrec: KumoMTA-shaped JSON log records (see logrec.h).
- * Entry points: logrec_open, logrec_new, logrec_response, logrec_write,
- * logrec_flush.  Records are printed with lib/jsonw.h into a buffer
+ * Entry points: logrec_open, logrec_put, logrec_flush, logrec_attach,
+ * logrec_close.  Records are printed with lib/jsonw.h into a buffer
  * written once per event-loop pass, not once per record.
  * Write failures are returned to the caller, which logs them once. */
 #include "lib/logrec.h"
@@ -169,42 +169,6 @@ static double now_real(void)
 	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-cJSON *logrec_new(const struct logrec *lr, const char *type, const char *id, double created)
-{
-	double now = now_real();
-	char t[48];
-	cJSON *r = cJSON_CreateObject();
-	cJSON_AddStringToObject(r, "type", type);
-	cJSON_AddStringToObject(r, "id", id ? id : "");
-	cJSON_AddStringToObject(r, "sender", "");
-	cJSON_AddStringToObject(r, "recipient", "");
-	cJSON_AddStringToObject(r, "queue", "");
-	cJSON_AddStringToObject(r, "site", "");
-	cJSON_AddNumberToObject(r, "size", 0);
-	cJSON_AddNullToObject(r, "response");
-	cJSON_AddNullToObject(r, "peer_address");
-	cJSON_AddNumberToObject(r, "timestamp", floor(now));
-	logrec_rfc3339(now, t, sizeof t);
-	cJSON_AddStringToObject(r, "event_time", t);
-	if (created <= 0)
-		created = now;
-	cJSON_AddNumberToObject(r, "created", floor(created));
-	logrec_rfc3339(created, t, sizeof t);
-	cJSON_AddStringToObject(r, "created_time", t);
-	cJSON_AddNumberToObject(r, "num_attempts", 0);
-	cJSON_AddStringToObject(r, "bounce_classification", "Uncategorized");
-	cJSON_AddNullToObject(r, "egress_pool");
-	cJSON_AddNullToObject(r, "egress_source");
-	cJSON_AddNullToObject(r, "source_address");
-	cJSON_AddNullToObject(r, "feedback_report");
-	cJSON_AddItemToObject(r, "meta", cJSON_CreateObject());
-	cJSON_AddItemToObject(r, "headers", cJSON_CreateObject());
-	cJSON_AddNullToObject(r, "delivery_protocol");
-	cJSON_AddStringToObject(r, "reception_protocol", "ESMTP");
-	cJSON_AddStringToObject(r, "nodeid", lr->nodeid);
-	return r;
-}
-
 /* The enhanced status code at the start of text ("4.3.0 ..."): 1 and its
  * three numbers and where the rest starts, or 0. */
 static int enhanced_code(const char *text, int *c, int *sub, int *det, const char **rest)
@@ -343,28 +307,6 @@ int logrec_put(struct logrec *lr, const struct logrec_fields *f, char *err, size
 	return logrec_written(lr, was_empty, err, errlen);
 }
 
-cJSON *logrec_response(int code, const char *text, const char *command)
-{
-	cJSON *resp = cJSON_CreateObject();
-	cJSON_AddNumberToObject(resp, "code", code);
-	int c, s, d;
-	const char *rest;
-	if (enhanced_code(text, &c, &s, &d, &rest)) {
-		cJSON *ec = cJSON_AddObjectToObject(resp, "enhanced_code");
-		cJSON_AddNumberToObject(ec, "class", c);
-		cJSON_AddNumberToObject(ec, "subject", s);
-		cJSON_AddNumberToObject(ec, "detail", d);
-	} else {
-		cJSON_AddNullToObject(resp, "enhanced_code");
-	}
-	cJSON_AddStringToObject(resp, "content", rest);
-	if (command)
-		cJSON_AddStringToObject(resp, "command", command);
-	else
-		cJSON_AddNullToObject(resp, "command");
-	return resp;
-}
-
 static int open_segment(struct logrec *lr, char *err, size_t errlen)
 {
 	struct timespec ts;
@@ -440,15 +382,3 @@ static int logrec_written(struct logrec *lr, bool was_empty, char *err, size_t e
 	return 0;
 }
 
-int logrec_write(struct logrec *lr, cJSON *rec, char *err, size_t errlen)
-{
-	if (!lr->dir) {
-		cJSON_Delete(rec);
-		return 0;
-	}
-	bool was_empty = lr->buf.len == 0;
-	jbuf_value(&lr->buf, rec);
-	jbuf_add(&lr->buf, "\n", 1);
-	cJSON_Delete(rec);
-	return logrec_written(lr, was_empty, err, errlen);
-}

@@ -38,21 +38,21 @@ void logrec_attach(struct logrec *lr, struct event_base *base);
 int logrec_open(struct logrec *lr, const cJSON *conf, char *err, size_t errlen);
 void logrec_close(struct logrec *lr);
 
-/* A record with the fields every type has: type, id, sender, recipient,
- * queue, site, size, timestamps, nodeid, ...; callers add the rest. */
-cJSON *logrec_new(const struct logrec *lr, const char *type, const char *id, double created);
-
-/* Adds the record as one line to the buffer and frees it; the buffer is
- * written when it holds LOGREC_BUF_MAX bytes, at logrec_flush and at
- * logrec_close.  0, or -1 with a reason (of a write this call made). */
+/* Records are added to a buffer, written when it holds LOGREC_BUF_MAX
+ * bytes, at logrec_flush and at logrec_close. */
 #define LOGREC_BUF_MAX (64u * 1024u)
-int logrec_write(struct logrec *lr, cJSON *rec, char *err, size_t errlen);
 /* Writes what is buffered (one write).  0, or -1 with a reason. */
 int logrec_flush(struct logrec *lr, char *err, size_t errlen);
 
-/* The fields of a record, for logrec_put: the same record as logrec_new
- * with these set, written straight into the buffer (no cJSON tree).  NULL
- * strings are "" where logrec_new has "", null where it has null. */
+/* A record for logrec_put: KumoMTA's fields (type, id, sender, recipient,
+ * queue, site, size, response, peer_address, timestamp, event_time,
+ * created, created_time, num_attempts, bounce_classification,
+ * egress_pool, egress_source, source_address, feedback_report, meta,
+ * headers, delivery_protocol, reception_protocol, nodeid), with those
+ * below set, and session_id and extra's members after them.  A NULL
+ * string is "" for id, sender, recipient, queue, site and peer name, and
+ * null for the others.  response: the code, the enhanced code parsed from
+ * text ("4.3.0 ..."), the rest of text as content, and command. */
 struct logrec_fields {
 	const char *type, *id;
 	double created;                  /* <= 0: now */
@@ -70,11 +70,9 @@ struct logrec_fields {
 	const char *session_id;          /* added after the standard fields */
 	const cJSON *extra;              /* its members too, after session_id */
 };
+/* Adds the record as one line to the buffer (no cJSON tree is built).
+ * 0, or -1 with a reason (of a write this call made). */
 int logrec_put(struct logrec *lr, const struct logrec_fields *f, char *err, size_t errlen);
-
-/* "response" object: code, enhanced_code parsed from the text, content,
- * command. */
-cJSON *logrec_response(int code, const char *text, const char *command);
 
 /* RFC 3339 time with nanoseconds, UTC. */
 void logrec_rfc3339(double t, char *buf, size_t buflen);

@@ -165,16 +165,6 @@ struct qmgr_client *qmgr_client_new(struct event_base *base, const char *socknam
 	return qc;
 }
 
-/* A whole number in decimal, appended (no printf). */
-static void put_u64(struct jbuf *b, uint64_t v)
-{
-	char tmp[24], *e = tmp + sizeof tmp, *p = e;
-	do
-		*--p = (char)('0' + v % 10);
-	while (v /= 10);
-	jbuf_add(b, p, (size_t)(e - p));
-}
-
 void qmgr_notify(struct qmgr_client *qc, const struct spool_item *const *items, size_t n)
 {
 	if (!qc || n == 0)
@@ -195,7 +185,7 @@ void qmgr_notify(struct qmgr_client *qc, const struct spool_item *const *items, 
 		for (size_t k = 0; k < 7; k++) {
 			if (k)
 				jbuf_add(&b, ",", 1);
-			put_u64(&b, v[k]);
+			jbuf_num(&b, (double)v[k]); /* all below 2^53: exact */
 		}
 		jbuf_add(&b, "]}", 2);
 	}

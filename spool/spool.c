@@ -494,11 +494,9 @@ static void seal_cur(struct spool *s)
 	g->writing = false;
 	g->sealed_hint = true;
 	s->cur = NULL;
-	if (g->held == 0) {
+	if (g->held == 0)
 		seg_free(s, g); /* a worker keeps nothing of what it wrote */
-	} else {
-		/* keep it for reading, without the write descriptors' intent */
-	}
+	/* else kumo-qmgr holds messages in it: it stays, for reading */
 }
 
 void spool_close(struct spool *s)

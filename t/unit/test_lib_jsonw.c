@@ -65,6 +65,20 @@ START_TEST(long_strings)
 }
 END_TEST
 
+/* Whole numbers up to 2^53 are printed exactly (cJSON's 15 significant
+ * digits would round 9007199254740991). */
+START_TEST(whole_numbers_exact)
+{
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddNumberToObject(j, "a", 9007199254740991.0);
+	cJSON_AddNumberToObject(j, "b", -1234567890123456.0);
+	char *got = json_print(j, NULL);
+	ck_assert_str_eq(got, "{\"a\":9007199254740991,\"b\":-1234567890123456}");
+	free(got);
+	cJSON_Delete(j);
+}
+END_TEST
+
 START_TEST(frames_read_back)
 {
 	cJSON *j = cJSON_Parse(docs[12]);
@@ -89,6 +103,7 @@ static Suite *jsonw_suite(void)
 	TCase *tc = tcase_create("jsonw");
 	tcase_add_loop_test(tc, same_text_as_cjson, 0, (int)(sizeof docs / sizeof docs[0]));
 	tcase_add_test(tc, long_strings);
+	tcase_add_test(tc, whole_numbers_exact);
 	tcase_add_test(tc, frames_read_back);
 	suite_add_tcase(s, tc);
 	return s;
