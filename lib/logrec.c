@@ -110,12 +110,13 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 
 static void flush_soon(void *arg)
 {
-	event_active(arg, EV_TIMEOUT, 0);
+	struct timeval tv = { 0, LOGREC_FLUSH_MS * 1000 };
+	evtimer_add(arg, &tv);
 }
 
 void logrec_attach(struct logrec *lr, struct event_base *base)
 {
-	lr->flush_ev = event_new(base, -1, 0, flush_cb, lr);
+	lr->flush_ev = evtimer_new(base, flush_cb, lr);
 	lr->want_flush = flush_soon;
 	lr->want_flush_arg = lr->flush_ev;
 }

@@ -22,15 +22,15 @@ struct logrec {
 	char nodeid[37];
 	struct jbuf buf;      /* owned: records not yet written */
 	/* called when the buffer stops being empty, so the process can
-	 * arrange a logrec_flush soon (at the end of its event loop's pass) */
+	 * arrange a logrec_flush soon (LOGREC_FLUSH_MS later) */
 	void (*want_flush)(void *arg);
 	void *want_flush_arg;
 	struct event *flush_ev;  /* owned, from logrec_attach */
 };
 
 struct event_base;
-/* Flushes at the end of each pass of base's loop in which records were
- * written (a failure is logged with log_warn).  logrec_close frees it. */
+/* Flushes LOGREC_FLUSH_MS after the first record of an empty buffer (a
+ * failure is logged with log_warn).  logrec_close frees it. */
 void logrec_attach(struct logrec *lr, struct event_base *base);
 
 /* Reads a configure_local_logs table (NULL or JSON null: disabled), creates
@@ -41,6 +41,9 @@ void logrec_close(struct logrec *lr);
 /* Records are added to a buffer, written when it holds LOGREC_BUF_MAX
  * bytes, at logrec_flush and at logrec_close. */
 #define LOGREC_BUF_MAX (64u * 1024u)
+/* The longest a record waits in the buffer of an attached logrec: a write
+ * per this much time, not one per loop pass, and whole pages per write. */
+#define LOGREC_FLUSH_MS 100
 /* Writes what is buffered (one write).  0, or -1 with a reason. */
 int logrec_flush(struct logrec *lr, char *err, size_t errlen);
 

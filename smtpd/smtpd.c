@@ -93,6 +93,7 @@ int main(int argc, char **argv)
 	if (!smtpd->base)
 		log_fatal("cannot create the event loop");
 
+	smtpd->flush_ev = event_new(smtpd->base, -1, 0, session_flush_all, NULL);
 	smtpd->worker = worker;
 	const cJSON *lvl = cJSON_GetObjectItemCaseSensitive(conf, "log_level");
 	if (cJSON_IsString(lvl) && log_level_parse(lvl->valuestring) >= 0)
@@ -187,6 +188,7 @@ int main(int argc, char **argv)
 	spool_close(&smtpd->spool);
 	if (smtpd->drain_timer)
 		event_free(smtpd->drain_timer);
+	event_free(smtpd->flush_ev);
 	event_free(smtpd->sigterm_ev);
 	event_free(smtpd->sigint_ev);
 	event_base_free(smtpd->base);

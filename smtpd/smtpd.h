@@ -151,6 +151,8 @@ struct smtpd {
 	int worker;
 	bool draining;
 	struct session *sessions;     /* all live sessions (doubly linked) */
+	struct session *flushq;       /* plain sessions with replies to write */
+	struct event *flush_ev;       /* owned: writes them, once per loop pass */
 	size_t n_sessions;
 	uint64_t next_sid;
 	struct event *sigterm_ev, *sigint_ev, *drain_timer;
@@ -201,6 +203,9 @@ struct txn {
 	char *msg_path;          /* owned: file policyd reads the bytes from */
 };
 
+/* Replies a session may have unwritten before its commands wait. */
+#define REPLY_BACKLOG_MAX (64u * 1024u)
+
 enum sess_state { SS_CMD = 0, SS_DATA, SS_WAIT, SS_PROXY, SS_CLOSING, SS_DEAD };
 
 struct session {
@@ -228,6 +233,9 @@ struct session {
 	bool auth_pending;             /* the next line answers "334 " */
 	bool tls_closed;               /* close_notify sent (or not to be sent) */
 	struct evbuffer_cb_entry *under_cb; /* waiting for the socket buffer to drain */
+	struct session *flush_next;    /* on smtpd->flushq while flush_queued */
+	bool flush_queued;             /* replies to write at the end of this loop pass */
+	bool write_blocked;            /* commands wait: replies past REPLY_BACKLOG_MAX */
 	struct event *close_ev;        /* owned: runs close_check from the loop */
 	/* current command, for rewrite_response and Rejection records */
 	char *cur_cmd;                 /* owned */
@@ -254,6 +262,8 @@ void session_technical_difficulties(struct session *s, const char *why);
 void smtpd_drain_sessions(void);
 
 void session_set_callbacks(struct session *s);
+/* The loop-pass write of queued replies (smtpd->flush_ev's callback). */
+void session_flush_all(evutil_socket_t fd, short what, void *arg);
 void close_after_flush(struct session *s);
 void session_reevaluate(struct session *s);
 /* New client/local addresses (XCLIENT, PROXY): meta, originals kept. */

@@ -120,6 +120,80 @@ static void finish_close(struct bufferevent *bev, void *arg)
 	close_check(arg);
 }
 
+/* Replies on a plain session are written by the loop itself, once per
+ * pass (session_flush_all), straight to the socket: no write event is
+ * armed and disarmed around every reply, and replies to pipelined commands
+ * leave together.  Only what the socket does not take is left to the
+ * bufferevent, with its write event (and write timeout) enabled until the
+ * output drains (on_write).  TLS sessions write through their filter. */
+static void queue_flush(struct session *s)
+{
+	if (s->tls || s->flush_queued)
+		return;
+	s->flush_queued = true;
+	s->flush_next = smtpd->flushq;
+	smtpd->flushq = s;
+	event_active(smtpd->flush_ev, EV_TIMEOUT, 0);
+}
+
+static void unqueue_flush(struct session *s)
+{
+	if (!s->flush_queued)
+		return;
+	for (struct session **pp = &smtpd->flushq; *pp; pp = &(*pp)->flush_next)
+		if (*pp == s) {
+			*pp = s->flush_next;
+			break;
+		}
+	s->flush_queued = false;
+}
+
+/* The replies of a session that stopped reading (write_blocked) left. */
+static void unblock(struct session *s)
+{
+	if (!s->write_blocked || s->state == SS_CLOSING || s->state == SS_DEAD)
+		return;
+	s->write_blocked = false;
+	session_resume(s);
+}
+
+void session_flush_all(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	struct session *s;
+	while ((s = smtpd->flushq) != NULL) {
+		smtpd->flushq = s->flush_next;
+		s->flush_queued = false;
+		if (!s->bev || s->tls || s->state == SS_DEAD)
+			continue;
+		struct evbuffer *out = bufferevent_get_output(s->bev);
+		if (evbuffer_get_length(out) == 0)
+			continue;
+		/* errors and short writes: the bufferevent retries the write
+		 * and reports a failure to on_event.  It keeps its output
+		 * frozen at the start except while it writes; so does this. */
+		evbuffer_unfreeze(out, 1);
+		int w = evbuffer_write(out, bufferevent_getfd(s->bev));
+		evbuffer_freeze(out, 1);
+		if (w < 0 || evbuffer_get_length(out) > 0)
+			bufferevent_enable(s->bev, EV_WRITE);
+		else
+			unblock(s);
+	}
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+	struct session *s = arg;
+	if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+		return;
+	if (!s->tls)
+		bufferevent_disable(bev, EV_WRITE);
+	unblock(s);
+}
+
 /* Closes once the output is flushed. */
 void close_after_flush(struct session *s)
 {
@@ -127,6 +201,7 @@ void close_after_flush(struct session *s)
 		return;
 	s->state = SS_CLOSING;
 	bufferevent_disable(s->bev, EV_READ);
+	bufferevent_enable(s->bev, EV_WRITE);
 	struct timeval tv = tv_of(s->p.client_timeout > 0 ? s->p.client_timeout : 10);
 	bufferevent_set_timeouts(s->bev, NULL, &tv);
 	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
@@ -152,6 +227,7 @@ static void write_reply(struct session *s, int code, const char *text, enum disc
 		if (last)
 			break;
 	} while (*p);
+	queue_flush(s);
 	log_rejection(s, code, text);
 	bool disconnect = mode == DISC_FORCE || mode == DISC_FOLLOW421 || code == 421;
 	if (mode == DISC_FOLLOW421 && code != 421)
@@ -255,6 +331,13 @@ void session_resume(struct session *s)
 				break; /* need more bytes */
 			continue;
 		}
+		if (evbuffer_get_length(bufferevent_get_output(s->bev)) > REPLY_BACKLOG_MAX) {
+			/* a client that does not read its replies: stop reading
+			 * its commands until they have left (on_write, or
+			 * session_flush_all), so the output cannot grow */
+			s->write_blocked = true;
+			break;
+		}
 		size_t avail = evbuffer_get_length(in);
 		if (smtpd->draining && !s->txn && avail == 0) {
 			reply_shutting_down(s);
@@ -350,7 +433,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 
 void session_set_callbacks(struct session *s)
 {
-	bufferevent_setcb(s->bev, on_read, NULL, on_event, s);
+	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
 }
 
 /* ---------------------------------------------------------------- lifecycle */
@@ -375,6 +458,7 @@ void session_free(struct session *s)
 {
 	if (s->policy_req || s->spool_pending)
 		return; /* freed when the answer arrives */
+	unqueue_flush(s);
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -459,6 +543,7 @@ void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
 	__atomic_add_fetch(counter_slot(l), 1, __ATOMIC_RELAXED);
 
 	s->bev = bufferevent_socket_new(smtpd->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	bufferevent_disable(s->bev, EV_WRITE); /* see queue_flush */
 	s->close_ev = evtimer_new(smtpd->base, close_ev_cb, s);
 	session_set_callbacks(s);
 
@@ -481,7 +566,7 @@ void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
 	if (s->p.require_proxy_protocol) {
 		/* the proxy's header comes first; nothing is sent before it */
 		s->state = SS_PROXY;
-		bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+		bufferevent_enable(s->bev, EV_READ);
 		return;
 	}
 	s->state = SS_WAIT;
@@ -620,7 +705,7 @@ static void dynamic_done(void *ctx, const cJSON *reply, const char *error)
 
 static void start_session(struct session *s)
 {
-	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	bufferevent_enable(s->bev, EV_READ | (s->tls ? EV_WRITE : 0));
 	if (!policy_has(smtpd->policy, "smtp_server_get_dynamic_parameters")) {
 		connection_accepted(s);
 		return;

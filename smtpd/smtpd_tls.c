@@ -239,6 +239,12 @@ static void begin_tls(struct session *s)
 		log_info("session %s: discarded %zu bytes pipelined after STARTTLS", s->session_id, junk);
 		evbuffer_drain(in, junk);
 	}
+	/* the socket's own write event carries the 220 and then the filter's
+	 * output (plain sessions otherwise write from session_flush_all); the
+	 * filter encrypts no more while REPLY_BACKLOG_MAX bytes wait there, so
+	 * the backlog stays in its output, where session_resume looks */
+	bufferevent_enable(s->bev, EV_WRITE);
+	bufferevent_setwatermark(s->bev, EV_WRITE, 0, REPLY_BACKLOG_MAX);
 	struct bufferevent *tls = bufferevent_openssl_filter_new(smtpd->base, s->bev, ssl,
 								 BUFFEREVENT_SSL_ACCEPTING,
 								 BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);

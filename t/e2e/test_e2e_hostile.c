@@ -1,6 +1,7 @@
 /*
  * End-to-end hostile clients: SMTP smuggling in every invalid_line_endings
- * mode, 10,000 pipelined RCPTs, 2,000 simultaneous connections.  The relay
+ * mode, 10,000 pipelined RCPTs, 2,000 simultaneous connections, a client
+ * that sends commands and never reads the replies.  The relay
  * must keep serving, answer in order and never make a second message out
  * of one DATA.
  */
@@ -9,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +99,89 @@ START_TEST(test_ten_thousand_pipelined_rcpts)
 }
 END_TEST
 
+#define FLOOD_NOOPS 500000
+static const char noop_reply[] = "250 the goggles do nothing\r\n";
+
+struct flood {
+	int fd;
+	size_t sent;
+};
+
+static void *flood_noops(void *arg)
+{
+	struct flood *f = arg;
+	static const char chunk[] = "NOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\n"
+				    "NOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\n";
+	for (int i = 0; i < FLOOD_NOOPS / 10; i++) {
+		size_t done = 0;
+		while (done < sizeof chunk - 1) {
+			ssize_t w = write(f->fd, chunk + done, sizeof chunk - 1 - done);
+			if (w <= 0)
+				return NULL;
+			done += (size_t)w;
+		}
+		f->sent += 10;
+	}
+	return NULL;
+}
+
+/* A client that pipelines 500,000 NOOPs and reads nothing: kumo-smtpd stops
+ * reading its commands while REPLY_BACKLOG_MAX bytes of replies wait, so its
+ * memory does not grow with the 14 MB of replies; once the client reads,
+ * every reply arrives, in order, none lost. */
+START_TEST(test_client_that_never_reads)
+{
+	struct harness_env *env = harness_env_new();
+	harness_start_default(env, NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, "220 " H " KumoMTA");
+	smtpc_chat(c, "NOOP", "250 the goggles do nothing");
+	long rss0 = harness_pgrp_rss_kb(env->pgid, NULL, 0, NULL);
+	int small = 65536; /* so the kernel's buffers do not take it all */
+	setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+	struct flood f = { .fd = c->fd };
+	pthread_t th;
+	ck_assert_int_eq(pthread_create(&th, NULL, flood_noops, &f), 0);
+	/* the server reads until the replies back up, then waits */
+	size_t last = (size_t)-1;
+	while (__atomic_load_n(&f.sent, __ATOMIC_RELAXED) != last) {
+		last = __atomic_load_n(&f.sent, __ATOMIC_RELAXED);
+		harness_pause_ms(500);
+	}
+	ck_assert_msg(last < FLOOD_NOOPS, "all %d NOOPs were taken while no reply was read", FLOOD_NOOPS);
+	long rss1 = harness_pgrp_rss_kb(env->pgid, NULL, 0, NULL);
+#if !defined(__SANITIZE_ADDRESS__)
+	/* (under ASan, freed buffers stay resident in its quarantine) */
+	ck_assert_msg(rss1 - rss0 < 4096, "kumod grew by %ld kB for a client that reads nothing",
+		      rss1 - rss0);
+#endif
+	(void)rss1;
+	/* now read: every reply, in order */
+	size_t got = 0, at = 0;
+	char buf[65536];
+	struct timeval tv = { 10, 0 };
+	setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	while (got < FLOOD_NOOPS) {
+		ssize_t r = read(c->fd, buf, sizeof buf);
+		ck_assert_msg(r > 0, "read failed after %zu of %d replies", got, FLOOD_NOOPS);
+		for (ssize_t i = 0; i < r; i++) {
+			if (buf[i] != noop_reply[at]) /* (an assertion per byte is slow) */
+				ck_abort_msg("reply %zu differs at byte %zu", got, at);
+			if (++at == sizeof noop_reply - 1) {
+				at = 0;
+				got++;
+			}
+		}
+	}
+	ck_assert_int_eq(pthread_join(th, NULL), 0);
+	ck_assert_int_eq((int)f.sent, FLOOD_NOOPS);
+	smtpc_chat(c, "QUIT", "221 So long, and thanks for all the fish!");
+	smtpc_close(c);
+	harness_stop(env, NULL);
+	harness_env_free(env);
+}
+END_TEST
+
 START_TEST(test_two_thousand_connections)
 {
 	struct rlimit rl;
@@ -157,6 +242,7 @@ int main(void)
 	tcase_add_loop_test(tc, test_smuggling_every_mode, 0, 3);
 	tcase_add_test(tc, test_ten_thousand_pipelined_rcpts);
 	tcase_add_test(tc, test_two_thousand_connections);
+	tcase_add_test(tc, test_client_that_never_reads);
 	suite_add_tcase(s, tc);
 	return harness_run_suite(s);
 }

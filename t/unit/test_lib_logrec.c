@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/time.h>
+#include <event2/event.h>
 
 static char dir[64];
 
@@ -132,6 +134,35 @@ START_TEST(buffered_until_flush)
 	got = read_logs();
 	ck_assert_int_eq(count_lines(got), 6);
 	free(got);
+}
+END_TEST
+
+/* Attached to a loop: a record waits in the buffer, not past a pass of the
+ * loop but until LOGREC_FLUSH_MS have gone by. */
+START_TEST(attached_flushes_after_the_delay)
+{
+	struct event_base *base = event_base_new();
+	struct logrec lr;
+	open_logs(&lr);
+	logrec_attach(&lr, base);
+	ck_assert_int_eq(put_sized(&lr, 10), 0);
+	ck_assert_int_eq(put_sized(&lr, 10), 0);
+	event_base_loop(base, EVLOOP_NONBLOCK);
+	char *got = read_logs();
+	ck_assert_str_eq(got, "");
+	free(got);
+	struct timeval t0, t1;
+	gettimeofday(&t0, NULL);
+	ck_assert_int_eq(event_base_loop(base, EVLOOP_ONCE), 0);
+	gettimeofday(&t1, NULL);
+	double waited_ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_usec - t0.tv_usec) / 1e3;
+	got = read_logs();
+	ck_assert_int_eq(count_lines(got), 2);
+	free(got);
+	/* the timer, not something else, woke the loop: no sooner than the delay */
+	ck_assert_double_ge(waited_ms, LOGREC_FLUSH_MS * 0.5);
+	logrec_close(&lr);
+	event_base_free(base);
 }
 END_TEST
 
@@ -296,6 +327,7 @@ static Suite *logrec_suite(void)
 	tcase_add_test(tc, unbuffered_without_want_flush);
 	tcase_add_test(tc, buffered_until_flush);
 	tcase_add_test(tc, buffer_bound_writes);
+	tcase_add_test(tc, attached_flushes_after_the_delay);
 	tcase_add_test(tc, rfc3339_times);
 	tcase_add_test(tc, put_writes_the_record);
 	suite_add_tcase(s, tc);
