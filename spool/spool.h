@@ -34,7 +34,6 @@
 #define SPOOL_SEG_MAX_AGE 60.0
 
 struct spool_seg;  /* a segment this process knows (see spool.c) */
-struct spool_syncer;
 
 struct spool {
 	char *data_path;  /* owned */
@@ -47,7 +46,6 @@ struct spool {
 	struct spool_seg *segs;  /* every segment known here */
 	struct spool_seg *cur;   /* the one this process appends to, or NULL */
 	uint64_t last_name_us;   /* keeps this writer's segment names increasing */
-	struct spool_syncer *syncer;  /* flushes the data file beside the meta file's flush */
 };
 
 /* Where a stored message is: returned by spool_commit and spool_list. */
