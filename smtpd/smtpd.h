@@ -80,8 +80,12 @@ size_t data_reader_feed(struct data_reader *r, const char *in, size_t len, struc
 
 /* ---- policyd client (smtpd_policy.c) ---- */
 struct policy_client;
-/* reply is the whole reply frame (ok/result/...), or NULL with error set. */
+/* reply is the whole reply frame (ok/result/...), or NULL with error set.
+ * The client frees it after the callback, which may take members out of it
+ * with policy_reply_take rather than copy them. */
 typedef void (*policy_cb)(void *ctx, const cJSON *reply, const char *error);
+/* The member key of a reply, detached (the caller owns it), or NULL. */
+cJSON *policy_reply_take(const cJSON *reply, const char *key);
 #define POLICY_TIMEOUT "policy call timed out" /* the error of a late call */
 
 struct policy_client *policy_client_new(struct event_base *base, const char *sockname,

@@ -227,7 +227,7 @@ static int apply_msg_reply(struct batch *b, const cJSON *reply)
 {
 	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "nohandler")))
 		return 0; /* a reload removed the handler: nothing changed */
-	const cJSON *m = cJSON_GetObjectItemCaseSensitive(reply, "msg");
+	cJSON *m = cJSON_GetObjectItemCaseSensitive(reply, "msg");
 	if (!cJSON_IsObject(m))
 		return -1;
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(m, "sender");
@@ -238,12 +238,12 @@ static int apply_msg_reply(struct batch *b, const cJSON *reply)
 	v = cJSON_GetObjectItemCaseSensitive(m, "recipients");
 	if (cJSON_IsArray(v)) {
 		cJSON_Delete(b->recipients);
-		b->recipients = cJSON_Duplicate(v, 1);
+		b->recipients = policy_reply_take(m, "recipients");
 	}
 	v = cJSON_GetObjectItemCaseSensitive(m, "meta");
 	if (cJSON_IsObject(v)) {
 		cJSON_Delete(b->meta);
-		b->meta = cJSON_Duplicate(v, 1);
+		b->meta = policy_reply_take(m, "meta");
 	}
 	v = cJSON_GetObjectItemCaseSensitive(m, "data");
 	if (cJSON_IsString(v)) {

@@ -219,12 +219,23 @@ static void pc_read(struct bufferevent *bev, void *arg)
 			for (p = *bucket(pc, want); p && p->id != want; p = p->next)
 				;
 		}
-		if (!p) {
+		if (!p || p->reply || p->error) {
 			cJSON_Delete(doc); /* an answer for a call that was cancelled */
 			continue;
 		}
-		pending_finish(p, doc, NULL);
+		/* answered here, in the loop's read callback: no timer pass */
+		pending_take(pc, p->id);
+		p->reply = doc;
+		p->cb(p->ctx, p->reply, NULL);
+		pending_free(p);
 	}
+}
+
+cJSON *policy_reply_take(const cJSON *reply, const char *key)
+{
+	/* the reply is the client's, freed after the callback: taking a
+	 * member out of it is the callback's to do */
+	return reply ? cJSON_DetachItemFromObjectCaseSensitive((cJSON *)reply, key) : NULL;
 }
 
 static void pc_event(struct bufferevent *bev, short what, void *arg)

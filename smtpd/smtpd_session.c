@@ -589,10 +589,12 @@ static void meta_from_params(struct session *s)
 
 static void apply_meta_reply(struct session *s, const cJSON *reply)
 {
-	const cJSON *m = cJSON_GetObjectItemCaseSensitive(reply, "meta");
+	cJSON *m = policy_reply_take(reply, "meta");
 	if (cJSON_IsObject(m)) {
 		cJSON_Delete(s->meta);
-		s->meta = cJSON_Duplicate(m, 1);
+		s->meta = m;
+	} else {
+		cJSON_Delete(m);
 	}
 }
 
