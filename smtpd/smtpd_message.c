@@ -355,11 +355,22 @@ static void rfc2822_now(char *buf, size_t len)
 	static const char *const days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
 	static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
 					      "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	static time_t cached_at = (time_t)-1; /* the worker's loop thread only */
+	static char cached[64];
 	time_t now = time(NULL);
-	struct tm tm;
-	gmtime_r(&now, &tm);
-	snprintf(buf, len, "%s, %d %s %d %02d:%02d:%02d +0000", days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
-		 tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	if (now != cached_at) {
+		struct tm tm;
+		gmtime_r(&now, &tm);
+		snprintf(cached, sizeof cached, "%s, %d %s %d %02d:%02d:%02d +0000", days[tm.tm_wday],
+			 tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+		cached_at = now;
+	}
+	snprintf(buf, len, "%s", cached);
+}
+
+static void jbuf_cat(struct jbuf *j, const char *s)
+{
+	jbuf_add(j, s, strlen(s));
 }
 
 /* KumoMTA's Received header, byte for byte (see the wire facts). */
@@ -378,10 +389,28 @@ static char *received_header(struct session *s, const struct batch *b, const cha
 	if (s->tls && cJSON_IsString(tv) && cJSON_IsString(tc))
 		snprintf(tls, sizeof tls, " (%s:%s) ", tv->valuestring, tc->valuestring);
 	const cJSON *first = cJSON_GetArrayItem(b->recipients, 0);
-	return xasprintf("Received: from %s (%s)\r\n  by %s (KumoMTA %s) \r\n  with %s%s id %s for <%s>;\r\n  %s\r\n",
-			 s->ehlo_domain ? s->ehlo_domain : "unspecified", s->peer_ip_str, s->p.hostname,
-			 local_ip, s->tls && s->authenticated ? "ESMTPSA" : s->tls ? "ESMTPS" : "ESMTP", tls, b->id,
-			 cJSON_IsString(first) ? first->valuestring : "", date);
+	/* "Received: from %s (%s)\r\n  by %s (KumoMTA %s) \r\n  with %s%s id %s
+	 * for <%s>;\r\n  %s\r\n", put together without printf */
+	struct jbuf j = { 0 };
+	jbuf_cat(&j, "Received: from ");
+	jbuf_cat(&j, s->ehlo_domain ? s->ehlo_domain : "unspecified");
+	jbuf_cat(&j, " (");
+	jbuf_cat(&j, s->peer_ip_str);
+	jbuf_cat(&j, ")\r\n  by ");
+	jbuf_cat(&j, s->p.hostname);
+	jbuf_cat(&j, " (KumoMTA ");
+	jbuf_cat(&j, local_ip);
+	jbuf_cat(&j, ") \r\n  with ");
+	jbuf_cat(&j, s->tls && s->authenticated ? "ESMTPSA" : s->tls ? "ESMTPS" : "ESMTP");
+	jbuf_cat(&j, tls);
+	jbuf_cat(&j, " id ");
+	jbuf_cat(&j, b->id);
+	jbuf_cat(&j, " for <");
+	jbuf_cat(&j, cJSON_IsString(first) ? first->valuestring : "");
+	jbuf_cat(&j, ">;\r\n  ");
+	jbuf_cat(&j, date);
+	jbuf_cat(&j, "\r\n");
+	return jbuf_cstr(&j);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -418,9 +447,10 @@ static char *supplemental_header(struct session *s, const struct batch *b)
 		}
 	}
 	free(keys);
-	char *json = cJSON_PrintUnformatted(o);
+	size_t jlen;
+	char *json = json_print(o, &jlen);
 	cJSON_Delete(o);
-	char *b64 = base64_encode(json, strlen(json));
+	char *b64 = base64_encode(json, jlen);
 	free(json);
 	size_t len = strlen(b64), cap = len + len / 75 * 3 + strlen(th->header_name) + 8;
 	char *out = xmalloc(cap);
@@ -449,7 +479,12 @@ static void prepend(struct batch *b, char *text)
 		free(b->data);
 		b->data = nd;
 	} else {
-		char *np = xasprintf("%s%s", text, b->prefix ? b->prefix : "");
+		size_t tl = strlen(text), pl = b->prefix ? strlen(b->prefix) : 0;
+		char *np = xmalloc(tl + pl + 1);
+		memcpy(np, text, tl);
+		if (pl)
+			memcpy(np + tl, b->prefix, pl);
+		np[tl + pl] = '\0';
 		free(b->prefix);
 		b->prefix = np;
 	}

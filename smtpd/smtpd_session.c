@@ -222,7 +222,21 @@ static void write_reply(struct session *s, int code, const char *text, enum disc
 		size_t m = n;
 		if (m > 0 && p[m - 1] == '\r')
 			m--;
-		evbuffer_add_printf(out, "%d%c%.*s\r\n", code, last ? ' ' : '-', (int)m, p);
+		/* "%d%c%.*s\r\n", without printf: code is 200..599 */
+		char line[512];
+		line[0] = (char)('0' + code / 100 % 10);
+		line[1] = (char)('0' + code / 10 % 10);
+		line[2] = (char)('0' + code % 10);
+		line[3] = last ? ' ' : '-';
+		if (m + 6 <= sizeof line) {
+			memcpy(line + 4, p, m);
+			memcpy(line + 4 + m, "\r\n", 2);
+			evbuffer_add(out, line, m + 6);
+		} else {
+			evbuffer_add(out, line, 4);
+			evbuffer_add(out, p, m);
+			evbuffer_add(out, "\r\n", 2);
+		}
 		p = nl ? nl + 1 : p + n;
 		if (last)
 			break;
