@@ -83,6 +83,10 @@ size_t data_reader_feed(struct data_reader *r, const char *in, size_t len, struc
 {
 	size_t i = 0;
 	struct run ru = { NULL, 0 };
+	/* where the next CR and LF at or after i are (len: none), each found
+	 * with memchr and looked for again only once i has passed it */
+	size_t cr_at = 0, lf_at = 0;
+	bool cr_known = false, lf_known = false;
 	while (i < len && r->state != DR_DONE) {
 		char c = in[i];
 		switch (r->state) {
@@ -133,9 +137,17 @@ size_t data_reader_feed(struct data_reader *r, const char *in, size_t len, struc
 			break;
 		case DR_MID: {
 			/* the run of ordinary bytes up to the next CR or LF */
-			size_t j = i;
-			while (j < len && in[j] != '\r' && in[j] != '\n')
-				j++;
+			if (!cr_known || cr_at < i) {
+				const char *q = memchr(in + i, '\r', len - i);
+				cr_at = q ? (size_t)(q - in) : len;
+				cr_known = true;
+			}
+			if (!lf_known || lf_at < i) {
+				const char *q = memchr(in + i, '\n', len - i);
+				lf_at = q ? (size_t)(q - in) : len;
+				lf_known = true;
+			}
+			size_t j = cr_at < lf_at ? cr_at : lf_at;
 			run_add(r, out, &ru, in + i, j - i);
 			line_bytes(r, j - i);
 			i = j;

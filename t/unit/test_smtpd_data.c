@@ -3,6 +3,7 @@
  * (the rest is the next command).  Every row is also fed one byte at a
  * time, so chunk boundaries cannot matter. */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "smtpd/smtpd.h"
@@ -79,11 +80,62 @@ START_TEST(data_row)
 }
 END_TEST
 
+/* One feed of in (in chunks of step bytes) to its end: what is stored,
+ * how much was used and the flags, as one string. */
+static char *feed_all(const char *in, size_t len, size_t step, enum invalid_line_endings ile)
+{
+	struct data_reader dr;
+	data_reader_init(&dr, BIG, 30, ile);
+	struct evbuffer *out = evbuffer_new();
+	size_t used = 0;
+	while (used < len && dr.state != DR_DONE) {
+		size_t n = len - used < step ? len - used : step;
+		size_t u = data_reader_feed(&dr, in + used, n, out);
+		used += u;
+		if (u < n)
+			break;
+	}
+	size_t n = evbuffer_get_length(out);
+	char *got = malloc(n + 64);
+	evbuffer_remove(out, got, n);
+	snprintf(got + n, 64, "|%zu|%d%d%d%d", used, dr.state == DR_DONE, dr.too_big, dr.line_too_long,
+		 dr.bad_line_endings);
+	evbuffer_free(out);
+	return got;
+}
+
+/* Random bodies of 'a', '.', CR and LF: however they are cut into chunks,
+ * the reader stores and consumes the same (its scan looks ahead for CR
+ * and LF within a chunk, so chunking is what could break it). */
+START_TEST(random_bodies_any_chunking)
+{
+	static const char alphabet[] = "aaaa..\r\r\n\n";
+	unsigned seed = 12345u + (unsigned)_i;
+	char in[400];
+	for (int k = 0; k < 2000; k++) {
+		size_t len = (size_t)(rand_r(&seed) % 300);
+		for (size_t i = 0; i < len; i++)
+			in[i] = alphabet[rand_r(&seed) % (sizeof alphabet - 1)];
+		enum invalid_line_endings ile = (enum invalid_line_endings)(k % 3);
+		char *whole = feed_all(in, len, len ? len : 1, ile);
+		size_t steps[] = { 1, 2, 7 };
+		for (size_t s = 0; s < 3; s++) {
+			char *cut = feed_all(in, len, steps[s], ile);
+			ck_assert_msg(strcmp(whole, cut) == 0, "case %d (mode %d, step %zu): '%.*s'", k, (int)ile,
+				      steps[s], (int)len, in);
+			free(cut);
+		}
+		free(whole);
+	}
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("smtpd_data");
 	TCase *tc = tcase_create("rows");
 	tcase_add_loop_test(tc, data_row, 0, (int)(sizeof rows / sizeof rows[0]));
+	tcase_add_loop_test(tc, random_bodies_any_chunking, 0, 4);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
