@@ -109,7 +109,9 @@ enum parse { P_OK, P_END, P_TORN, P_BAD };
 
 /* Parses the record at off of buf[0, len).  P_OK (r filled, *next set),
  * P_END at the end, P_TORN when the rest is a record cut short or zeros
- * (a write that never finished), P_BAD when the header is damaged. */
+ * (a write that never finished: the file's end, or the start of a header
+ * followed by nothing but the zeros a writer prepares), P_BAD when the
+ * header is damaged. */
 static enum parse rec_get(const unsigned char *buf, size_t len, size_t off, struct rec *r,
 			  size_t *next)
 {
@@ -118,10 +120,10 @@ static enum parse rec_get(const unsigned char *buf, size_t len, size_t off, stru
 	size_t left = len - off;
 	const unsigned char *p = buf + off;
 	if (left < REC_MIN || get32(p) != REC_MAGIC || get32(p + 72) != crc32c(0, p, 72)) {
-		for (size_t i = 0; i < left; i++)
-			if (p[i])
-				return left < REC_MIN ? P_TORN : P_BAD;
-		return P_TORN;
+		size_t last = left; /* the last byte that is not zero */
+		while (last > 0 && !p[last - 1])
+			last--;
+		return left < REC_MIN || last <= REC_MIN ? P_TORN : P_BAD;
 	}
 	memset(r, 0, sizeof *r);
 	r->type = p[4];
@@ -161,7 +163,12 @@ struct spool_seg {
 	size_t held, released; /* spool_hold / spool_done calls here */
 	uint64_t live_bytes;   /* data bytes of the held messages not yet done */
 	uint64_t listed_size;  /* bytes of the meta file the last listing read */
+	int64_t listed_mtime;  /* its mtime (ns) before that read */
 	uint64_t data_size, meta_size;  /* append offsets (writer) */
+	/* zeros already written and flushed past each end (writer), and the
+	 * next amount to add; see prepare() */
+	uint64_t data_prep, meta_prep, prep_step;
+	bool prep_failed;
 	size_t msgs;           /* records appended (writer) */
 };
 
@@ -489,6 +496,14 @@ static void seal_cur(struct spool *s)
 	if (write_all(g->meta_fd, buf, len, g->meta_size) == 0)
 		g->meta_size += len;
 	free(buf);
+	/* the prepared zeros go (if a cut fails, the file stays longer and
+	 * its seal is found by the scan at the next start) */
+	int cut = 0;
+	if (g->meta_prep > g->meta_size)
+		cut |= ftruncate(g->meta_fd, (off_t)g->meta_size);
+	if (g->data_prep > g->data_size)
+		cut |= ftruncate(g->data_fd, (off_t)g->data_size);
+	(void)cut;
 	g->writing = false;
 	g->sealed_hint = true;
 	s->cur = NULL;
@@ -580,6 +595,58 @@ static int seg_create(struct spool *s, char *err, size_t errlen)
 	return 0;
 }
 
+/* After each commit, each file of the segment being written is given zeros
+ * (written and flushed) up to PREP_AHEAD bytes past its end, in steps from
+ * PREP_FIRST doubling to PREP_MAX.  A commit then only overwrites blocks the file already has, so
+ * its fdatasync writes the new bytes and flushes, and nothing else: no
+ * block allocation, no new size in the inode (on a journalling file system,
+ * no journal commit).  The zeros past the last record are what a reader
+ * already takes for the end (rec_get: P_TORN); sealing cuts them off, and
+ * so does the scan after a crash.  Preparing is an optimisation: when it
+ * fails (the disk is full), the appends extend the files as before. */
+#define PREP_FIRST (64u * 1024u)
+#define PREP_MAX (1024u * 1024u)
+/* kept ready past each end after a commit */
+#define PREP_AHEAD (128u * 1024u)
+
+static int zero_fill(int fd, uint64_t from, uint64_t to)
+{
+	static const unsigned char zeros[64 * 1024];
+	while (from < to) {
+		size_t n = to - from < sizeof zeros ? (size_t)(to - from) : sizeof zeros;
+		if (write_all(fd, zeros, n, from) != 0)
+			return -1;
+		from += n;
+	}
+	return fdatasync(fd);
+}
+
+static void prepare(struct spool_seg *g, uint64_t data_need, uint64_t meta_need)
+{
+	if (g->prep_failed)
+		return;
+	if (g->data_prep >= data_need && g->meta_prep >= meta_need)
+		return;
+	if (!g->prep_step)
+		g->prep_step = PREP_FIRST;
+	uint64_t dto = g->data_prep, mto = g->meta_prep;
+	if (dto < data_need)
+		dto = data_need + g->prep_step;
+	if (mto < meta_need)
+		mto = meta_need + g->prep_step;
+	if (g->prep_step < PREP_MAX)
+		g->prep_step *= 2;
+	uint64_t dfrom = g->data_prep > g->data_size ? g->data_prep : g->data_size;
+	uint64_t mfrom = g->meta_prep > g->meta_size ? g->meta_prep : g->meta_size;
+	if ((dto > dfrom && zero_fill(g->data_fd, dfrom, dto) != 0) ||
+	    (mto > mfrom && zero_fill(g->meta_fd, mfrom, mto) != 0)) {
+		g->prep_failed = true; /* whatever zeros got there are past the end */
+		return;
+	}
+	g->data_prep = dto;
+	g->meta_prep = mto;
+}
+
 size_t spool_commit(struct spool *s, struct spool_item *items, size_t n)
 {
 	char why[160] = "";
@@ -658,10 +725,13 @@ size_t spool_commit(struct spool *s, struct spool_item *items, size_t n)
 	g->data_size = d;
 	g->meta_size = m0 + len;
 	g->msgs += n;
+	/* room for the next commits, made now that this one is answered */
+	prepare(g, d + PREP_AHEAD, g->meta_size + PREP_AHEAD);
 	return 0;
 undo:
 	/* Nothing of this batch may count: cut both files back.  If that
 	 * fails too, leave the segment (sealed) and start another. */
+	g->data_prep = g->meta_prep = 0; /* cut off below */
 	if (ftruncate(g->meta_fd, (off_t)m0) != 0 || ftruncate(g->data_fd, (off_t)d0) != 0) {
 		g->meta_size = m0;
 		seal_cur(s);
@@ -1074,6 +1144,7 @@ static void load_seg(struct spool *s, struct spool_seg *g, struct entries *e, st
 	g->listed_size = len;
 	size_t from = e->n;
 	bool sealed = false, damaged = false;
+	uint64_t data_end = 0; /* of the last message's bytes */
 	struct rec r;
 	enum parse p;
 	for (;;) {
@@ -1118,6 +1189,8 @@ static void load_seg(struct spool *s, struct spool_seg *g, struct entries *e, st
 		}
 		if (r.type != REC_MSG)
 			continue;
+		if (r.data_off + r.data_len > data_end)
+			data_end = r.data_off + r.data_len;
 		if (e->n == e->cap) {
 			e->cap = e->cap ? e->cap * 2 : 256;
 			e->v = xrealloc(e->v, e->cap * sizeof *e->v);
@@ -1165,6 +1238,14 @@ static void load_seg(struct spool *s, struct spool_seg *g, struct entries *e, st
 		}
 		free(sb);
 		g->sealed_hint = true;
+		/* zeros its writer prepared past the last message's bytes */
+		int dfd = openat(s->data_dirfd, g->name, O_WRONLY | O_CLOEXEC);
+		struct stat st;
+		if (dfd >= 0 && fstat(dfd, &st) == 0 && (uint64_t)st.st_size > data_end &&
+		    ftruncate(dfd, (off_t)data_end) == 0)
+			fdatasync(dfd);
+		if (dfd >= 0)
+			close(dfd);
 	}
 }
 
@@ -1180,10 +1261,16 @@ static int load_all(struct spool *s, struct entries *e, struct scan_ctx *sc, boo
 	for (size_t i = 0; i < n; i++) {
 		struct spool_seg *g = seg_get(s, names[i], false);
 		struct stat st;
-		bool same = only_changed && g && g->listed_size &&
-			    fstatat(s->meta_dirfd, g->name, &st, 0) == 0 && (uint64_t)st.st_size == g->listed_size;
-		if (g && !g->writing && !same)
+		bool have = g && fstatat(s->meta_dirfd, g->name, &st, 0) == 0;
+		int64_t mtime = have ? (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec : -1;
+		/* a segment being written keeps its size while records fill
+		 * the zeros prepared for them: its mtime tells */
+		bool same = only_changed && have && g->listed_size && (uint64_t)st.st_size == g->listed_size &&
+			    mtime == g->listed_mtime;
+		if (g && !g->writing && !same) {
 			load_seg(s, g, e, sc);
+			g->listed_mtime = mtime;
+		}
 		free(names[i]);
 	}
 	free(names);

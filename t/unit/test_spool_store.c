@@ -203,6 +203,19 @@ static uint32_t le32(const unsigned char *p)
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* Where the records of a meta file end: a writer's segment has zeros past
+ * them (prepared for the next records), a sealed one nothing. */
+static off_t records_end(const char *path)
+{
+	size_t len;
+	unsigned char *b = (unsigned char *)slurp(path, &len);
+	size_t off = 0;
+	while (off + REC_MIN <= len && memcmp(b + off, "KSR1", 4) == 0)
+		off += REC_MIN + le32(b + off + 8);
+	free(b);
+	return (off_t)off;
+}
+
 /* The segment's meta file ends with a whole SEAL record; *count gets the
  * number of messages it gives. */
 static bool ends_with_seal(const char *name, uint64_t *count)
@@ -640,8 +653,14 @@ START_TEST(commit_then_list)
 	char *dp = spool_data_path(&w, &it[5].loc);
 	ck_assert_str_eq(dp, want);
 	free(dp);
-	ck_assert_int_eq(file_size(want), (off_t)(it[N - 1].loc.data_off + it[N - 1].loc.data_len));
+	/* and past the last of them, only the zeros prepared for the next */
+	off_t end = (off_t)(it[N - 1].loc.data_off + it[N - 1].loc.data_len);
+	ck_assert_int_ge(file_size(want), end);
 	size_t dlen;
+	char *all = slurp(want, &dlen);
+	for (size_t i = (size_t)end; i < dlen; i++)
+		ck_assert_msg(all[i] == 0, "byte %zu past the data is not zero", i);
+	free(all);
 	char *whole = slurp(want, &dlen), *one = msg_data(&m[5], &dlen);
 	ck_assert(memcmp(whole + it[5].loc.data_off, one, dlen) == 0);
 	free(whole);
@@ -1309,10 +1328,14 @@ START_TEST(scan_seals_a_dead_writers_segment)
 	wait_exit0(pid);
 	char p[256];
 	seg_path(p, sizeof p, "meta", name, "");
-	off_t size = file_size(p);
+	/* the torn record: its first 30 bytes, where the next record goes */
+	off_t size = records_end(p);
 	unsigned char rec[30];
 	read_at(p, 0, rec, sizeof rec);
-	append_bytes(p, rec, sizeof rec);
+	int tfd = open(p, O_WRONLY);
+	ck_assert_int_ge(tfd, 0);
+	ck_assert_int_eq(pwrite(tfd, rec, sizeof rec, size), (ssize_t)sizeof rec);
+	close(tfd);
 
 	struct scan_log lg;
 	struct spool_scan_stats st;
@@ -1339,8 +1362,16 @@ START_TEST(scan_seals_a_dead_writers_segment)
 	struct hits h;
 	list(&r, &h);
 	ck_assert_uint_eq(h.n, N);
-	for (int i = 0; i < N; i++)
-		check_listed(&r, &h, &m[i]);
+	uint64_t data_end = 0;
+	for (int i = 0; i < N; i++) {
+		struct hit *x = check_listed(&r, &h, &m[i]);
+		if (x->loc.data_off + x->loc.data_len > data_end)
+			data_end = x->loc.data_off + x->loc.data_len;
+	}
+	/* the zeros the writer had prepared past its data are cut too */
+	char dp[256];
+	seg_path(dp, sizeof dp, "data", name, "");
+	ck_assert_int_eq(file_size(dp), (off_t)data_end);
 	hold_and_done_all(&r, &h);
 	hits_free(&h);
 	ck_assert_int_eq(seg_files(name), 0);
@@ -1782,7 +1813,8 @@ START_TEST(failed_commit_leaves_nothing)
 	char dp[256], mp[256];
 	seg_path(dp, sizeof dp, "data", name, "");
 	seg_path(mp, sizeof mp, "meta", name, "");
-	off_t dsize = file_size(dp), msize = file_size(mp);
+	/* where the data and the records end (zeros are prepared past both) */
+	off_t dsize = (off_t)(it[2].loc.data_off + it[2].loc.data_len), msize = records_end(mp);
 	rlim_t limit = (rlim_t)(dsize > msize ? dsize : msize) + 64;
 	static char bigbody[8000], bigmeta[8000];
 	memset(bigbody, 'b', sizeof bigbody);
