@@ -145,22 +145,31 @@ void logrec_rfc3339(double t, char *buf, size_t buflen)
 		nsec = 0;
 	if (nsec > 999999999)
 		nsec = 999999999;
-	/* the date and time of the last second asked for, per thread */
-	static __thread time_t last_sec = -1;
-	static __thread char last[80];
-	if (sec != last_sec) {
+	/* the date and time of the last two seconds asked for, per thread (a
+	 * record has its own time and its message's creation time) */
+	static __thread time_t last_sec[2] = { -1, -1 };
+	static __thread char last[2][64];
+	static __thread int next_slot;
+	int k = sec == last_sec[0] ? 0 : sec == last_sec[1] ? 1 : -1;
+	if (k < 0) {
+		k = next_slot;
+		next_slot ^= 1;
 		struct tm tm;
 		gmtime_r(&sec, &tm);
-		snprintf(last, sizeof last, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1,
-			 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
-		last_sec = sec;
+		snprintf(last[k], sizeof last[k], "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+			 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+		last_sec[k] = sec;
 	}
-	char frac[11];
-	frac[0] = '.';
+	/* "%s.%09ldZ" */
+	char out[80];
+	size_t n = strlen(last[k]);
+	memcpy(out, last[k], n);
+	out[n] = '.';
 	for (int i = 9; i >= 1; i--, nsec /= 10)
-		frac[i] = (char)('0' + nsec % 10);
-	frac[10] = '\0';
-	snprintf(buf, buflen, "%s%sZ", last, frac);
+		out[n + (size_t)i] = (char)('0' + nsec % 10);
+	out[n + 10] = 'Z';
+	out[n + 11] = '\0';
+	snprintf(buf, buflen, "%s", out);
 }
 
 static double now_real(void)
@@ -175,7 +184,31 @@ static double now_real(void)
 static int enhanced_code(const char *text, int *c, int *sub, int *det, const char **rest)
 {
 	int n = 0;
-	if (sscanf(text, "%1d.%3d.%3d%n", c, sub, det, &n) == 3 && n > 0 &&
+	/* the usual shape, d.ddd.ddd, read by hand; anything else as sscanf
+	 * reads it (the same numbers for every input) */
+	const char *q = text;
+	int v[3] = { 0, 0, 0 };
+	bool plain = q[0] >= '0' && q[0] <= '9';
+	if (plain) {
+		v[0] = q[0] - '0';
+		q++;
+		for (int part = 1; part < 3 && plain; part++) {
+			int digits = 0;
+			plain = *q++ == '.';
+			while (plain && digits < 3 && *q >= '0' && *q <= '9') {
+				v[part] = v[part] * 10 + (*q++ - '0');
+				digits++;
+			}
+			plain = plain && digits > 0 && !(*q >= '0' && *q <= '9');
+		}
+	}
+	if (plain) {
+		*c = v[0];
+		*sub = v[1];
+		*det = v[2];
+		n = (int)(q - text);
+	}
+	if (((plain && n > 0) || (!plain && sscanf(text, "%1d.%3d.%3d%n", c, sub, det, &n) == 3 && n > 0)) &&
 	    (text[n] == ' ' || text[n] == '\0') && *c >= 2 && *c <= 5) {
 		text += n;
 		while (*text == ' ')

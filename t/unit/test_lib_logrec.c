@@ -199,6 +199,24 @@ START_TEST(rfc3339_times)
 	ck_assert_str_eq(buf, "2025-11-24T02:00:32.250000000Z");
 	logrec_rfc3339(951782400.125, buf, sizeof buf); /* 2000-02-29 */
 	ck_assert_str_eq(buf, "2000-02-29T00:00:00.125000000Z");
+	/* two seconds in turn (a record's time and its message's creation
+	 * time), then a third that takes one's place */
+	for (int i = 0; i < 3; i++) {
+		logrec_rfc3339(1763949632.75, buf, sizeof buf);
+		ck_assert_str_eq(buf, "2025-11-24T02:00:32.750000000Z");
+		logrec_rfc3339(951782400.5, buf, sizeof buf);
+		ck_assert_str_eq(buf, "2000-02-29T00:00:00.500000000Z");
+	}
+	logrec_rfc3339(1763949633.0, buf, sizeof buf);
+	ck_assert_str_eq(buf, "2025-11-24T02:00:33.000000000Z");
+	logrec_rfc3339(951782400.0, buf, sizeof buf);
+	ck_assert_str_eq(buf, "2000-02-29T00:00:00.000000000Z");
+	logrec_rfc3339(1763949632.0, buf, sizeof buf);
+	ck_assert_str_eq(buf, "2025-11-24T02:00:32.000000000Z");
+	/* a buffer too short gets the start, terminated */
+	char small[11];
+	logrec_rfc3339(0, small, sizeof small);
+	ck_assert_str_eq(small, "1970-01-01");
 }
 END_TEST
 
@@ -293,6 +311,16 @@ START_TEST(put_writes_the_record)
 		  "\"content\":\"Next delivery time would be after the expiration time\",\"command\":null}" },
 		{ { .type = "Bounce", .response = true, .code = 554, .text = "9.1.1 not an enhanced code" },
 		  "{\"code\":554,\"enhanced_code\":null,\"content\":\"9.1.1 not an enhanced code\",\"command\":null}" },
+		/* four digits in a part: not an enhanced code */
+		{ { .type = "Bounce", .response = true, .code = 554, .text = "5.1.1234 no" },
+		  "{\"code\":554,\"enhanced_code\":null,\"content\":\"5.1.1234 no\",\"command\":null}" },
+		/* the code alone, and one with leading zeros */
+		{ { .type = "Delivery", .response = true, .code = 250, .text = "2.0.0" },
+		  "{\"code\":250,\"enhanced_code\":{\"class\":2,\"subject\":0,\"detail\":0},"
+		  "\"content\":\"\",\"command\":null}" },
+		{ { .type = "Bounce", .response = true, .code = 550, .text = "5.01.010 old" },
+		  "{\"code\":550,\"enhanced_code\":{\"class\":5,\"subject\":1,\"detail\":10},"
+		  "\"content\":\"old\",\"command\":null}" },
 		{ { .type = "Bounce", .response = false }, NULL },
 	};
 	char err[300];
