@@ -152,8 +152,7 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("e2e_auth");
-	TCase *tc = tcase_create("auth");
-	tcase_set_timeout(tc, HARNESS_TCASE_TIMEOUT);
+	TCase *tc = harness_tcase("auth");
 	tcase_add_test(tc, test_auth_then_relay);
 	tcase_add_test(tc, test_auth_continuation_rows);
 	tcase_add_test(tc, test_auth_without_handler_fails);

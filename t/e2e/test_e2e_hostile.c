@@ -254,8 +254,7 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("e2e_hostile");
-	TCase *tc = tcase_create("hostile");
-	tcase_set_timeout(tc, HARNESS_TCASE_TIMEOUT);
+	TCase *tc = harness_tcase("hostile");
 	tcase_add_loop_test(tc, test_smuggling_every_mode, 0, 3);
 	tcase_add_test(tc, test_ten_thousand_pipelined_rcpts);
 	tcase_add_test(tc, test_two_thousand_connections);

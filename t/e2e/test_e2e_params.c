@@ -415,8 +415,7 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("e2e_params");
-	TCase *tc = tcase_create("params");
-	tcase_set_timeout(tc, HARNESS_TCASE_TIMEOUT);
+	TCase *tc = harness_tcase("params");
 	tcase_add_test(tc, test_client_timeout);
 	tcase_add_test(tc, test_max_connections_across_workers);
 	tcase_add_test(tc, test_recipient_and_message_limits);

@@ -564,8 +564,7 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("e2e_policy");
-	TCase *tc = tcase_create("events");
-	tcase_set_timeout(tc, HARNESS_TCASE_TIMEOUT);
+	TCase *tc = harness_tcase("events");
 	tcase_add_test(tc, test_dynamic_parameters_and_accepted);
 	tcase_add_test(tc, test_reject_before_banner_ends_session);
 	tcase_add_test(tc, test_dynamic_parameters_bad_table);

@@ -153,8 +153,7 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("e2e_reload");
-	TCase *tc = tcase_create("reload");
-	tcase_set_timeout(tc, HARNESS_TCASE_TIMEOUT);
+	TCase *tc = harness_tcase("reload");
 	tcase_add_test(tc, test_reload_under_load);
 	suite_add_tcase(s, tc);
 	return harness_run_suite(s);

@@ -165,8 +165,7 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("e2e_trace");
-	TCase *tc = tcase_create("trace");
-	tcase_set_timeout(tc, HARNESS_TCASE_TIMEOUT);
+	TCase *tc = harness_tcase("trace");
 	tcase_add_test(tc, test_received_and_kumoref_defaults);
 	tcase_add_test(tc, test_kumoref_meta_names_and_folding);
 	tcase_add_test(tc, test_trace_headers_off);
