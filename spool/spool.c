@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -1269,7 +1270,13 @@ static int load_all(struct spool *s, struct entries *e, struct scan_ctx *sc, boo
 			    mtime == g->listed_mtime;
 		if (g && !g->writing && !same) {
 			load_seg(s, g, e, sc);
-			g->listed_mtime = mtime;
+			/* a file changed within the last second may change again
+			 * within the same tick of the file system's clock, after
+			 * this read, without a new mtime: read it again next time */
+			struct timespec now;
+			clock_gettime(CLOCK_REALTIME, &now);
+			int64_t now_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+			g->listed_mtime = now_ns - mtime < 1000000000 ? -1 : mtime;
 		}
 		free(names[i]);
 	}

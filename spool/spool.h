@@ -138,9 +138,11 @@ size_t spool_reap(struct spool *s);
 typedef void (*spool_found_cb)(void *arg, const char *id, const struct spool_loc *loc,
 			       const char *meta, size_t meta_len);
 int spool_list(struct spool *s, spool_found_cb found, void *arg, char *err, size_t errlen);
-/* The same, reading only the segments whose meta file changed since an
- * earlier listing on s read it (or that it never read): what it reports
- * is what is new since then, at the cost of one stat per old segment. */
+/* The same, reading only the segments whose meta file changed (size or
+ * mtime) since an earlier listing on s read it, that it never read, or that
+ * it read within a second of their last change (a file system clock tick
+ * could hide a write just after that read): what it reports is what is new
+ * since then, at the cost of one stat per old segment. */
 int spool_list_changed(struct spool *s, spool_found_cb found, void *arg, char *err, size_t errlen);
 
 struct spool_scan_stats {

@@ -1257,9 +1257,28 @@ START_TEST(list_changed_reads_only_what_grew)
 	hits_free(&h);
 	memset(&h, 0, sizeof h);
 	ck_assert(spool_list_changed(&r, on_found, &h, err, sizeof err) == 0);
+	ck_assert_uint_eq(h.n, 3); /* changed within the last second: read again */
+	hits_free(&h);
+	/* the meta file last changed 2 s ago: listed once more, then not */
+	char mp[256];
+	seg_path(mp, sizeof mp, "meta", it[0].seg_name, "");
+	struct timespec ago[2];
+	clock_gettime(CLOCK_REALTIME, &ago[0]);
+	ago[0].tv_sec -= 2;
+	ago[1] = ago[0];
+	ck_assert_int_eq(utimensat(AT_FDCWD, mp, ago, 0), 0);
+	memset(&h, 0, sizeof h);
+	ck_assert(spool_list_changed(&r, on_found, &h, err, sizeof err) == 0);
+	ck_assert_uint_eq(h.n, 3);
+	hits_free(&h);
+	memset(&h, 0, sizeof h);
+	ck_assert(spool_list_changed(&r, on_found, &h, err, sizeof err) == 0);
 	ck_assert_uint_eq(h.n, 0); /* nothing changed */
 	hits_free(&h);
+	off_t before = file_size(mp);
 	commit_msgs(&w, m + 3, it + 3, 2); /* the same segment grows */
+	/* into the zeros prepared for it: the size stays, the mtime does not */
+	ck_assert_int_eq(file_size(mp), before);
 	memset(&h, 0, sizeof h);
 	ck_assert(spool_list_changed(&r, on_found, &h, err, sizeof err) == 0);
 	ck_assert_uint_eq(h.n, 5); /* it is read again, whole */
