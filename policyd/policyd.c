@@ -541,7 +541,9 @@ static cJSON *reload(const cJSON *req)
 	const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
 	if (id)
 		cJSON_AddItemToObject(reply, "id", cJSON_Duplicate(id, 1));
-	struct pool *fresh = pool_new(loop, policy_path, lua_workers_n, &ops, err, sizeof err);
+	/* a broken policy's workers never start: until pool_free, they would
+	 * take requests from the shared sockets and answer them with its error */
+	struct pool *fresh = pool_new(loop, policy_path, lua_workers_n, &ops, false, err, sizeof err);
 	if (err[0]) {
 		pool_free(fresh);
 		log_warn("reload: the policy failed to load; the old one keeps serving: %s", err);
@@ -732,7 +734,7 @@ int main(int argc, char **argv)
 	reload_ev = event_new(base, -1, 0, on_reload, NULL);
 	if (!reload_ev)
 		log_fatal("cannot create an event");
-	pool = pool_new(base, path, lua_workers, &ops, err, sizeof err);
+	pool = pool_new(base, path, lua_workers, &ops, true, err, sizeof err);
 	if (err[0])
 		log_debug("policy %s failed to load: %s", path, err);  /* kumod reports it */
 	else

@@ -188,8 +188,12 @@ struct pool_ops {
 	 * the caller), or NULL with err set. */
 	char *(*fetch)(unsigned long client, const cJSON *req, char *err, size_t errlen);
 };
+/* Loads n Lua states and starts their workers.  A policy that fails to
+ * load sets err; its workers start (and answer every request with the
+ * error) only if serve_failed: at start, so kumod hears why, never on a
+ * reload, where the old pool must answer until the new one is good. */
 struct pool *pool_new(struct event_base *base, const char *path, int n, const struct pool_ops *ops,
-		      char *err, size_t errlen);
+		      bool serve_failed, char *err, size_t errlen);
 bool pool_stopping(const struct pool *p);
 void pool_free(struct pool *p);  /* stops it and waits for its workers */
 /* Stops it without waiting: its workers finish the requests they hold,

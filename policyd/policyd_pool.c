@@ -126,7 +126,7 @@ static void pool_notify(evutil_socket_t fd, short what, void *arg)
 }
 
 struct pool *pool_new(struct event_base *base, const char *path, int n, const struct pool_ops *ops,
-		      char *err, size_t errlen)
+		      bool serve_failed, char *err, size_t errlen)
 {
 	struct pool *p = xcalloc(1, sizeof *p);
 	pthread_mutex_init(&p->mu, NULL);
@@ -152,6 +152,8 @@ struct pool *pool_new(struct event_base *base, const char *path, int n, const st
 		/* the policy file runs once per state: its top level must be idempotent,
 		 * as in KumoMTA, where every new Lua context runs it again */
 	}
+	if (err[0] && !serve_failed)
+		return p; /* no worker takes a request from the shared sockets */
 	for (int i = 0; i < n; i++) {
 		if (pthread_create(&p->workers[i].thread, NULL, worker_main, &p->workers[i]) != 0)
 			log_fatal("policy pool: cannot start a thread");

@@ -89,14 +89,17 @@ void harness_fail(const char *file, int line, const char *fmt, ...)
     if (vasprintf(&msg, fmt, ap) < 0)
         msg = NULL;
     va_end(ap);
-    /* Check truncates at BUFSIZ; keep the end of a long message (the tail of
-     * a transcript or of kumod's output is what matters). */
+    /* Check refuses a failure message that packs to more than half of its
+     * CK_MAX_MSG_SIZE (8192): it prints "Message string too long" and the
+     * test ends with an exit status, its message lost.  Keep the start and
+     * the end of a long message (the tail of a transcript or of kumod's
+     * output is what matters), 3,500 bytes in all. */
     const char *m = msg ? msg : "(out of memory formatting the failure)";
     size_t len = strlen(m);
-    if (len > 7000) {
-        size_t head = 2500;
+    if (len > 3500) {
+        size_t head = 1000, tail = 2400;
         char *cut = xasprintf("%.*s\n[... %zu bytes cut ...]\n%s", (int)head, m,
-                              len - head - 4400, m + len - 4400);
+                              len - head - tail, m + len - tail);
         free(msg);
         msg = cut;
         m = msg;
