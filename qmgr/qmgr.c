@@ -38,6 +38,9 @@ static void found(void *arg, const char *id, const struct spool_loc *loc, const 
 		st->failed++;
 		log_warn("message %s: its meta cannot be read from segment %s", id, spool_seg_name(loc->seg));
 	} else if (qmgr_load(id, loc, meta, meta_len, err, sizeof err) == 0) {
+		struct qmsg *m = qmgr_find(id);
+		if (m)
+			m->listed = true; /* its notice may still come: see qmgr_notice */
 		st->loaded++;
 	} else {
 		st->failed++;
@@ -75,10 +78,12 @@ static void on_rescan(evutil_socket_t fd, short what, void *arg)
 	if (Q->stopping)
 		return;
 	spool_commit(&Q->spool, NULL, 0);
-	if (++ticks % (QMGR_RESCAN_SECS / QMGR_TICK_SECS) == 0)
+	if (++ticks % (QMGR_RESCAN_SECS / QMGR_TICK_SECS) == 0) {
+		qmgr_listed_done_expire(false);
 		load_spool(false);
-	else
+	} else {
 		spool_reap(&Q->spool);
+	}
 }
 
 static void check_stopped(evutil_socket_t fd, short what, void *arg)

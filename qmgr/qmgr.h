@@ -55,6 +55,7 @@ struct qmsg {
 	size_t mem_len;
 	char *mem_meta;          /* owned: its meta JSON text */
 	bool spooled;
+	bool listed;             /* loaded from a spool listing, not a notice */
 	struct spool_loc loc;    /* where it is, when spooled */
 	struct qmsg *hnext;      /* id hash chain */
 };
@@ -184,6 +185,13 @@ void qmgr_set_envelope(struct qmsg *m, const cJSON *doc);
  * NULL, the meta read at loc.  0, or -1 with a reason. */
 int qmgr_load(const char *id, const struct spool_loc *loc, const char *meta, size_t meta_len,
 	      char *err, size_t errlen);
+/* A worker's notice of a new message: qmgr_load, unless a spool listing
+ * found the message first and it is done already (the notice came late). */
+int qmgr_notice(const char *id, const struct spool_loc *loc, char *err, size_t errlen);
+/* Forgets the listed messages done more than QMGR_LISTED_DONE_SECS ago
+ * (all: every one, at exit). */
+void qmgr_listed_done_expire(bool all);
+#define QMGR_LISTED_DONE_SECS 900.0
 void qmgr_flush(size_t *n);          /* every waiting message due now */
 /* Moves the waiting messages of sparse segments into this process's
  * segment (qmgr_queue.c); how many moved.  Runs by itself a little after

@@ -162,7 +162,7 @@ static void handle(struct bufferevent *bev, const cJSON *req)
 			const char *id = notice_loc(m, &loc);
 			if (!id)
 				log_warn("a bad notice of a new message; the spool listing will find it");
-			else if (qmgr_load(id, &loc, NULL, 0, err, sizeof err) != 0)
+			else if (qmgr_notice(id, &loc, err, sizeof err) != 0)
 				log_warn("message %.40s: %s", id, err);
 		}
 		return;

@@ -213,9 +213,71 @@ static void msg_free(struct qmsg *m)
 	free(m);
 }
 
+/* The ids of messages that a spool listing queued and that are done.  A
+ * worker announces each message it stores; if the listing (at start, or the
+ * periodic one) read the message before its notice was read here, and the
+ * message was delivered in between, the notice would queue it again: a
+ * second delivery.  The notice of an id in this set is dropped instead.
+ * Kept QMGR_LISTED_DONE_SECS; notices arrive within moments. */
+#define LISTED_DONE_BUCKETS 4096u
+struct done_id {
+	struct done_id *next;
+	double at;
+	char id[SPOOL_ID_LEN + 1];
+};
+static struct done_id *listed_done[LISTED_DONE_BUCKETS];
+
+static void listed_done_add(const char *id)
+{
+	struct done_id *d = xcalloc(1, sizeof *d);
+	snprintf(d->id, sizeof d->id, "%s", id);
+	d->at = now_mono();
+	size_t b = hash_str(id) % LISTED_DONE_BUCKETS;
+	d->next = listed_done[b];
+	listed_done[b] = d;
+}
+
+/* Whether id is in the set; it leaves it (its one notice has come). */
+static bool listed_done_take(const char *id)
+{
+	for (struct done_id **pp = &listed_done[hash_str(id) % LISTED_DONE_BUCKETS]; *pp; pp = &(*pp)->next) {
+		if (strcmp((*pp)->id, id) == 0) {
+			struct done_id *d = *pp;
+			*pp = d->next;
+			free(d);
+			return true;
+		}
+	}
+	return false;
+}
+
+void qmgr_listed_done_expire(bool all)
+{
+	double before = all ? HUGE_VAL : now_mono() - QMGR_LISTED_DONE_SECS;
+	for (size_t b = 0; b < LISTED_DONE_BUCKETS; b++)
+		for (struct done_id **pp = &listed_done[b]; *pp;) {
+			if ((*pp)->at < before) {
+				struct done_id *d = *pp;
+				*pp = d->next;
+				free(d);
+			} else {
+				pp = &(*pp)->next;
+			}
+		}
+}
+
+int qmgr_notice(const char *id, const struct spool_loc *loc, char *err, size_t errlen)
+{
+	if (listed_done_take(id))
+		return 0;
+	return qmgr_load(id, loc, NULL, 0, err, errlen);
+}
+
 /* The message leaves the queue manager (delivered, bounced, expired). */
 void qmgr_done(struct qmsg *m)
 {
+	if (m->listed)
+		listed_done_add(m->id);
 	if (m->spooled) {
 		char err[200];
 		if (spool_done(&Q->spool, &m->loc, m->id, err, sizeof err) != 0)
@@ -1440,4 +1502,5 @@ void qmgr_queue_free(void)
 	free(Q->heap);
 	if (Q->timer)
 		event_free(Q->timer);
+	qmgr_listed_done_expire(true);
 }

@@ -713,6 +713,50 @@ START_TEST(test_qmgr_kill9_is_replaced_and_loses_nothing)
 }
 END_TEST
 
+/* Records of this type for this id in the log dir. */
+static int records_for(struct harness_env *env, const char *type, const char *id)
+{
+	cJSON *arr = harness_logs_read(env, NULL);
+	int n = 0;
+	const cJSON *r;
+	cJSON_ArrayForEach(r, arr) {
+		const char *t = harness_json_str(r, "type"), *i = harness_json_str(r, "id");
+		n += t && i && !strcmp(t, type) && !strcmp(i, id);
+	}
+	cJSON_Delete(arr);
+	return n;
+}
+
+/* A message stored while kumo-qmgr is away: the new kumo-qmgr finds it
+ * in the spool and delivers it; the worker's notice of it, held back until
+ * it reconnects, comes after that and must not queue it again. */
+START_TEST(test_late_notice_is_not_a_second_delivery)
+{
+	struct harness_env *env = harness_env_new();
+	int sport = 0;
+	pid_t sink = sink_start(env, &sport, NULL);
+	char *q = to_sink(sport, NULL);
+	policy(env, NULL, NULL, q, NULL);
+	free(q);
+	harness_start(env);
+	pid_t pids[4];
+	ck_assert_int_eq(harness_children(env->pid, "kumo-qmgr", pids, 4), 1);
+	pid_t old = pids[0];
+	kill(old, SIGKILL);
+	const char *rcpts[] = { "once@dest.example", NULL };
+	char ids[1][33];
+	send_msg(env, rcpts, "Subject: once\r\n\r\nlate-notice\r\n", ids);
+	cJSON_Delete(wait_record(env, "Delivery", ids[0]));
+	/* the notice has come by now (a worker tries again every second) */
+	harness_pause_ms(2000);
+	ck_assert_int_eq(records_for(env, "Delivery", ids[0]), 1);
+	ck_assert_int_eq(sink_wait(env, 2, 1), 1);
+	stop_clean(env);
+	harness_tool_stop(sink);
+	harness_env_free(env);
+}
+END_TEST
+
 START_TEST(test_policyd_down_is_a_transient_failure)
 {
 	struct harness_env *env = harness_env_new();
@@ -855,6 +899,7 @@ int main(void)
 	tcase_add_test(tc, test_deferred_spool_written_at_first_transient_failure);
 	tcase_add_test(tc, test_deferred_spool_written_at_shutdown);
 	tcase_add_test(tc, test_qmgr_kill9_is_replaced_and_loses_nothing);
+	tcase_add_test(tc, test_late_notice_is_not_a_second_delivery);
 	tcase_add_test(tc, test_policyd_down_is_a_transient_failure);
 	tcase_add_test(tc, test_deferred_queue_runs_deferred_inject);
 	tcase_add_test(tc, test_waiting_message_leaves_sparse_segment);
