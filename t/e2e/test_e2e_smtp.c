@@ -325,8 +325,8 @@ START_TEST(test_relay_refused_source_addr)
     cJSON *rej = harness_log_wait_pred(env, "Rejection", is_550_rejection, NULL);
     if (!rej) {
         char *sum = harness_logs_summary(env);
-        ck_abort_msg("no Rejection record with response.code 550 in the log dir within %d s\n%s",
-                     HARNESS_LOG_TIMEOUT, sum);
+        HFAIL("no Rejection record with response.code 550 in the log dir within %d s\n%s",
+              HARNESS_LOG_TIMEOUT, sum);
     }
     cJSON_Delete(rej);
     harness_env_free(env);
