@@ -45,19 +45,26 @@ static int line_reply(FILE *f, char *buf, size_t len)
 	}
 }
 
+/* A client's unbuffered stream to 127.0.0.1:port (exit 100 if refused). */
+static FILE *client_connect(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+		_exit(100);
+	FILE *f = fdopen(fd, "r+");
+	setvbuf(f, NULL, _IONBF, 0);
+	return f;
+}
+
 /* A child that sends transactions on one connection, new connections now
  * and then, until told to stop; exits with the number of errors. */
 static void client_loop(int port, int stop_fd)
 {
 	int errors = 0, messages = 0;
 	while (errors == 0) {
-		int fd = socket(AF_INET, SOCK_STREAM, 0);
-		struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
-			_exit(100);
-		FILE *f = fdopen(fd, "r+");
-		setvbuf(f, NULL, _IONBF, 0);
+		FILE *f = client_connect(port);
 		char buf[1024];
 		if (line_reply(f, buf, sizeof buf) != 220)
 			errors++;
@@ -98,6 +105,50 @@ static void expect_banner(struct harness_env *env, const char *gen)
 	smtpc_close(c);
 }
 
+/* Forks a client running loop(port, stop_fd) until stop_client; the
+ * write end of its stop pipe goes to *stop. */
+static pid_t start_client(struct harness_env *env, void (*loop)(int, int), int *stop)
+{
+	int pipefd[2];
+	ck_assert_int_eq(pipe(pipefd), 0);
+	/* (a client that stopped at an error has closed its end: no SIGPIPE
+	 * in stop_client, so the failure is reported) */
+	signal(SIGPIPE, SIG_IGN);
+	pid_t child = fork();
+	ck_assert_int_ge(child, 0);
+	if (child == 0) {
+		close(pipefd[1]);
+		/* nonblocking read end: a byte (or EOF) means stop */
+		fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
+		loop(env->port, pipefd[0]);
+	}
+	close(pipefd[0]);
+	*stop = pipefd[1];
+	return child;
+}
+
+/* Stops the client; fails (with kumod's output) unless it saw no error. */
+static void stop_client(struct harness_env *env, pid_t child, int stop, const char *what)
+{
+	(void)!write(stop, "x", 1);
+	close(stop);
+	int st;
+	ck_assert_int_eq(waitpid(child, &st, 0), child);
+	if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) /* HFAIL: the output may be long */
+		HFAIL("%s (%s)\n%s", what, harness_status_str(st), harness_output(env));
+}
+
+/* Appends a line that is not Lua to the policy file. */
+static void break_policy(struct harness_env *env)
+{
+	char *path = harness_path(env, "policy.lua");
+	FILE *f = fopen(path, "a");
+	ck_assert_ptr_nonnull(f);
+	fputs("this is not Lua ((\n", f);
+	fclose(f);
+	free(path);
+}
+
 START_TEST(test_reload_under_load)
 {
 	struct harness_env *env = harness_env_new();
@@ -105,17 +156,8 @@ START_TEST(test_reload_under_load)
 	harness_start(env);
 	expect_banner(env, "1");
 
-	int pipefd[2];
-	ck_assert_int_eq(pipe(pipefd), 0);
-	signal(SIGPIPE, SIG_IGN);
-	pid_t child = fork();
-	if (child == 0) {
-		close(pipefd[1]);
-		/* nonblocking read end: a byte (or EOF) means stop */
-		fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
-		client_loop(env->port, pipefd[0]);
-	}
-	close(pipefd[0]);
+	int stop;
+	pid_t child = start_client(env, client_loop, &stop);
 	usleep(300 * 1000);
 
 	char *out = NULL;
@@ -125,11 +167,7 @@ START_TEST(test_reload_under_load)
 	expect_banner(env, "2");
 
 	/* a broken policy: refused with the Lua error, generation 2 serves on */
-	char *broken = harness_path(env, "policy.lua");
-	FILE *f = fopen(broken, "a");
-	fputs("this is not Lua ((\n", f);
-	fclose(f);
-	free(broken);
+	break_policy(env);
 	ck_assert_int_eq(kumoctl(env, "reload", &out), 1);
 	ck_assert_msg(strstr(out, "policy.lua:") != NULL, "kumoctl reload said: %s", out);
 	free(out);
@@ -141,15 +179,7 @@ START_TEST(test_reload_under_load)
 	ck_assert(harness_output_wait_regex(env, "SIGHUP: policy .* reloaded", 10));
 	expect_banner(env, "3");
 
-	/* (a client that stopped at an error has closed its end: no SIGPIPE
-	 * here, so the assertion below reports it) */
-	(void)!write(pipefd[1], "x", 1);
-	close(pipefd[1]);
-	int st;
-	ck_assert_int_eq(waitpid(child, &st, 0), child);
-	if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) /* HFAIL: the output may be long */
-		HFAIL("the client saw errors across the reloads (%s)\n%s", harness_status_str(st),
-		      harness_output(env));
+	stop_client(env, child, stop, "the client saw errors across the reloads");
 	harness_stop(env, NULL);
 	harness_env_free(env);
 }
@@ -160,13 +190,7 @@ END_TEST
  * 1 if any reply was not 250 (the first one is printed). */
 static void mail_loop(int port, int stop_fd)
 {
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
-		_exit(100);
-	FILE *f = fdopen(fd, "r+");
-	setvbuf(f, NULL, _IONBF, 0);
+	FILE *f = client_connect(port);
 	char buf[1024];
 	int calls = 0;
 	if (line_reply(f, buf, sizeof buf) != 220)
@@ -197,36 +221,16 @@ START_TEST(test_broken_reload_answers_nothing)
 	struct harness_env *env = harness_env_new();
 	write_gen(env, "1");
 	harness_start(env);
-	int pipefd[2];
-	ck_assert_int_eq(pipe(pipefd), 0);
-	signal(SIGPIPE, SIG_IGN);
-	pid_t child = fork();
-	if (child == 0) {
-		close(pipefd[1]);
-		fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
-		mail_loop(env->port, pipefd[0]);
-	}
-	close(pipefd[0]);
+	int stop;
+	pid_t child = start_client(env, mail_loop, &stop);
 	usleep(200 * 1000);
-	char *broken = harness_path(env, "policy.lua");
-	FILE *f = fopen(broken, "a");
-	fputs("this is not Lua ((\n", f);
-	fclose(f);
-	free(broken);
+	break_policy(env);
 	for (int i = 0; i < 100; i++) {
 		char *out = NULL;
 		ck_assert_int_eq(kumoctl(env, "reload", &out), 1);
 		free(out);
 	}
-	/* (a client that stopped at an error has closed its end: no SIGPIPE
-	 * here, so the assertion below reports it) */
-	(void)!write(pipefd[1], "x", 1);
-	close(pipefd[1]);
-	int st;
-	ck_assert_int_eq(waitpid(child, &st, 0), child);
-	if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-		HFAIL("a call failed during a broken reload (%s)\n%s", harness_status_str(st),
-		      harness_output(env));
+	stop_client(env, child, stop, "a call failed during a broken reload");
 	harness_stop(env, NULL);
 	harness_env_free(env);
 }
