@@ -55,6 +55,19 @@ static struct pending **bucket(struct policy_client *pc, uint64_t id)
 	return &pc->buckets[id % PENDING_BUCKETS];
 }
 
+/* The call in flight with this id (a JSON number; NULL if none or not a
+ * number), left where it is. */
+static struct pending *pending_find(struct policy_client *pc, const cJSON *id)
+{
+	if (!cJSON_IsNumber(id))
+		return NULL;
+	uint64_t want = (uint64_t)id->valuedouble;
+	struct pending *p = *bucket(pc, want);
+	while (p && p->id != want)
+		p = p->next;
+	return p;
+}
+
 static struct pending *pending_take(struct policy_client *pc, uint64_t id)
 {
 	for (struct pending **pp = bucket(pc, id); *pp; pp = &(*pp)->next) {
@@ -162,12 +175,7 @@ static void answer_msg_file(struct policy_client *pc, const cJSON *doc)
 	cJSON *r = cJSON_CreateObject();
 	if (id)
 		cJSON_AddItemToObject(r, "id", cJSON_Duplicate(id, 1));
-	struct pending *p = NULL;
-	if (cJSON_IsNumber(req)) {
-		uint64_t want = (uint64_t)req->valuedouble;
-		for (p = *bucket(pc, want); p && p->id != want; p = p->next)
-			;
-	}
+	struct pending *p = pending_find(pc, req);
 	char err[300];
 	const char *path = NULL;
 	if (!p || p->reply || p->error)
@@ -212,13 +220,7 @@ static void pc_read(struct bufferevent *bev, void *arg)
 			if (!pc->hello_id)
 				send_hello(pc);
 		}
-		const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
-		struct pending *p = NULL;
-		if (cJSON_IsNumber(id)) {
-			uint64_t want = (uint64_t)id->valuedouble;
-			for (p = *bucket(pc, want); p && p->id != want; p = p->next)
-				;
-		}
+		struct pending *p = pending_find(pc, cJSON_GetObjectItemCaseSensitive(doc, "id"));
 		if (!p || p->reply || p->error) {
 			cJSON_Delete(doc); /* an answer for a call that was cancelled */
 			continue;
