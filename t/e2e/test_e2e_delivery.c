@@ -95,6 +95,19 @@ static pid_t sink_start(struct harness_env *env, int *port, const char *const ex
 	return pid;
 }
 
+/* A sink, and kumod started with a policy that relays every message to
+ * it (listener and egress path extras as for policy); the sink's pid. */
+static pid_t start_relaying_to_sink(struct harness_env *env, const char *listener, const char *path)
+{
+	int sport = 0;
+	pid_t sink = sink_start(env, &sport, NULL);
+	char *q = to_sink(sport, NULL);
+	policy(env, NULL, listener, q, path);
+	free(q);
+	harness_start(env);
+	return sink;
+}
+
 /* The sink's messages (sorted names), NULL-terminated. */
 static char **sink_files(struct harness_env *env)
 {
@@ -204,12 +217,7 @@ static void stop_clean(struct harness_env *env)
 START_TEST(test_single_delivery_headers_intact)
 {
 	struct harness_env *env = harness_env_new();
-	int sport = 0;
-	pid_t sink = sink_start(env, &sport, NULL);
-	char *q = to_sink(sport, NULL);
-	policy(env, NULL, NULL, q, NULL);
-	free(q);
-	harness_start(env);
+	pid_t sink = start_relaying_to_sink(env, NULL, NULL);
 	const char *rcpts[] = { "rcpt@dest.example", NULL };
 	char ids[1][33];
 	send_msg(env, rcpts, "Subject: relay me\r\nX-Custom: kept\r\n\r\nline one\r\n..leading dot\r\n", ids);
@@ -244,12 +252,7 @@ END_TEST
 START_TEST(test_multi_recipient_batch)
 {
 	struct harness_env *env = harness_env_new();
-	int sport = 0;
-	pid_t sink = sink_start(env, &sport, NULL);
-	char *q = to_sink(sport, NULL);
-	policy(env, NULL, "batch_handling = 'BatchByDomain'", q, NULL);
-	free(q);
-	harness_start(env);
+	pid_t sink = start_relaying_to_sink(env, "batch_handling = 'BatchByDomain'", NULL);
 	/* one message for the three: one id */
 	struct smtpc *c = smtpc_connect(env, env->port, NULL);
 	smtpc_expect_prefix(c, "220 ");
@@ -284,12 +287,7 @@ END_TEST
 START_TEST(test_bifurcated_recipients)
 {
 	struct harness_env *env = harness_env_new();
-	int sport = 0;
-	pid_t sink = sink_start(env, &sport, NULL);
-	char *q = to_sink(sport, NULL);
-	policy(env, NULL, NULL, q, NULL);
-	free(q);
-	harness_start(env);
+	pid_t sink = start_relaying_to_sink(env, NULL, NULL);
 	const char *rcpts[] = { "one@a.example", "two@b.example", NULL };
 	char ids[2][33];
 	send_msg(env, rcpts, "Subject: two\r\n\r\nsplit\r\n", ids);
@@ -517,12 +515,7 @@ END_TEST
 START_TEST(test_prohibited_loopback_by_default)
 {
 	struct harness_env *env = harness_env_new();
-	int sport = 0;
-	pid_t sink = sink_start(env, &sport, NULL);
-	char *q = to_sink(sport, NULL);
-	policy(env, NULL, NULL, q, "enable_tls = 'Disabled'");
-	free(q);
-	harness_start(env);
+	pid_t sink = start_relaying_to_sink(env, NULL, "enable_tls = 'Disabled'");
 	const char *rcpts[] = { "rcpt@dest.example", NULL };
 	char ids[1][33];
 	send_msg(env, rcpts, "Subject: loop\r\n\r\nloop\r\n", ids);
@@ -600,12 +593,7 @@ static int spooled_count(struct harness_env *env)
 START_TEST(test_deferred_spool_delivered_from_memory)
 {
 	struct harness_env *env = harness_env_new();
-	int sport = 0;
-	pid_t sink = sink_start(env, &sport, NULL);
-	char *q = to_sink(sport, NULL);
-	policy(env, NULL, "deferred_spool = true", q, NULL);
-	free(q);
-	harness_start(env);
+	pid_t sink = start_relaying_to_sink(env, "deferred_spool = true", NULL);
 	const char *rcpts[] = { "rcpt@dest.example", NULL };
 	char ids[1][33];
 	send_msg(env, rcpts, "Subject: fast\r\n\r\nfrom memory\r\n", ids);
@@ -734,12 +722,7 @@ static int records_for(struct harness_env *env, const char *type, const char *id
 START_TEST(test_late_notice_is_not_a_second_delivery)
 {
 	struct harness_env *env = harness_env_new();
-	int sport = 0;
-	pid_t sink = sink_start(env, &sport, NULL);
-	char *q = to_sink(sport, NULL);
-	policy(env, NULL, NULL, q, NULL);
-	free(q);
-	harness_start(env);
+	pid_t sink = start_relaying_to_sink(env, NULL, NULL);
 	pid_t pids[4];
 	ck_assert_int_eq(harness_children(env->pid, "kumo-qmgr", pids, 4), 1);
 	pid_t old = pids[0];
