@@ -464,7 +464,7 @@ static uint64_t listener_sessions(struct listener *l)
 	uint64_t total = 0;
 	for (int w = 0; w < smtpd->n_workers; w++)
 		total += __atomic_load_n(&smtpd->counters[(size_t)w * smtpd->n_listeners + (size_t)l->index],
-					 __ATOMIC_RELAXED);
+					 __ATOMIC_SEQ_CST);
 	return total;
 }
 
@@ -523,7 +523,12 @@ void session_close(struct session *s)
 void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
 {
 	(void)salen;
-	if (smtpd->draining || (l->base.max_connections && listener_sessions(l) >= l->base.max_connections)) {
+	/* Count this session first and then sum every worker's count, with sequentially
+	 * consistent operations: of two workers accepting the last free slot at once, at
+	 * least one sees the other and refuses, so the limit is never exceeded. */
+	__atomic_add_fetch(counter_slot(l), 1, __ATOMIC_SEQ_CST);
+	if (smtpd->draining || (l->base.max_connections && listener_sessions(l) > l->base.max_connections)) {
+		__atomic_sub_fetch(counter_slot(l), 1, __ATOMIC_RELAXED);
 		char line[400];
 		int n = smtpd->draining
 			? snprintf(line, sizeof line, "421 4.3.2 %s shutting down\r\n", l->base.hostname)
@@ -554,7 +559,6 @@ void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
 		s->next->prev = s;
 	smtpd->sessions = s;
 	smtpd->n_sessions++;
-	__atomic_add_fetch(counter_slot(l), 1, __ATOMIC_RELAXED);
 
 	s->bev = bufferevent_socket_new(smtpd->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	bufferevent_disable(s->bev, EV_WRITE); /* see queue_flush */
