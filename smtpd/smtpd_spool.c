@@ -77,6 +77,10 @@ static void *writer_main(void *arg)
 		char b = 1;
 		ssize_t r = write(w->pipe_fd[1], &b, 1);
 		(void)r; /* a full pipe already signals the loop */
+		/* room for the next commits, made once this one is answered */
+		pthread_mutex_unlock(&w->mu);
+		spool_prepare(w->spool);
+		pthread_mutex_lock(&w->mu);
 	}
 	pthread_mutex_unlock(&w->mu);
 	return NULL;
@@ -106,6 +110,7 @@ struct spool_writer *spool_writer_new(struct event_base *base, struct spool *spo
 {
 	struct spool_writer *w = xcalloc(1, sizeof *w);
 	w->spool = spool;
+	spool->prepare_later = true;
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_cond_init(&w->cv, NULL);
 	w->queue_tail = &w->queue;

@@ -648,6 +648,13 @@ static void prepare(struct spool_seg *g, uint64_t data_need, uint64_t meta_need)
 	g->meta_prep = mto;
 }
 
+void spool_prepare(struct spool *s)
+{
+	struct spool_seg *g = s->cur;
+	if (g && !s->commit_failed)
+		prepare(g, g->data_size + PREP_AHEAD, g->meta_size + PREP_AHEAD);
+}
+
 size_t spool_commit(struct spool *s, struct spool_item *items, size_t n)
 {
 	char why[160] = "";
@@ -708,15 +715,20 @@ size_t spool_commit(struct spool *s, struct spool_item *items, size_t n)
 		free(buf);
 		goto undo;
 	}
+	/* Start both files' writes to the disk now, so that they are under way
+	 * together; each fdatasync below then mostly waits for its flush.  This
+	 * is only a head start: the fdatasyncs are what make the batch durable.
+	 * The meta records may reach the disk before the bytes they point at;
+	 * a crash in between leaves an unanswered message whose bytes are zeros,
+	 * which the scan drops as torn (dead_commit). */
+	sync_file_range(g->data_fd, (off64_t)d0, (off64_t)(d - d0), SYNC_FILE_RANGE_WRITE);
 	if (write_all(g->meta_fd, buf, len, m0) != 0) {
 		snprintf(why, sizeof why, "write meta segment %s: %s", g->name, strerror(errno));
 		free(buf);
 		goto undo;
 	}
 	free(buf);
-	/* the bytes first, then the records that point at them.  (Flushing
-	 * the two at once on a second thread cost more CPU per message in
-	 * thread hand-offs than it saved in waiting.) */
+	sync_file_range(g->meta_fd, (off64_t)m0, (off64_t)len, SYNC_FILE_RANGE_WRITE);
 	int derr = fdatasync(g->data_fd) != 0 ? errno : 0;
 	int merr = derr ? 0 : (fdatasync(g->meta_fd) != 0 ? errno : 0);
 	if (derr || merr) {
@@ -726,8 +738,9 @@ size_t spool_commit(struct spool *s, struct spool_item *items, size_t n)
 	g->data_size = d;
 	g->meta_size = m0 + len;
 	g->msgs += n;
-	/* room for the next commits, made now that this one is answered */
-	prepare(g, d + PREP_AHEAD, g->meta_size + PREP_AHEAD);
+	s->commit_failed = false;
+	if (!s->prepare_later)
+		spool_prepare(s);
 	return 0;
 undo:
 	/* Nothing of this batch may count: cut both files back.  If that
@@ -738,6 +751,7 @@ undo:
 		seal_cur(s);
 	}
 fail:
+	s->commit_failed = true;
 	for (size_t i = 0; i < n; i++) {
 		items[i].result = -1;
 		snprintf(items[i].err, sizeof items[i].err, "%s", why);
@@ -1370,6 +1384,40 @@ static void quarantine_msg(struct spool *s, struct entry *x, const char *why, st
 		sc->warn(sc->arg, x->id, why);
 }
 
+/* A message of a commit that a crash cut short: its meta record reached the
+ * disk but its bytes did not (spool_commit starts both files' writes
+ * together), so they end past the end of the file or in the zeros the
+ * writer prepared.  The disk writes whole 4 KiB pages, so bytes never
+ * written are zeros from a page boundary (or from the message's start) to
+ * its end; damage does not look like that, and a message ends with CRLF.
+ * A file that ends inside the message is damage too: the size on disk is
+ * either from before the commit or from after it.
+ * Such a commit was never acknowledged: the message is dropped, not
+ * quarantined. */
+static bool dead_commit(struct spool *s, const struct spool_loc *loc)
+{
+	char err[8];
+	int fd = seg_fd(s, loc->seg, true, err, sizeof err);
+	if (fd < 0 || loc->data_len == 0)
+		return false;
+	uint64_t end = loc->data_off + loc->data_len, from = (end - 1) & ~(uint64_t)4095;
+	if (from < loc->data_off)
+		from = loc->data_off;
+	struct stat st;
+	if (fstat(fd, &st) != 0)
+		return false;
+	if ((uint64_t)st.st_size <= loc->data_off)
+		return true; /* the file's size on disk is from before the commit */
+	unsigned char tail[4096];
+	ssize_t r = pread(fd, tail, (size_t)(end - from), (off_t)from);
+	if (r != (ssize_t)(end - from))
+		return false; /* some of it, then the end: damage */
+	for (ssize_t i = 0; i < r; i++)
+		if (tail[i])
+			return false;
+	return true;
+}
+
 int spool_scan(struct spool *s,
 	       void (*found)(void *arg, const char *id),
 	       void (*warn)(void *arg, const char *id, const char *why),
@@ -1397,8 +1445,16 @@ int spool_scan(struct spool *s,
 			continue;
 		char *buf = NULL;
 		size_t blen;
-		if (spool_read_meta(s, &x->loc, &buf, &blen, rerr, sizeof rerr) != 0 ||
-		    (free(buf), buf = NULL, spool_read_data(s, &x->loc, &buf, &blen, rerr, sizeof rerr)) != 0) {
+		bool meta_ok = spool_read_meta(s, &x->loc, &buf, &blen, rerr, sizeof rerr) == 0;
+		if (!meta_ok || (free(buf), buf = NULL, spool_read_data(s, &x->loc, &buf, &blen, rerr, sizeof rerr)) != 0) {
+			if (meta_ok && dead_commit(s, &x->loc)) {
+				if (jrn_append(s, &x->loc, REC_DONE, x->id, NULL, 0, NULL, true, rerr,
+					       sizeof rerr) == 0)
+					x->loc.seg->ndone++;
+				x->done = true;
+				st->swept++;
+				continue;
+			}
 			snprintf(why, sizeof why, "%s", rerr);
 			quarantine_msg(s, x, why, &sc);
 			continue;

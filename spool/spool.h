@@ -46,6 +46,8 @@ struct spool {
 	struct spool_seg *segs;  /* every segment known here */
 	struct spool_seg *cur;   /* the one this process appends to, or NULL */
 	uint64_t last_name_us;   /* keeps this writer's segment names increasing */
+	bool prepare_later;      /* the caller runs spool_prepare after answering */
+	bool commit_failed;      /* the last commit failed: spool_prepare does nothing */
 };
 
 /* Where a stored message is: returned by spool_commit and spool_list. */
@@ -92,6 +94,11 @@ struct spool_item {
  * this process's segment if it is older than SPOOL_SEG_MAX_AGE (writers
  * call it when idle). */
 size_t spool_commit(struct spool *s, struct spool_item *items, size_t n);
+/* Readies the segment for the next commits (zeros written and flushed past
+ * its ends).  spool_commit does it itself unless prepare_later is set, for
+ * a writer that answers a commit's messages first and prepares after.
+ * Nothing after a failed commit (the disk may be full). */
+void spool_prepare(struct spool *s);
 
 /* The segment called name (as announced by its writer), known from now on;
  * NULL if name is not a segment name.  A newer segment of the same writer

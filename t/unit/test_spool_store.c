@@ -1595,6 +1595,109 @@ START_TEST(scan_drops_a_torn_tail)
 }
 END_TEST
 
+static void zero_range(const char *path, off_t off, size_t len)
+{
+	int fd = open(path, O_WRONLY);
+	ck_assert_int_ge(fd, 0);
+	char *z = calloc(1, len);
+	ck_assert_ptr_nonnull(z);
+	ck_assert_int_eq(pwrite(fd, z, len, off), (ssize_t)len);
+	free(z);
+	close(fd);
+}
+
+/* What a crash between a commit's meta records and its bytes reaching the
+ * disk can leave (spool_commit starts both files' writes together), and
+ * what damage looks like instead. */
+struct dead_row {
+	const char *what;
+	int kind;      /* 0: the last message's bytes zeros; 1: the data file cut at the
+			* second commit's start; 2: zeros from the middle of the last
+			* message's bytes (not at a page boundary); 3: its last byte zero
+			* after the 4 KiB page boundary in it; 4: cut inside the last one */
+	int dropped;   /* messages dropped silently as a dead commit */
+	int damaged;   /* quarantined with a warning */
+};
+
+static const struct dead_row dead_rows[] = {
+	{ "the last message's bytes are zeros", 0, 1, 0 },
+	{ "the data file ends where the second commit starts", 1, 2, 0 },
+	{ "zeros from inside the bytes' only page", 2, 0, 1 },
+	{ "zeros from the page boundary inside the bytes", 3, 1, 0 },
+	{ "the data file ends inside the last message", 4, 0, 1 },
+};
+
+START_TEST(scan_drops_a_dead_commit)
+{
+	const struct dead_row *row = &dead_rows[_i];
+	enum { N = 5 };
+	struct spool w;
+	open_spool(&w);
+	struct msg m[N];
+	struct spool_item it[N];
+	msgs_make(m, N, "dead");
+	if (row->kind == 3) {
+		/* the last message's bytes cross a 4 KiB boundary of the file */
+		free(m[N - 1].body);
+		m[N - 1].body_len = 9000;
+		m[N - 1].body = malloc(m[N - 1].body_len);
+		ck_assert_ptr_nonnull(m[N - 1].body);
+		memset(m[N - 1].body, 'x', m[N - 1].body_len - 2);
+		memcpy(m[N - 1].body + m[N - 1].body_len - 2, "\r\n", 2);
+		m[N - 1].iov[2] = (struct iovec){ m[N - 1].body, m[N - 1].body_len };
+	}
+	commit_msgs(&w, m, it, 3);
+	commit_msgs(&w, &m[3], &it[3], 2);
+	char name[SPOOL_SEG_NAME_LEN + 1];
+	memcpy(name, it[0].seg_name, sizeof name);
+	spool_close(&w);
+	char dp[256];
+	seg_path(dp, sizeof dp, "data", name, "");
+	const struct spool_loc *last = &it[N - 1].loc;
+	uint64_t end = last->data_off + last->data_len;
+	switch (row->kind) {
+	case 0:
+		zero_range(dp, (off_t)last->data_off, (size_t)last->data_len);
+		break;
+	case 1:
+		ck_assert_int_eq(truncate(dp, (off_t)it[3].loc.data_off), 0);
+		break;
+	case 2:
+		/* (the bytes must lie in one page for this to be damage) */
+		ck_assert_uint_le((end - 1) & ~(uint64_t)4095, last->data_off);
+		zero_range(dp, (off_t)(last->data_off + last->data_len / 2), (size_t)(last->data_len - last->data_len / 2));
+		break;
+	case 3: {
+		uint64_t page = (end - 1) & ~(uint64_t)4095;
+		ck_assert_uint_gt(page, last->data_off);
+		zero_range(dp, (off_t)page, (size_t)(end - page));
+		break;
+	}
+	case 4:
+		ck_assert_int_eq(truncate(dp, (off_t)(last->data_off + 7)), 0);
+		break;
+	}
+
+	struct scan_log lg;
+	struct spool_scan_stats st;
+	scan(&lg, &st);
+	int lost = row->dropped + row->damaged;
+	ck_assert_msg(st.found == (size_t)(N - lost), "%s: found %zu", row->what, st.found);
+	ck_assert_uint_eq(st.quarantined, (size_t)row->damaged);
+	ck_assert_uint_eq(st.swept, (size_t)row->dropped);
+	ck_assert_uint_eq(lg.nwarn, (size_t)row->damaged);
+	for (int i = 0; i < N; i++)
+		ck_assert_msg(in_log(lg.found, lg.nfound, m[i].id) == (i < N - lost), "%s: message %d", row->what, i);
+	ck_assert_int_eq(dir_count("data/quarantine"), row->damaged);
+	ck_assert_int_eq(dir_count("meta/quarantine"), row->damaged);
+	/* marked done: a second scan finds the rest and nothing else */
+	scan(&lg, &st);
+	ck_assert_uint_eq(st.found, (size_t)(N - lost));
+	ck_assert_uint_eq(st.swept + st.quarantined + lg.nwarn, 0);
+	msgs_free(m, N);
+}
+END_TEST
+
 /* A damaged header on the last message record: the rest of the file is
  * copied to quarantine/<seg>.<offset> with a warning naming the segment,
  * the file is cut there and sealed again, the messages before it found. */
@@ -1928,6 +2031,7 @@ int main(void)
 	tcase_add_test(tc, scan_seals_a_dead_writers_segment);
 	tcase_add_test(tc, scan_quarantines_damage_and_sweeps);
 	tcase_add_loop_test(tc, scan_drops_a_torn_tail, 0, (int)(sizeof tail_rows / sizeof tail_rows[0]));
+	tcase_add_loop_test(tc, scan_drops_a_dead_commit, 0, (int)(sizeof dead_rows / sizeof dead_rows[0]));
 	tcase_add_test(tc, scan_damaged_last_header);
 	tcase_add_test(tc, scan_damaged_header_keeps_later_messages);
 	tcase_add_test(tc, duplicate_id_newest_wins);
