@@ -55,6 +55,7 @@ struct qmsg {
 	size_t mem_len;
 	char *mem_meta;          /* owned: its meta JSON text */
 	bool spooled;
+	size_t spool_wait;       /* 1 + its index in the queue of spool_mem_later, or 0 */
 	bool listed;             /* loaded from a spool listing, not a notice */
 	struct spool_loc loc;    /* where it is, when spooled */
 	struct qmsg *hnext;      /* id hash chain */
@@ -216,6 +217,9 @@ size_t inject_busy(void);
 void inject_start(struct qmsg *m);     /* m is M_FLIGHT, counted in n_flight */
 size_t qmgr_spool_memory(void);      /* writes every in-memory message; count written */
 int spool_mem_write(struct qmsg *m); /* writes one; 0 or -1 (logged) */
+/* Queues m to be written with the others queued in the same loop pass, in
+ * one commit at its end (a deferred_spool message after its first failure). */
+void spool_mem_later(struct qmsg *m);
 
 /* qmgr_policy.c: kumo-policyd client */
 struct qpolicy;

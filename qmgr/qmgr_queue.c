@@ -51,6 +51,7 @@ static void rqueue_kick(struct rqueue *rq);
 static void conn_next(struct conn *c);
 static void timer_arm(void);
 static void compact_soon(void);
+static void mem_wait_drop(struct qmsg *m);
 
 /* ---- small containers ---------------------------------------------------- */
 
@@ -283,6 +284,7 @@ void qmgr_done(struct qmsg *m)
 		if (spool_done(&Q->spool, &m->loc, m->id, err, sizeof err) != 0)
 			log_warn("message %s: %s", m->id, err);
 	}
+	mem_wait_drop(m);
 	m->sq->count--;
 	id_remove(m);
 	msg_free(m);
@@ -504,36 +506,137 @@ void qmgr_record(const char *type, struct qmsg *m, char **rcpts, size_t n, struc
 
 /* ---- spool writes of the queue manager --------------------------------- */
 
+/* deferred_spool messages waiting for spool_mem_later's commit */
+static struct qmsg **mem_wait;
+static size_t mem_wait_n, mem_wait_cap;
+static struct event *mem_wait_ev;
+
+static void mem_wait_drop(struct qmsg *m)
+{
+	if (m->spool_wait) {
+		mem_wait[m->spool_wait - 1] = NULL;
+		m->spool_wait = 0;
+	}
+}
+
+/* One commit for at most this many messages or bytes. */
+#define MEM_BATCH_MSGS 1000
+#define MEM_BATCH_BYTES (32u * 1024u * 1024u)
+
+/* Writes deferred_spool messages (held in memory) to the spool, in as few
+ * commits as the batch limits allow; how many were written.  A message
+ * already spooled is skipped; one that cannot be written stays in memory
+ * (logged). */
+static size_t mem_write_many(struct qmsg **v, size_t n)
+{
+	size_t written = 0, i = 0;
+	while (i < n) {
+		struct spool_item *items = xcalloc(n - i < MEM_BATCH_MSGS ? n - i : MEM_BATCH_MSGS, sizeof *items);
+		struct iovec *iov = xcalloc(n - i < MEM_BATCH_MSGS ? n - i : MEM_BATCH_MSGS, sizeof *iov);
+		struct qmsg **batch = xcalloc(n - i < MEM_BATCH_MSGS ? n - i : MEM_BATCH_MSGS, sizeof *batch);
+		size_t k = 0, bytes = 0;
+		for (; i < n && k < MEM_BATCH_MSGS && (k == 0 || bytes < MEM_BATCH_BYTES); i++) {
+			struct qmsg *m = v[i];
+			if (!m || m->spooled)
+				continue;
+			mem_wait_drop(m);
+			iov[k] = (struct iovec){ m->mem, m->mem_len };
+			items[k] = (struct spool_item){ .data = &iov[k], .data_cnt = 1, .meta = m->mem_meta,
+							.meta_len = strlen(m->mem_meta) };
+			memcpy(items[k].id, m->id, sizeof items[k].id);
+			bytes += m->mem_len;
+			batch[k++] = m;
+		}
+		if (k > 0)
+			spool_commit(&Q->spool, items, k);
+		for (size_t j = 0; j < k; j++) {
+			struct qmsg *m = batch[j];
+			if (items[j].result != 0) {
+				log_warn("message %s: cannot write it to the spool: %s", m->id, items[j].err);
+				continue;
+			}
+			m->spooled = true;
+			m->loc = items[j].loc;
+			spool_hold(&Q->spool, &m->loc);
+			free(m->mem);
+			free(m->mem_meta);
+			m->mem = m->mem_meta = NULL;
+			written++;
+		}
+		free(items);
+		free(iov);
+		free(batch);
+	}
+	return written;
+}
+
 /* Writes a deferred_spool message (held in memory) to the spool. */
 int spool_mem_write(struct qmsg *m)
 {
 	if (m->spooled)
 		return 0;
-	struct iovec iov = { m->mem, m->mem_len };
-	struct spool_item it = { .data = &iov, .data_cnt = 1, .meta = m->mem_meta,
-				 .meta_len = strlen(m->mem_meta) };
-	memcpy(it.id, m->id, sizeof it.id);
-	if (spool_commit(&Q->spool, &it, 1) != 0) {
-		log_warn("message %s: cannot write it to the spool: %s", m->id, it.err);
-		return -1;
+	return mem_write_many(&m, 1) == 1 ? 0 : -1;
+}
+
+static void mem_wait_flush(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	struct qmsg **v = mem_wait;
+	size_t n = mem_wait_n;
+	mem_wait = NULL;
+	mem_wait_n = mem_wait_cap = 0;
+	for (size_t i = 0; i < n; i++)
+		if (v[i])
+			v[i]->spool_wait = 0; /* no longer in mem_wait */
+	mem_write_many(v, n);
+	bool waiting = false;
+	for (size_t i = 0; i < n; i++) {
+		if (!v[i])
+			continue;
+		if (!v[i]->spooled)
+			log_warn("message %s: kept in memory only", v[i]->id);
+		else if (v[i]->state == M_WAIT)
+			waiting = true;
 	}
-	m->spooled = true;
-	m->loc = it.loc;
-	spool_hold(&Q->spool, &m->loc);
-	free(m->mem);
-	free(m->mem_meta);
-	m->mem = m->mem_meta = NULL;
-	return 0;
+	free(v);
+	if (waiting)
+		compact_soon();
+}
+
+void spool_mem_later(struct qmsg *m)
+{
+	if (m->spooled || m->spool_wait)
+		return;
+	if (mem_wait_n == mem_wait_cap) {
+		mem_wait_cap = mem_wait_cap ? mem_wait_cap * 2 : 64;
+		mem_wait = xrealloc(mem_wait, mem_wait_cap * sizeof *mem_wait);
+	}
+	mem_wait[mem_wait_n++] = m;
+	m->spool_wait = mem_wait_n;
+	if (!mem_wait_ev)
+		mem_wait_ev = event_new(Q->base, -1, 0, mem_wait_flush, NULL);
+	if (!event_pending(mem_wait_ev, EV_TIMEOUT, NULL))
+		event_active(mem_wait_ev, EV_TIMEOUT, 1);
 }
 
 size_t qmgr_spool_memory(void)
 {
-	size_t n = 0;
+	size_t n = 0, cap = 0;
+	struct qmsg **v = NULL;
 	for (size_t i = 0; i < Q->hash_size; i++)
 		for (struct qmsg *m = Q->hash[i]; m; m = m->hnext)
-			if (!m->spooled && spool_mem_write(m) == 0)
-				n++;
-	return n;
+			if (!m->spooled) {
+				if (n == cap) {
+					cap = cap ? cap * 2 : 256;
+					v = xrealloc(v, cap * sizeof *v);
+				}
+				v[n++] = m;
+			}
+	size_t written = mem_write_many(v, n);
+	free(v);
+	return written;
 }
 
 /* After some recipients were delivered or bounced: the spooled meta keeps
@@ -729,8 +832,8 @@ void qmgr_retry(struct qmsg *m, struct conn *c, int code, const char *text, cons
 		qmgr_done(m);
 		return;
 	}
-	if (!m->spooled && spool_mem_write(m) != 0)
-		log_warn("message %s: kept in memory only", m->id);
+	if (!m->spooled)
+		spool_mem_later(m); /* with the others failing in this loop pass */
 	m->due = now + delay;
 	m->state = M_WAIT;
 	heap_push(m);
@@ -1459,6 +1562,12 @@ void qmgr_queue_free(void)
 	if (compact_ev)
 		event_free(compact_ev);
 	compact_ev = NULL;
+	if (mem_wait_ev)
+		event_free(mem_wait_ev);
+	mem_wait_ev = NULL;
+	free(mem_wait);
+	mem_wait = NULL;
+	mem_wait_n = mem_wait_cap = 0;
 	for (struct rqueue *rq = Q->rqueues; rq;) {
 		struct rqueue *next = rq->next;
 		while (rq->conns)

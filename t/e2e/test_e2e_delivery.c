@@ -666,6 +666,68 @@ START_TEST(test_deferred_spool_written_at_shutdown)
 }
 END_TEST
 
+/* Many deferred_spool messages failing their first try at about the same
+ * time (the next hop refuses connections) are written to the spool
+ * together, at the end of kumo-qmgr's loop pass: every one of them must be
+ * there, durable (kill -9), and delivered exactly once after a restart. */
+START_TEST(test_deferred_spool_failures_written_together)
+{
+	enum { SESSIONS = 4, PER = 15, N = SESSIONS * PER };
+	struct harness_env *env = harness_env_new();
+	int sport = harness_free_port();
+	char *q = to_sink(sport, "retry_interval = '1 hours'");
+	policy(env, NULL, "deferred_spool = true", q, NULL);
+	free(q);
+	harness_start(env);
+	pid_t qmgr[2], now[2];
+	ck_assert_int_eq(harness_children(env->pid, "kumo-qmgr", qmgr, 2), 1);
+	struct smtpc *c[SESSIONS];
+	for (int k = 0; k < SESSIONS; k++) {
+		c[k] = smtpc_connect(env, env->port, NULL);
+		smtpc_expect_prefix(c[k], "220 ");
+		smtpc_cmd(c[k], "EHLO client.example");
+		free(smtpc_expect_code(c[k], 250));
+	}
+	const char *rcpts[] = { "rcpt@dest.example", NULL };
+	char ids[N][33];
+	for (int i = 0; i < N; i++) {
+		char body[100];
+		snprintf(body, sizeof body, "Subject: together %d\r\n\r\ntogether-marker-%d\r\n", i, i);
+		smtpc_transaction(c[i % SESSIONS], "sender@example.com", rcpts, body, &ids[i]);
+	}
+	for (int k = 0; k < SESSIONS; k++)
+		smtpc_close(c[k]);
+	for (int i = 0; i < N; i++)
+		cJSON_Delete(wait_record(env, "TransientFailure", ids[i]));
+	int stored = 0;
+	for (int t = 0; t < 100 && stored < N; t++) {
+		stored = 0;
+		for (int i = 0; i < N; i++)
+			stored += in_spool(env, ids[i]);
+		if (stored < N)
+			usleep(100000);
+	}
+	ck_assert_msg(stored == N, "%d of %d failed deferred_spool messages are in the spool", stored, N);
+	/* written by kumo-qmgr, not by the workers' fallback after it died */
+	ck_assert_msg(harness_children(env->pid, "kumo-qmgr", now, 2) == 1 && now[0] == qmgr[0],
+		      "kumo-qmgr was replaced during the test\n%s", harness_context(env));
+	harness_kill9(env);
+	pid_t sink = sink_start(env, &sport, NULL);
+	harness_start(env);
+	for (int i = 0; i < N; i++)
+		cJSON_Delete(wait_record(env, "Delivery", ids[i]));
+	ck_assert_int_eq(sink_wait(env, N, 10), N);
+	usleep(300000);
+	char **got = sink_files(env);
+	size_t have = harness_strv_len(got);
+	harness_strv_free(got);
+	ck_assert_uint_eq(have, N); /* none twice */
+	stop_clean(env);
+	harness_tool_stop(sink);
+	harness_env_free(env);
+}
+END_TEST
+
 /* ---- faults --------------------------------------------------------------------- */
 
 START_TEST(test_qmgr_kill9_is_replaced_and_loses_nothing)
@@ -882,6 +944,7 @@ int main(void)
 	tcase_add_test(tc, test_deferred_spool_delivered_from_memory);
 	tcase_add_test(tc, test_deferred_spool_written_at_first_transient_failure);
 	tcase_add_test(tc, test_deferred_spool_written_at_shutdown);
+	tcase_add_test(tc, test_deferred_spool_failures_written_together);
 	tcase_add_test(tc, test_qmgr_kill9_is_replaced_and_loses_nothing);
 	tcase_add_test(tc, test_late_notice_is_not_a_second_delivery);
 	tcase_add_test(tc, test_policyd_down_is_a_transient_failure);
