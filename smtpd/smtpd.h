@@ -239,6 +239,8 @@ struct session {
 	struct evbuffer_cb_entry *under_cb; /* waiting for the socket buffer to drain */
 	struct session *flush_next;    /* on smtpd->flushq while flush_queued */
 	bool flush_queued;             /* replies to write at the end of this loop pass */
+	bool flush_held;               /* replies kept back while a hook for the next pipelined
+					* command runs (session_flush_all) */
 	bool write_blocked;            /* commands wait: replies past REPLY_BACKLOG_MAX */
 	struct event *close_ev;        /* owned: runs close_check from the loop */
 	/* current command, for rewrite_response and Rejection records */

@@ -128,6 +128,7 @@ static void finish_close(struct bufferevent *bev, void *arg)
  * output drains (on_write).  TLS sessions write through their filter. */
 static void queue_flush(struct session *s)
 {
+	s->flush_held = false;
 	if (s->tls || s->flush_queued)
 		return;
 	s->flush_queued = true;
@@ -157,6 +158,15 @@ static void unblock(struct session *s)
 	session_resume(s);
 }
 
+/* Whether a whole command line waits in the session's input. */
+static bool pipelined_line(struct session *s)
+{
+	size_t eol_len = 0;
+	struct evbuffer_ptr eol = evbuffer_search_eol(bufferevent_get_input(s->bev), NULL, &eol_len,
+						      EVBUFFER_EOL_CRLF);
+	return eol.pos >= 0;
+}
+
 void session_flush_all(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -171,6 +181,15 @@ void session_flush_all(evutil_socket_t fd, short what, void *arg)
 		struct evbuffer *out = bufferevent_get_output(s->bev);
 		if (evbuffer_get_length(out) == 0)
 			continue;
+		if (s->policy_req && s->state == SS_WAIT && pipelined_line(s)) {
+			/* A hook runs for a command the client sent behind the
+			 * ones answered so far: it is not waiting for these
+			 * replies to go on, so they leave with the next ones as
+			 * one write (RFC 2920 3.2), once the hook is answered
+			 * (queue_flush, session_resume). */
+			s->flush_held = true;
+			continue;
+		}
 		/* errors and short writes: the bufferevent retries the write
 		 * and reports a failure to on_event.  It keeps its output
 		 * frozen at the start except while it writes; so does this. */
@@ -332,6 +351,8 @@ static void reply_shutting_down(struct session *s)
 
 void session_resume(struct session *s)
 {
+	if (s->flush_held)
+		queue_flush(s);
 	if (s->state == SS_WAIT)
 		s->state = SS_CMD;
 	if (s->pumping || s->state == SS_DEAD)

@@ -13,6 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -561,6 +565,61 @@ START_TEST(test_pipelined_group_with_hooks)
 }
 END_TEST
 
+/* Reads from fd until the bytes read so far contain want (or 5 s pass);
+ * returns what was read, NUL-terminated. */
+static char *raw_read_until(int fd, const char *want, char *buf, size_t cap)
+{
+	size_t have = 0;
+	buf[0] = '\0';
+	for (int i = 0; i < 50 && !strstr(buf, want) && have + 1 < cap; i++) {
+		struct pollfd pf = { fd, POLLIN, 0 };
+		if (poll(&pf, 1, 100) <= 0)
+			continue;
+		ssize_t r = recv(fd, buf + have, cap - 1 - have, 0);
+		if (r <= 0)
+			break;
+		have += (size_t)r;
+		buf[have] = '\0';
+	}
+	return buf;
+}
+
+/* RFC 2920 3.2: the replies to a pipelined group leave as a unit.  While a
+ * slow rcpt_to hook runs for a RCPT the client sent behind its MAIL, the
+ * MAIL reply is held and leaves with the RCPT and DATA replies in one
+ * write, so the client's first read after sending the group has all three. */
+START_TEST(test_pipelined_replies_leave_together)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('smtp_server_mail_from', function(sender, conn_meta) end)\n"
+		"kumo.on('smtp_server_rcpt_to', function(recipient, conn_meta)\n"
+		"  local t = os.clock() while os.clock() - t < 0.3 do end\n"
+		"end)\n", NULL);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	ck_assert_int_ge(fd, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)env->port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	char buf[4096];
+	ck_assert_ptr_nonnull(strstr(raw_read_until(fd, "\r\n", buf, sizeof buf), BANNER));
+	const char *ehlo = "EHLO client.example\r\n";
+	ck_assert_int_eq(send(fd, ehlo, strlen(ehlo), 0), (ssize_t)strlen(ehlo));
+	ck_assert_ptr_nonnull(strstr(raw_read_until(fd, "\r\n250 ", buf, sizeof buf), "PIPELINING"));
+	raw_read_until(fd, "STARTTLS\r\n", buf, sizeof buf); /* the rest of the EHLO reply */
+	const char *group = "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n";
+	ck_assert_int_eq(send(fd, group, strlen(group), 0), (ssize_t)strlen(group));
+	struct pollfd pf = { fd, POLLIN, 0 };
+	ck_assert_int_eq(poll(&pf, 1, 5000), 1);
+	ssize_t r = recv(fd, buf, sizeof buf - 1, 0);
+	ck_assert_int_gt(r, 0);
+	buf[r] = '\0';
+	ck_assert_msg(strstr(buf, "250 OK <a@example.com>\r\n250 OK <b@example.net>\r\n354 ") == buf,
+		      "the first read after the group had:\n%s", buf);
+	close(fd);
+	finish(env, NULL);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("e2e_policy");
@@ -580,6 +639,7 @@ int main(void)
 	tcase_add_test(tc, test_seed002_verbatim);
 	tcase_add_test(tc, test_lua_workers_run_in_parallel);
 	tcase_add_test(tc, test_pipelined_group_with_hooks);
+	tcase_add_test(tc, test_pipelined_replies_leave_together);
 	tcase_add_loop_test(tc, test_seed_examples_verbatim, 0, (int)(sizeof seed_rows / sizeof seed_rows[0]));
 	tcase_add_test(tc, test_seed002_toml_and_memoize);
 	suite_add_tcase(s, tc);
