@@ -1,7 +1,8 @@
 /* qmgr_ctl: the queue manager's socket (FD_QMGR_LISTEN, lib/ipc.h), for
  * the smtpd workers and kumod.  lib/frame.h frames:
- *   {"op":"new","msgs":[{"id","seg","loc":[data offset, length, crc,
- *        meta offset, length, crc, stamp]},...]}   smtpd: spooled, no reply
+ *   {"op":"new","msgs":[{"id","seg","loc":"<data offset> <length> <crc>
+ *        <meta offset> <length> <crc> <stamp>"},...]}   smtpd: spooled, no
+ *        reply; loc holds seven decimal numbers, one space apart
  *   {"id":N,"op":"inject","msgs":[{"id","meta","size"},...]} and then,
  *        right after the frame, the messages' bytes back to back (size
  *        bytes each, not JSON: no encoding either way)
@@ -127,15 +128,26 @@ static const char *notice_loc(const cJSON *m, struct spool_loc *loc)
 	const cJSON *seg = cJSON_GetObjectItemCaseSensitive(m, "seg");
 	const cJSON *l = cJSON_GetObjectItemCaseSensitive(m, "loc");
 	if (!cJSON_IsString(id) || !spool_id_valid(id->valuestring) || !cJSON_IsString(seg) ||
-	    cJSON_GetArraySize(l) != 7)
+	    !cJSON_IsString(l))
 		return NULL;
-	double v[7];
+	/* seven decimal numbers, one space between them, nothing else */
+	uint64_t v[7];
+	const char *p = l->valuestring;
 	for (int i = 0; i < 7; i++) {
-		const cJSON *n = cJSON_GetArrayItem(l, i);
-		if (!cJSON_IsNumber(n) || n->valuedouble < 0 || n->valuedouble > 9007199254740992.0)
+		if (i && *p++ != ' ')
 			return NULL;
-		v[i] = n->valuedouble;
+		if (*p < '0' || *p > '9')
+			return NULL;
+		char *end;
+		errno = 0;
+		unsigned long long u = strtoull(p, &end, 10);
+		if (errno || end - p > 19)
+			return NULL;
+		v[i] = (uint64_t)u;
+		p = end;
 	}
+	if (*p)
+		return NULL;
 	memset(loc, 0, sizeof *loc);
 	loc->seg = spool_seg_get(&Q->spool, seg->valuestring);
 	if (!loc->seg || v[2] > UINT32_MAX || v[4] > UINT32_MAX || v[5] > UINT32_MAX)

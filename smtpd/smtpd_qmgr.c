@@ -179,15 +179,22 @@ void qmgr_notify(struct qmgr_client *qc, const struct spool_item *const *items, 
 		jbuf_add(&b, it->id, SPOOL_ID_LEN);
 		jbuf_add(&b, "\",\"seg\":\"", 9);
 		jbuf_add(&b, it->seg_name, SPOOL_SEG_NAME_LEN);
-		jbuf_add(&b, "\",\"loc\":[", 9);
+		jbuf_add(&b, "\",\"loc\":\"", 9);
 		uint64_t v[] = { l->data_off, l->data_len, l->data_crc, l->meta_off, l->meta_len, l->meta_crc,
 				 l->stamp };
+		/* one string of seven decimal numbers: the queue manager reads
+		 * it with strtoull, not as seven JSON numbers (strtod) */
 		for (size_t k = 0; k < 7; k++) {
+			char d[24], *e = d + sizeof d, *p = e;
+			uint64_t u = v[k];
+			do
+				*--p = (char)('0' + u % 10);
+			while (u /= 10);
 			if (k)
-				jbuf_add(&b, ",", 1);
-			jbuf_num(&b, (double)v[k]); /* all below 2^53: exact */
+				*--p = ' ';
+			jbuf_add(&b, p, (size_t)(e - p));
 		}
-		jbuf_add(&b, "]}", 2);
+		jbuf_add(&b, "\"}", 2);
 	}
 	jbuf_add(&b, "]}", 2);
 	if (qc->connected) {
