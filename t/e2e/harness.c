@@ -913,6 +913,15 @@ int harness_children(pid_t pid, const char *name, pid_t *pids, int max)
     return a.count;
 }
 
+int harness_wait_children(pid_t pid, const char *name, int want, pid_t *pids, int max, int timeout_s)
+{
+    double end = harness_now_s() + timeout_s;
+    int have;
+    while ((have = harness_children(pid, name, pids, max)) != want && harness_now_s() < end)
+        harness_pause_ms(50);
+    return have;
+}
+
 void harness_children_desc(pid_t pid, char *desc, size_t desc_len)
 {
     struct pgrp_arg a = { .want = pid, .desc = desc, .desc_len = desc_len };

@@ -176,6 +176,11 @@ int harness_regex_match(const char *text, const char *regex, int icase);
 int harness_pgrp_live(pid_t pgid, char *desc, size_t desc_len);
 /* Children of pid whose comm equals name; fills pids (up to max). */
 int harness_children(pid_t pid, const char *name, pid_t *pids, int max);
+/* harness_children once there are want of them, or after timeout_s: kumod
+ * opens its listeners before its helpers have exec'd (until then they are
+ * named kumod), so a test that looks for them right after harness_start
+ * must wait.  Returns how many there are. */
+int harness_wait_children(pid_t pid, const char *name, int want, pid_t *pids, int max, int timeout_s);
 /* Describes every child of pid ("123 kumo-smtpd, ..."). */
 void harness_children_desc(pid_t pid, char *desc, size_t desc_len);
 

@@ -680,7 +680,7 @@ START_TEST(test_deferred_spool_failures_written_together)
 	free(q);
 	harness_start(env);
 	pid_t qmgr[2], now[2];
-	ck_assert_int_eq(harness_children(env->pid, "kumo-qmgr", qmgr, 2), 1);
+	ck_assert_int_eq(harness_wait_children(env->pid, "kumo-qmgr", 1, qmgr, 2, 10), 1);
 	struct smtpc *c[SESSIONS];
 	for (int k = 0; k < SESSIONS; k++) {
 		c[k] = smtpc_connect(env, env->port, NULL);
@@ -744,7 +744,7 @@ START_TEST(test_qmgr_kill9_is_replaced_and_loses_nothing)
 	for (int i = 0; i < 3; i++)
 		cJSON_Delete(wait_record(env, "TransientFailure", ids[i]));
 	pid_t pids[4];
-	ck_assert_int_eq(harness_children(env->pid, "kumo-qmgr", pids, 4), 1);
+	ck_assert_int_eq(harness_wait_children(env->pid, "kumo-qmgr", 1, pids, 4, 10), 1);
 	pid_t old = pids[0];
 	kill(old, SIGKILL);
 	pid_t sink = sink_start(env, &sport, NULL);
@@ -786,7 +786,7 @@ START_TEST(test_late_notice_is_not_a_second_delivery)
 	struct harness_env *env = harness_env_new();
 	pid_t sink = start_relaying_to_sink(env, NULL, NULL);
 	pid_t pids[4];
-	ck_assert_int_eq(harness_children(env->pid, "kumo-qmgr", pids, 4), 1);
+	ck_assert_int_eq(harness_wait_children(env->pid, "kumo-qmgr", 1, pids, 4, 10), 1);
 	pid_t old = pids[0];
 	kill(old, SIGKILL);
 	const char *rcpts[] = { "once@dest.example", NULL };

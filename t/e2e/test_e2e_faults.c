@@ -605,11 +605,7 @@ static int smtpd_pids(struct harness_env *env, pid_t *pids)
  * the helpers have exec'd); returns how many it has, pids in pids[16]. */
 static int wait_kids(struct harness_env *env, const char *name, int n, pid_t *pids)
 {
-	double end = harness_now_s() + 10;
-	int have;
-	while ((have = harness_children(env->pid, name, pids, 16)) != n && harness_now_s() < end)
-		harness_pause_ms(100);
-	return have;
+	return harness_wait_children(env->pid, name, n, pids, 16, 10);
 }
 
 START_TEST(test_kill_worker_mid_data)

@@ -237,7 +237,7 @@ START_TEST(test_dead_policyd_gives_4xx_never_250)
 	c = smtpc_connect(env, env->port, NULL);
 	smtpc_expect(c, BANNER);
 	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
-	n = harness_children(env->pid, "kumo-policyd", pids, 4);
+	n = harness_wait_children(env->pid, "kumo-policyd", 1, pids, 4, 10);
 	ck_assert_int_eq(n, 1);
 	finish(env, c);
 }
