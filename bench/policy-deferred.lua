@@ -1,6 +1,8 @@
 -- Benchmark policy: scenario 2, as policy-durable.lua with deferred_spool.
--- KumoMTA may then acknowledge before the spool is flushed; this relay
--- accepts the flag and (in this version) still stores durably.
+-- An accepted message is answered 250 once kumo-qmgr holds it in memory; it
+-- is written to the spool only at its first transient failure (or at
+-- shutdown).  So that it stays in memory, bench/run gives this policy a
+-- next hop that takes every message: the smtp-sink of the same run.
 local kumo = require 'kumo'
 local dir = assert(os.getenv('BENCH_DIR'), 'BENCH_DIR not set')
 local port = assert(os.getenv('BENCH_PORT'), 'BENCH_PORT not set')
