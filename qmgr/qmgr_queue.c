@@ -531,11 +531,12 @@ static size_t mem_write_many(struct qmsg **v, size_t n)
 {
 	size_t written = 0, i = 0;
 	while (i < n) {
-		struct spool_item *items = xcalloc(n - i < MEM_BATCH_MSGS ? n - i : MEM_BATCH_MSGS, sizeof *items);
-		struct iovec *iov = xcalloc(n - i < MEM_BATCH_MSGS ? n - i : MEM_BATCH_MSGS, sizeof *iov);
-		struct qmsg **batch = xcalloc(n - i < MEM_BATCH_MSGS ? n - i : MEM_BATCH_MSGS, sizeof *batch);
+		size_t most = n - i < MEM_BATCH_MSGS ? n - i : MEM_BATCH_MSGS;
+		struct spool_item *items = xcalloc(most, sizeof *items);
+		struct iovec *iov = xcalloc(most, sizeof *iov);
+		struct qmsg **batch = xcalloc(most, sizeof *batch);
 		size_t k = 0, bytes = 0;
-		for (; i < n && k < MEM_BATCH_MSGS && (k == 0 || bytes < MEM_BATCH_BYTES); i++) {
+		for (; i < n && k < most && (k == 0 || bytes < MEM_BATCH_BYTES); i++) {
 			struct qmsg *m = v[i];
 			if (!m || m->spooled)
 				continue;

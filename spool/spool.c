@@ -1359,6 +1359,15 @@ static void sweep_new(int parent, struct spool_scan_stats *st)
 	closedir(d);
 }
 
+/* The scan is done with x: a DONE record in its segment's journal. */
+static void scan_done(struct spool *s, struct entry *x)
+{
+	char err[200];
+	if (!x->done && jrn_append(s, &x->loc, REC_DONE, x->id, NULL, 0, NULL, true, err, sizeof err) == 0)
+		x->loc.seg->ndone++;
+	x->done = true;
+}
+
 /* A message that cannot be delivered as it is: what is left of it goes to
  * quarantine/<id> in both spools, and it is marked done. */
 static void quarantine_msg(struct spool *s, struct entry *x, const char *why, struct scan_ctx *sc)
@@ -1375,10 +1384,7 @@ static void quarantine_msg(struct spool *s, struct entry *x, const char *why, st
 	r = mfd >= 0 ? pread(mfd, buf, x->loc.meta_len, (off_t)x->loc.meta_off) : -1;
 	quarantine_write(s, false, x->id, buf, r > 0 ? (size_t)r : 0);
 	free(buf);
-	char jerr[200];
-	if (jrn_append(s, &x->loc, REC_DONE, x->id, NULL, 0, NULL, true, jerr, sizeof jerr) == 0)
-		g->ndone++;
-	x->done = true;
+	scan_done(s, x);
 	sc->st->quarantined++;
 	if (sc->warn)
 		sc->warn(sc->arg, x->id, why);
@@ -1435,10 +1441,7 @@ int spool_scan(struct spool *s,
 		char rerr[200], why[300];
 		if (i + 1 < e.n && memcmp(x->id, e.v[i + 1].id, SPOOL_ID_LEN) == 0) {
 			/* an older copy (the queue manager rewrote it): done with */
-			if (!x->done && jrn_append(s, &x->loc, REC_DONE, x->id, NULL, 0, NULL, true, rerr,
-						   sizeof rerr) == 0)
-				x->loc.seg->ndone++;
-			x->done = true;
+			scan_done(s, x);
 			continue;
 		}
 		if (x->done)
@@ -1446,20 +1449,20 @@ int spool_scan(struct spool *s,
 		char *buf = NULL;
 		size_t blen;
 		bool meta_ok = spool_read_meta(s, &x->loc, &buf, &blen, rerr, sizeof rerr) == 0;
-		if (!meta_ok || (free(buf), buf = NULL, spool_read_data(s, &x->loc, &buf, &blen, rerr, sizeof rerr)) != 0) {
-			if (meta_ok && dead_commit(s, &x->loc)) {
-				if (jrn_append(s, &x->loc, REC_DONE, x->id, NULL, 0, NULL, true, rerr,
-					       sizeof rerr) == 0)
-					x->loc.seg->ndone++;
-				x->done = true;
-				st->swept++;
-				continue;
-			}
+		free(buf);
+		buf = NULL;
+		bool data_ok = meta_ok && spool_read_data(s, &x->loc, &buf, &blen, rerr, sizeof rerr) == 0;
+		free(buf);
+		if (meta_ok && !data_ok && dead_commit(s, &x->loc)) {
+			scan_done(s, x);
+			st->swept++;
+			continue;
+		}
+		if (!data_ok) {
 			snprintf(why, sizeof why, "%s", rerr);
 			quarantine_msg(s, x, why, &sc);
 			continue;
 		}
-		free(buf);
 		st->found++;
 		if (found)
 			found(arg, x->id);

@@ -187,32 +187,38 @@ START_TEST(buffer_bound_writes)
 }
 END_TEST
 
+/* Times asked for in this order, so that logrec_rfc3339's cache of the
+ * last two seconds is hit, missed and refilled. */
+static const struct {
+	double t;
+	const char *want;
+} rfc3339_rows[] = {
+	{ 0, "1970-01-01T00:00:00.000000000Z" },
+	{ 1763949632.5, "2025-11-24T02:00:32.500000000Z" },
+	/* the same second again (cached), then another */
+	{ 1763949632.25, "2025-11-24T02:00:32.250000000Z" },
+	{ 951782400.125, "2000-02-29T00:00:00.125000000Z" }, /* 2000-02-29 */
+	/* two seconds in turn (a record's time and its message's creation
+	 * time), three times, then a third that takes one's place */
+	{ 1763949632.75, "2025-11-24T02:00:32.750000000Z" },
+	{ 951782400.5, "2000-02-29T00:00:00.500000000Z" },
+	{ 1763949632.75, "2025-11-24T02:00:32.750000000Z" },
+	{ 951782400.5, "2000-02-29T00:00:00.500000000Z" },
+	{ 1763949632.75, "2025-11-24T02:00:32.750000000Z" },
+	{ 951782400.5, "2000-02-29T00:00:00.500000000Z" },
+	{ 1763949633.0, "2025-11-24T02:00:33.000000000Z" },
+	{ 951782400.0, "2000-02-29T00:00:00.000000000Z" },
+	{ 1763949632.0, "2025-11-24T02:00:32.000000000Z" },
+};
+
 START_TEST(rfc3339_times)
 {
 	char buf[64];
-	logrec_rfc3339(0, buf, sizeof buf);
-	ck_assert_str_eq(buf, "1970-01-01T00:00:00.000000000Z");
-	logrec_rfc3339(1763949632.5, buf, sizeof buf);
-	ck_assert_str_eq(buf, "2025-11-24T02:00:32.500000000Z");
-	/* the same second again (cached), then another */
-	logrec_rfc3339(1763949632.25, buf, sizeof buf);
-	ck_assert_str_eq(buf, "2025-11-24T02:00:32.250000000Z");
-	logrec_rfc3339(951782400.125, buf, sizeof buf); /* 2000-02-29 */
-	ck_assert_str_eq(buf, "2000-02-29T00:00:00.125000000Z");
-	/* two seconds in turn (a record's time and its message's creation
-	 * time), then a third that takes one's place */
-	for (int i = 0; i < 3; i++) {
-		logrec_rfc3339(1763949632.75, buf, sizeof buf);
-		ck_assert_str_eq(buf, "2025-11-24T02:00:32.750000000Z");
-		logrec_rfc3339(951782400.5, buf, sizeof buf);
-		ck_assert_str_eq(buf, "2000-02-29T00:00:00.500000000Z");
+	for (size_t i = 0; i < sizeof rfc3339_rows / sizeof rfc3339_rows[0]; i++) {
+		logrec_rfc3339(rfc3339_rows[i].t, buf, sizeof buf);
+		ck_assert_msg(strcmp(buf, rfc3339_rows[i].want) == 0, "row %zu: got %s, want %s", i, buf,
+			      rfc3339_rows[i].want);
 	}
-	logrec_rfc3339(1763949633.0, buf, sizeof buf);
-	ck_assert_str_eq(buf, "2025-11-24T02:00:33.000000000Z");
-	logrec_rfc3339(951782400.0, buf, sizeof buf);
-	ck_assert_str_eq(buf, "2000-02-29T00:00:00.000000000Z");
-	logrec_rfc3339(1763949632.0, buf, sizeof buf);
-	ck_assert_str_eq(buf, "2025-11-24T02:00:32.000000000Z");
 	/* a buffer too short gets the start, terminated */
 	char small[11];
 	logrec_rfc3339(0, small, sizeof small);
