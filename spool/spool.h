@@ -13,10 +13,11 @@
  * with its CRC-32C, so a reader can tell a whole record from a torn one.
  *
  * Each writer process appends to its own segment.  A commit appends every
- * message of a batch to both files and flushes each file once (fdatasync,
- * the two at the same time, one on a helper thread), so many messages
- * share one pair of flushes (group commit) and no file is created per
- * message.  A segment is rolled at SPOOL_SEG_MAX_BYTES,
+ * message of a batch to both files and flushes them (fdatasync), so many
+ * messages share the flushes (group commit) and no file is created per
+ * message.  Where the file system allows it (see spool_open), the data
+ * file's bytes are only written out and the meta file's fdatasync flushes
+ * the disk for both: one disk flush per commit instead of two.  A segment is rolled at SPOOL_SEG_MAX_BYTES,
  * SPOOL_SEG_MAX_MSGS or SPOOL_SEG_MAX_AGE seconds, and removed (all three
  * files) once it is sealed and every message in it is done.
  * Nothing here logs; errors come back in err buffers. */
@@ -48,6 +49,9 @@ struct spool {
 	uint64_t last_name_us;   /* keeps this writer's segment names increasing */
 	bool prepare_later;      /* the caller runs spool_prepare after answering */
 	bool commit_failed;      /* the last commit failed: spool_prepare does nothing */
+	bool one_flush;          /* commits may flush the disk once (spool_open) */
+	char flush_mode[160];    /* why one_flush is set or not, for the log */
+	uint64_t commit_flushes; /* fdatasync calls made by commits */
 };
 
 /* Where a stored message is: returned by spool_commit and spool_list. */
@@ -68,7 +72,11 @@ double spool_id_time(const char *id);
 bool spool_id_valid(const char *id);
 
 /* Creates the directories (seg/, new/, quarantine/) as needed, checks they
- * are writable, opens them.  0 or -1 with a reason naming the path. */
+ * are writable, opens them.  0 or -1 with a reason naming the path.
+ * Sets one_flush when one disk flush can make a commit durable: data and
+ * meta on one device, of a file system that overwrites allocated blocks in
+ * place and does not journal file data (ext2/3/4 without data=journal or
+ * chattr +j, XFS); flush_mode says which, or why not. */
 int spool_open(struct spool *s, const char *data_path, const char *meta_path,
 	       char *err, size_t errlen);
 /* Seals this process's segment (if any) and closes everything. */

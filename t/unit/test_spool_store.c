@@ -11,7 +11,9 @@
 #include <string.h>
 #include <dirent.h>
 #include <sys/resource.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1920,6 +1922,77 @@ static void set_fsize(rlim_t cur)
 	setrlimit(RLIMIT_FSIZE, &rl);
 }
 
+/* The flushes of a commit: where spool_open found one_flush, a commit
+ * inside the prepared part of the data file makes one fdatasync (the meta
+ * file's); the first commit of a segment (nothing prepared yet), a batch
+ * larger than what is prepared, and a spool without one_flush make two.
+ * Every message reads back either way. */
+START_TEST(one_flush_inside_the_prepared_part)
+{
+	struct spool w;
+	open_spool(&w);
+	struct statfs fs;
+	ck_assert_int_eq(statfs(dir, &fs), 0);
+	bool in_place = fs.f_type == EXT4_SUPER_MAGIC || fs.f_type == XFS_SUPER_MAGIC;
+	if (!in_place)
+		ck_assert(!w.one_flush);
+	ck_assert_msg(strncmp(w.flush_mode, w.one_flush ? "one flush" : "two flushes",
+			      w.one_flush ? 9 : 11) == 0, "flush_mode '%s'", w.flush_mode);
+	enum { N = 5 };
+	struct msg m[N];
+	struct spool_item it[N];
+	msgs_make(m, N, "flush");
+	/* a big one: past the 64 KiB first prepared beyond the first commit */
+	free(m[2].body);
+	m[2].body_len = 200 * 1024;
+	m[2].body = calloc(1, m[2].body_len);
+	ck_assert_ptr_nonnull(m[2].body);
+	m[2].iov[2] = (struct iovec){ m[2].body, m[2].body_len };
+	uint64_t once = w.one_flush ? 1 : 2;
+	uint64_t f = w.commit_flushes;
+	commit_msgs(&w, &m[0], &it[0], 1);
+	ck_assert_uint_eq(w.commit_flushes - f, 2);  /* a new segment */
+	f = w.commit_flushes;
+	commit_msgs(&w, &m[1], &it[1], 1);
+	ck_assert_uint_eq(w.commit_flushes - f, once);
+	f = w.commit_flushes;
+	commit_msgs(&w, &m[2], &it[2], 1);
+	ck_assert_uint_eq(w.commit_flushes - f, 2);  /* larger than the prepared part */
+	f = w.commit_flushes;
+	commit_msgs(&w, &m[3], &it[3], 1);
+	ck_assert_uint_eq(w.commit_flushes - f, once);
+	w.one_flush = false;
+	f = w.commit_flushes;
+	commit_msgs(&w, &m[4], &it[4], 1);
+	ck_assert_uint_eq(w.commit_flushes - f, 2);
+	for (size_t i = 0; i < N; i++)
+		check_read(&w, &it[i].loc, &m[i]);
+	spool_close(&w);
+	msgs_free(m, N);
+}
+END_TEST
+
+/* Data and meta on different file systems: two flushes, and the log line
+ * says why.  (/dev/shm is a tmpfs; skipped where there is none.) */
+START_TEST(two_flushes_across_devices)
+{
+	struct stat a, b;
+	if (stat("/dev/shm", &a) != 0 || stat(dir, &b) != 0 || a.st_dev == b.st_dev)
+		return;
+	char d[128], m[128], err[256];
+	snprintf(d, sizeof d, "%s/data", dir);
+	snprintf(m, sizeof m, "/dev/shm/kumo-spool-meta-%d", (int)getpid());
+	struct spool w;
+	ck_assert_msg(spool_open(&w, d, m, err, sizeof err) == 0, "%s", err);
+	ck_assert(!w.one_flush);
+	ck_assert_str_eq(w.flush_mode, "two flushes per commit: data and meta are on different devices");
+	spool_close(&w);
+	char cmd[160];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", m);
+	ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 /* A commit whose data, or whose meta, cannot be written (a file size limit
  * stands in for a full disk) fails every item and leaves nothing: both
  * files are cut back, nothing is listed, the next commit works. */
@@ -2038,6 +2111,8 @@ int main(void)
 	tcase_add_test(tc, duplicate_id_in_one_segment_survives_scan);
 	tcase_add_test(tc, rewrite_in_own_segment_survives_restart);
 	tcase_add_test(tc, failed_commit_leaves_nothing);
+	tcase_add_test(tc, one_flush_inside_the_prepared_part);
+	tcase_add_test(tc, two_flushes_across_devices);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
