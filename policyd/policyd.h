@@ -45,8 +45,10 @@ struct policy {
 struct policy *policy_load(const char *path, char *err, size_t errlen);
 /* NULL if the policy loaded fine. */
 const char *policy_load_error(const struct policy *p);
-/* Answers one request; the reply echoes "id".  The caller frees it. */
-cJSON *policy_handle(struct policy *p, const cJSON *request);
+/* Answers one request; the reply echoes "id".  The caller frees it.  The
+ * request stays the caller's to free, but its connection metadata and a
+ * message argument's recipients and meta may have been taken out of it. */
+cJSON *policy_handle(struct policy *p, cJSON *request);
 void policy_free(struct policy *p);
 
 /* --- policyd_lua.c --- */
@@ -165,9 +167,10 @@ long long policy_hdr_block_end(const char *data, size_t len);
 /* --- policyd_msg.c --- */
 
 /* Pushes a Message made from the "__msg" object of an event request
- * (lib/ipc.h).  0, or -1 with err set and nothing pushed when a field is
- * missing or invalid. */
-int policy_msg_push(lua_State *L, const cJSON *msg, char *err, size_t errlen);
+ * (lib/ipc.h), taking its "recipients" and "meta" out of it.  0, or -1
+ * with err set and nothing pushed (nor taken) when a field is missing or
+ * invalid. */
+int policy_msg_push(lua_State *L, cJSON *msg, char *err, size_t errlen);
 /* Detaches the Message at idx (its methods then raise an error) and
  * returns the reply's "msg" object.  NULL with err set when idx is not a
  * live Message, or when the edited bytes cannot travel in JSON (a NUL). */

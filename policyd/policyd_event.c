@@ -106,9 +106,9 @@ enum outcome { OUT_OK, OUT_REJECT, OUT_ERROR, OUT_BAD, OUT_NOHANDLER };
 struct event_ctx {
 	struct policy *p;
 	const char *event;
-	const cJSON *args;    /* array */
+	cJSON *args;          /* array, the request's */
 	int meta_pos;         /* -1: no connection metadata argument */
-	const cJSON *meta;    /* object */
+	cJSON *request;       /* for its "meta", taken out when pushed */
 
 	enum outcome outcome;
 	cJSON *ret;           /* owned: first return value (OUT_OK) */
@@ -135,7 +135,7 @@ static void ctx_clear(struct event_ctx *c)
 }
 
 /* The "__msg" object when the argument a is a message reference. */
-static const cJSON *msg_ref(const cJSON *a)
+static cJSON *msg_ref(cJSON *a)
 {
 	return cJSON_IsObject(a) ? cJSON_GetObjectItemCaseSensitive(a, "__msg") : NULL;
 }
@@ -147,19 +147,21 @@ static int push_args(lua_State *L, struct event_ctx *c, int *meta_idx, int *msg_
 {
 	int nargs = cJSON_GetArraySize(c->args);
 	int n = 0;
-	const cJSON *a = c->args->child;
+	cJSON *a = c->args->child;
 	luaL_checkstack(L, nargs + 2, "too many arguments");
 	*meta_idx = *msg_idx = 0;
 	for (int i = 0; i <= nargs; i++) {
 		if (i == c->meta_pos) {
-			policy_meta_push(L, need(cJSON_Duplicate(c->meta, 1)));
+			/* the request's metadata object, taken out of it (no copy) */
+			cJSON *meta = cJSON_DetachItemFromObjectCaseSensitive(c->request, "meta");
+			policy_meta_push(L, meta ? meta : need(cJSON_CreateObject()));
 			*meta_idx = lua_gettop(L);
 			n++;
 		}
 		if (i == nargs)
 			break;
 		char err[400];
-		const cJSON *m = msg_ref(a);
+		cJSON *m = msg_ref(a);
 		if (m && *msg_idx) {
 			c->outcome = OUT_BAD;
 			c->error = xasprintf("bad request: args[%d]: a second message argument", i);
@@ -283,14 +285,13 @@ static int event_protected(lua_State *L)
 	return 0;
 }
 
-static cJSON *handle_event(struct policy *p, const cJSON *req, cJSON *reply)
+static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply)
 {
 	const cJSON *event = cJSON_GetObjectItemCaseSensitive(req, "event");
-	const cJSON *args = cJSON_GetObjectItemCaseSensitive(req, "args");
+	cJSON *args = cJSON_GetObjectItemCaseSensitive(req, "args");
 	const cJSON *meta_pos = cJSON_GetObjectItemCaseSensitive(req, "meta_pos");
 	const cJSON *meta = cJSON_GetObjectItemCaseSensitive(req, "meta");
-	static const cJSON empty_array = { .type = cJSON_Array };
-	static const cJSON empty_object = { .type = cJSON_Object };
+	static cJSON empty_array = { .type = cJSON_Array };  /* never changed */
 
 	if (!cJSON_IsString(event) || !event->valuestring[0])
 		return fail(reply, "bad request: missing event");
@@ -300,8 +301,6 @@ static cJSON *handle_event(struct policy *p, const cJSON *req, cJSON *reply)
 		return fail(reply, "bad request: meta must be an object");
 	if (!args)
 		args = &empty_array;
-	if (!meta)
-		meta = &empty_object;
 	int nargs = cJSON_GetArraySize(args);
 	int pos = -1;
 	if (meta_pos && !cJSON_IsNull(meta_pos)) {
@@ -315,7 +314,7 @@ static cJSON *handle_event(struct policy *p, const cJSON *req, cJSON *reply)
 		return fail(reply, "%s", p->load_error);
 
 	struct event_ctx c = {
-		.p = p, .event = event->valuestring, .args = args, .meta_pos = pos, .meta = meta,
+		.p = p, .event = event->valuestring, .args = args, .meta_pos = pos, .request = req,
 		.outcome = OUT_ERROR,
 	};
 	lua_State *L = p->L;
@@ -374,7 +373,7 @@ static cJSON *handle_event(struct policy *p, const cJSON *req, cJSON *reply)
 	return reply;
 }
 
-cJSON *policy_handle(struct policy *p, const cJSON *request)
+cJSON *policy_handle(struct policy *p, cJSON *request)
 {
 	cJSON *reply = need(cJSON_CreateObject());
 	const cJSON *id = cJSON_GetObjectItemCaseSensitive(request, "id");

@@ -781,7 +781,7 @@ static int check_request(const cJSON *j, double *size, double *hdr_end, double *
 	return 0;
 }
 
-int policy_msg_push(lua_State *L, const cJSON *j, char *err, size_t errlen)
+int policy_msg_push(lua_State *L, cJSON *j, char *err, size_t errlen)
 {
 	double size, hdr_end, offset = 0;
 	if (check_request(j, &size, &hdr_end, &offset, err, errlen) < 0)
@@ -794,11 +794,11 @@ int policy_msg_push(lua_State *L, const cJSON *j, char *err, size_t errlen)
 	lua_setmetatable(L, -2);
 	struct msg *m = xcalloc(1, sizeof *m);
 	ud->m = m;
-	const cJSON *meta = cJSON_GetObjectItemCaseSensitive(j, "meta");
+	cJSON *meta = cJSON_DetachItemFromObjectCaseSensitive(j, "meta");
 	m->id = xstrdup(cJSON_GetObjectItemCaseSensitive(j, "id")->valuestring);
 	m->sender = xstrdup(cJSON_GetObjectItemCaseSensitive(j, "sender")->valuestring);
-	m->recipients = need(cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(j, "recipients"), 1));
-	m->meta = need(meta ? cJSON_Duplicate(meta, 1) : cJSON_CreateObject());
+	m->recipients = cJSON_DetachItemFromObjectCaseSensitive(j, "recipients");
+	m->meta = meta ? meta : need(cJSON_CreateObject());
 	const cJSON *path = cJSON_GetObjectItemCaseSensitive(j, "path");
 	if (cJSON_IsString(path) && path->valuestring[0])
 		m->path = xstrdup(path->valuestring);

@@ -137,6 +137,109 @@ START_TEST(test_frame_decode)
 }
 END_TEST
 
+/* The control-byte scan reads eight bytes at a time: every byte below 0x20
+ * but tab, CR and LF is refused at each position of a frame (the first
+ * word, a later one, the tail after the last whole word), next to bytes
+ * of 0x80 and above; tab, CR and LF pass the scan, and between members
+ * they are white space. */
+START_TEST(test_frame_control_byte_anywhere)
+{
+	/* {"s":"<body>"}: 6 + body + 2 bytes of JSON */
+	enum { BODY = 29 };
+	for (int pos = 0; pos < BODY; pos++) {
+		for (int b = 0; b < 0x20; b++) {
+			uint8_t buf[4 + 8 + BODY];
+			size_t n = 8 + BODY;
+			buf[0] = buf[1] = buf[2] = 0;
+			buf[3] = (uint8_t)n;
+			memcpy(buf + 4, "{\"s\":\"", 6);
+			for (int k = 0; k < BODY; k++)
+				buf[10 + k] = k % 3 ? 'a' + k % 26 : 0xc3 + k % 2; /* some high bytes */
+			buf[10 + pos] = (uint8_t)b;
+			memcpy(buf + 10 + BODY, "\"}", 2);
+			cJSON *doc = NULL;
+			size_t used = 0;
+			char err[128] = "";
+			int rc = frame_decode(buf, sizeof buf, &doc, &used, err, sizeof err);
+			if (b == '\t' || b == '\n' || b == '\r') {
+				/* not the scan's to refuse (what cJSON makes of it in a
+				 * string is its own) */
+				ck_assert_msg(rc == 1 || strstr(err, "control byte") == NULL, "0x%02x at %d: %s",
+					      b, pos, err);
+			} else {
+				ck_assert_msg(rc == -1 && strstr(err, "control byte") != NULL,
+					      "byte 0x%02x at %d: rc %d (%s)", b, pos, rc, err);
+			}
+			cJSON_Delete(doc);
+			doc = NULL;
+			/* the same byte between members, after pos spaces, where white
+			 * space may be */
+			uint8_t fb[4 + 64];
+			size_t tn = 0;
+			memcpy(fb + 4, "{\"a\":1,", 7);
+			tn = 7;
+			memset(fb + 4 + tn, ' ', (size_t)pos);
+			tn += (size_t)pos;
+			fb[4 + tn++] = (uint8_t)b;
+			memcpy(fb + 4 + tn, "\"b\":2}", 6);
+			tn += 6;
+			fb[0] = fb[1] = fb[2] = 0;
+			fb[3] = (uint8_t)tn;
+			rc = frame_decode(fb, 4 + tn, &doc, &used, err, sizeof err);
+			bool ws = b == '\t' || b == '\n' || b == '\r';
+			ck_assert_msg(rc == (ws ? 1 : -1), "0x%02x between members after %d spaces: rc %d %s",
+				      b, pos, rc, err);
+			if (!ws)
+				ck_assert(strstr(err, "control byte") != NULL);
+			cJSON_Delete(doc);
+			doc = NULL;
+		}
+	}
+}
+END_TEST
+
+/* Duplicate keys are found by hash up to 64 keys and pair by pair above;
+ * keys that collide in nothing but their hash are not duplicates. */
+START_TEST(test_frame_duplicate_keys_many)
+{
+	static const int counts[] = { 2, 3, 63, 64, 65, 200 };
+	for (size_t ci = 0; ci < sizeof counts / sizeof counts[0]; ci++) {
+		int n = counts[ci];
+		for (int dup = -1; dup < n; dup += n / 3 + 1) {
+			/* keys k0..k(n-1); with dup >= 0 the last key repeats k<dup> */
+			size_t cap = 16 + (size_t)n * 16;
+			char *text = malloc(cap);
+			ck_assert_ptr_nonnull(text);
+			size_t len = 0;
+			text[len++] = '{';
+			for (int k = 0; k < n; k++) {
+				int key = (k == n - 1 && dup >= 0 && dup != k) ? dup : k;
+				len += (size_t)snprintf(text + len, cap - len, "%s\"k%d\":%d", k ? "," : "", key, k);
+			}
+			text[len++] = '}';
+			uint8_t *buf = malloc(4 + len);
+			ck_assert_ptr_nonnull(buf);
+			buf[0] = (uint8_t)(len >> 24);
+			buf[1] = (uint8_t)(len >> 16);
+			buf[2] = (uint8_t)(len >> 8);
+			buf[3] = (uint8_t)len;
+			memcpy(buf + 4, text, len);
+			cJSON *doc = NULL;
+			size_t used = 0;
+			char err[128] = "";
+			int rc = frame_decode(buf, 4 + len, &doc, &used, err, sizeof err);
+			bool twice = dup >= 0 && dup != n - 1;
+			ck_assert_msg(rc == (twice ? -1 : 1), "%d keys, dup %d: rc %d (%s)", n, dup, rc, err);
+			if (twice)
+				ck_assert(strstr(err, "twice") != NULL);
+			cJSON_Delete(doc);
+			free(buf);
+			free(text);
+		}
+	}
+}
+END_TEST
+
 struct trip_case {
 	const char *json;
 	size_t pad;   /* adds a string member "pad" of this many bytes */
@@ -313,6 +416,8 @@ static Suite *frame_suite(void)
 	tcase_add_loop_test(tc, test_frame_round_trip, 0,
 			    (int)(sizeof trip_cases / sizeof trip_cases[0]));
 	tcase_add_loop_test(tc, test_frame_fd, 0, (int)(sizeof fd_cases / sizeof fd_cases[0]));
+	tcase_add_test(tc, test_frame_control_byte_anywhere);
+	tcase_add_test(tc, test_frame_duplicate_keys_many);
 	suite_add_tcase(s, tc);
 	return s;
 }
