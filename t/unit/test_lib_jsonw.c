@@ -65,6 +65,34 @@ START_TEST(long_strings)
 }
 END_TEST
 
+/* Strings are scanned eight bytes at a time for what needs an escape:
+ * each byte from 0x00 to 0xff at each position of strings of 1 to 40
+ * bytes (next to runs of plain letters and of bytes of 0x80 and above)
+ * prints as cJSON prints it. */
+START_TEST(every_byte_at_every_position)
+{
+	for (size_t n = 1; n <= 40; n++) {
+		for (size_t pos = 0; pos < n; pos++) {
+			for (int c = 1; c < 256; c++) {  /* 0 would end the string */
+				char s[48];
+				for (size_t i = 0; i < n; i++)
+					s[i] = (char)(i % 5 == 4 ? 0xc3 : 'a' + (int)(i % 26));
+				s[pos] = (char)c;
+				s[n] = '\0';
+				cJSON *j = cJSON_CreateString(s);
+				char *want = cJSON_PrintUnformatted(j);
+				char *got = json_print(j, NULL);
+				ck_assert_msg(strcmp(got, want) == 0, "byte 0x%02x at %zu of %zu: %s, not %s", c,
+					      pos, n, got, want);
+				free(want);
+				free(got);
+				cJSON_Delete(j);
+			}
+		}
+	}
+}
+END_TEST
+
 /* Whole numbers up to 2^53 are printed exactly (cJSON's 15 significant
  * digits would round 9007199254740991). */
 START_TEST(whole_numbers_exact)
@@ -103,6 +131,7 @@ static Suite *jsonw_suite(void)
 	TCase *tc = tcase_create("jsonw");
 	tcase_add_loop_test(tc, same_text_as_cjson, 0, (int)(sizeof docs / sizeof docs[0]));
 	tcase_add_test(tc, long_strings);
+	tcase_add_test(tc, every_byte_at_every_position);
 	tcase_add_test(tc, whole_numbers_exact);
 	tcase_add_test(tc, frames_read_back);
 	suite_add_tcase(s, tc);
