@@ -148,7 +148,9 @@ int frame_decode(const uint8_t *buf, size_t len, cJSON **out, size_t *used,
  * is too large. */
 static uint8_t *frame_build(const cJSON *doc, size_t *len)
 {
-	struct jbuf b = { 0 };
+	/* room for a typical frame (a policy event with its metadata), so
+	 * that most are printed without growing the buffer */
+	struct jbuf b = { .p = xmalloc(1024), .cap = 1024 };
 	jbuf_add(&b, "\0\0\0\0", 4);
 	jbuf_value(&b, doc);
 	size_t n = b.len - 4;

@@ -26,6 +26,13 @@ void jbuf_add(struct jbuf *b, const void *s, size_t n)
 	b->len += n;
 }
 
+/* One byte: the punctuation of arrays and objects, without a memcpy. */
+static void jbuf_ch(struct jbuf *b, char c)
+{
+	need(b, 1);
+	b->p[b->len++] = c;
+}
+
 char *jbuf_cstr(struct jbuf *b)
 {
 	need(b, 1);
@@ -140,17 +147,17 @@ void jbuf_value(struct jbuf *b, const cJSON *v)
 	case cJSON_Array:
 	case cJSON_Object: {
 		bool obj = cJSON_IsObject(v);
-		jbuf_add(b, obj ? "{" : "[", 1);
+		jbuf_ch(b, obj ? '{' : '[');
 		for (const cJSON *c = v->child; c; c = c->next) {
 			if (c != v->child)
-				jbuf_add(b, ",", 1);
+				jbuf_ch(b, ',');
 			if (obj) {
 				jbuf_str(b, c->string ? c->string : "");
-				jbuf_add(b, ":", 1);
+				jbuf_ch(b, ':');
 			}
 			jbuf_value(b, c);
 		}
-		jbuf_add(b, obj ? "}" : "]", 1);
+		jbuf_ch(b, obj ? '}' : ']');
 		break;
 	}
 	default: jbuf_add(b, "null", 4); break;
