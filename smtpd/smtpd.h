@@ -104,8 +104,10 @@ void qmgr_notify(struct qmgr_client *qc, const struct spool_item *const *items, 
 int qmgr_inject(struct qmgr_client *qc, struct spool_job *job);
 void qmgr_client_free(struct qmgr_client *qc);
 bool policy_has(const struct policy_client *pc, const char *event);
-/* Sends an event; args is consumed.  The callback runs exactly once (from
- * the loop, never inside this call) unless policy_cancel is called first. */
+/* Sends an event; args is consumed, and printed before this returns (so it
+ * may hold references to the caller's objects).  The callback runs exactly
+ * once (from the loop, never inside this call) unless policy_cancel is
+ * called first. */
 uint64_t policy_call(struct policy_client *pc, const char *event, cJSON *args, int meta_pos,
 		     const cJSON *meta, double timeout, policy_cb cb, void *ctx);
 void policy_cancel(struct policy_client *pc, uint64_t id);

@@ -209,8 +209,9 @@ static cJSON *msg_arg(struct txn *t, const struct batch *b)
 	cJSON *m = cJSON_AddObjectToObject(o, "__msg");
 	cJSON_AddStringToObject(m, "id", b->id);
 	cJSON_AddStringToObject(m, "sender", b->sender);
-	cJSON_AddItemToObject(m, "recipients", cJSON_Duplicate(b->recipients, 1));
-	cJSON_AddItemToObject(m, "meta", cJSON_Duplicate(b->meta, 1));
+	/* printed at once by policy_call, not kept: the batch's own, by reference */
+	cJSON_AddItemToObject(m, "recipients", cJSON_CreateArrayReference(b->recipients->child));
+	cJSON_AddItemToObject(m, "meta", cJSON_CreateObjectReference(b->meta->child));
 	if (t->msg_path)
 		cJSON_AddStringToObject(m, "path", t->msg_path);
 	else
