@@ -33,6 +33,16 @@
  *   "meta" is in an ok or reject reply only when the handler called
  *   set_meta on the connection metadata; without it, the metadata is as
  *   it was sent.
+ * An event request may carry "then":{"event":E2,"args":[...],"meta_pos":N}
+ * (and a "then" of its own): the event that smtpd would send next in the
+ * same transaction if this one returns ok, sent along to save a round
+ * trip.  policyd runs it only when this handler's result is "ok" (a
+ * handler, no reject, no error), with the connection metadata as this
+ * handler left it; a "__msg" in its args without "meta" continues this
+ * event's message and runs only if the handler changed nothing of that
+ * message but its meta, which the continued message then has.  The reply
+ * then has "then":{<E2's reply, without id>}; without it, smtpd sends E2
+ * itself after applying this reply, as it would have without "then".
  * Every reply to smtpd also carries "generation": it grows with each
  * successful reload ({"op":"reload"} from kumod), and smtpd then asks
  * "hello" again for the new policy's handlers.

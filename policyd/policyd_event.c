@@ -114,6 +114,7 @@ struct event_ctx {
 	cJSON *ret;           /* owned: first return value (OUT_OK) */
 	cJSON *ret2;          /* owned: second return value, NULL if none */
 	cJSON *meta_after;    /* owned: the metadata after the call */
+	bool meta_changed;    /* set_meta was called on it */
 	cJSON *msg_after;     /* owned: the Message argument's reply object */
 	int code;             /* OUT_REJECT */
 	char *text;           /* owned (OUT_REJECT) */
@@ -271,18 +272,64 @@ static int event_protected(lua_State *L)
 		take_returns(L, c, base, nret);
 		break;
 	}
-	if (meta_idx) {
-		bool changed;
-		c->meta_after = policy_meta_take(L, meta_idx, &changed);
-		if (!changed) {
-			/* the reply carries the metadata only when it changed */
-			cJSON_Delete(c->meta_after);
-			c->meta_after = NULL;
-		}
-	}
+	if (meta_idx)
+		c->meta_after = policy_meta_take(L, meta_idx, &c->meta_changed);
 	if (msg_idx)
 		take_msg(L, c, msg_idx);
 	return 0;
+}
+
+/* The request for "then" (lib/ipc.h), the event that follows this one in
+ * the same transaction, or NULL when it may not run here: it gets the
+ * connection metadata as this handler left it, and a message argument
+ * sent without "meta" is this event's message continued, which it may be
+ * only if the handler changed nothing of it but its meta (that meta is
+ * then its meta).  Otherwise smtpd sends the event itself, after applying
+ * this reply, as it would without "then". */
+static cJSON *then_request(cJSON *req, cJSON *then, struct event_ctx *c)
+{
+	cJSON *args = cJSON_GetObjectItemCaseSensitive(then, "args");
+	const cJSON *event = cJSON_GetObjectItemCaseSensitive(then, "event");
+	if (!cJSON_IsString(event) || (args && !cJSON_IsArray(args)))
+		return NULL;
+	for (cJSON *a = args ? args->child : NULL; a; a = a->next) {
+		cJSON *m = msg_ref(a);
+		if (!cJSON_IsObject(m) || cJSON_GetObjectItemCaseSensitive(m, "meta"))
+			continue;
+		const cJSON *was = c->msg_after;
+		if (!was || cJSON_GetObjectItemCaseSensitive(was, "data") ||
+		    cJSON_GetObjectItemCaseSensitive(was, "prefix") ||
+		    cJSON_GetObjectItemCaseSensitive(was, "headers") ||
+		    !cJSON_Compare(cJSON_GetObjectItemCaseSensitive(was, "sender"),
+				   cJSON_GetObjectItemCaseSensitive(m, "sender"), 1) ||
+		    !cJSON_Compare(cJSON_GetObjectItemCaseSensitive(was, "recipients"),
+				   cJSON_GetObjectItemCaseSensitive(m, "recipients"), 1))
+			return NULL;
+		const cJSON *meta = cJSON_GetObjectItemCaseSensitive(was, "meta");
+		cJSON_AddItemToObject(m, "meta", need(meta ? cJSON_Duplicate(meta, 1) : cJSON_CreateObject()));
+	}
+	cJSON *next = need(cJSON_CreateObject());
+	cJSON_AddItemToObject(next, "event", need(cJSON_Duplicate(event, 1)));
+	if (args)
+		cJSON_AddItemToObject(next, "args", cJSON_DetachItemViaPointer(then, args));
+	cJSON *pos = cJSON_GetObjectItemCaseSensitive(then, "meta_pos");
+	if (pos)
+		cJSON_AddItemToObject(next, "meta_pos", cJSON_DetachItemViaPointer(then, pos));
+	cJSON *after = cJSON_GetObjectItemCaseSensitive(then, "then");
+	if (after)
+		cJSON_AddItemToObject(next, "then", cJSON_DetachItemViaPointer(then, after));
+	/* the connection metadata as this handler left it (or as it came,
+	 * when this event had no conn_meta argument) */
+	cJSON *meta = c->meta_after;
+	if (meta && c->meta_changed)
+		meta = need(cJSON_Duplicate(meta, 1));
+	else if (meta)
+		c->meta_after = NULL;
+	else
+		meta = cJSON_DetachItemFromObjectCaseSensitive(req, "meta");
+	if (meta)
+		cJSON_AddItemToObject(next, "meta", meta);
+	return next;
 }
 
 static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply)
@@ -361,7 +408,10 @@ static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply)
 		}
 		break;
 	}
-	if ((c.outcome == OUT_OK || c.outcome == OUT_REJECT) && c.meta_after) {
+	cJSON *then = cJSON_GetObjectItemCaseSensitive(req, "then");
+	cJSON *next = c.outcome == OUT_OK && cJSON_IsObject(then) ? then_request(req, then, &c) : NULL;
+	/* the reply carries the metadata only when the handler changed it */
+	if ((c.outcome == OUT_OK || c.outcome == OUT_REJECT) && c.meta_after && c.meta_changed) {
 		cJSON_AddItemToObject(reply, "meta", c.meta_after);
 		c.meta_after = NULL;
 	}
@@ -370,6 +420,11 @@ static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply)
 		c.msg_after = NULL;
 	}
 	ctx_clear(&c);
+	if (next) {
+		cJSON *r = need(cJSON_CreateObject());
+		cJSON_AddItemToObject(reply, "then", handle_event(p, next, r));
+		cJSON_Delete(next);
+	}
 	return reply;
 }
 

@@ -110,6 +110,11 @@ bool policy_has(const struct policy_client *pc, const char *event);
  * called first. */
 uint64_t policy_call(struct policy_client *pc, const char *event, cJSON *args, int meta_pos,
 		     const cJSON *meta, double timeout, policy_cb cb, void *ctx);
+/* The same with "then" (lib/ipc.h), consumed likewise: the event to run
+ * next if this one returns ok; its reply, if policyd ran it, is the
+ * reply's "then". */
+uint64_t policy_call_then(struct policy_client *pc, const char *event, cJSON *args, int meta_pos,
+			  const cJSON *meta, cJSON *then, double timeout, policy_cb cb, void *ctx);
 void policy_cancel(struct policy_client *pc, uint64_t id);
 /* For a call whose arguments include a message passed with "fetch" (lib/ipc.h):
  * when policyd asks for the bytes ("msg_file"), cb(ctx of the call) writes
@@ -207,6 +212,11 @@ struct txn {
 	int nvec;
 	long long hdr_end;       /* see lib/ipc.h; -1: no blank line */
 	char *msg_path;          /* owned: file policyd reads the bytes from */
+	/* smtp_server_message_received sent along with smtp_server_data
+	 * ("then"), for a transaction that is one message */
+	char first_id[SPOOL_ID_LEN + 1]; /* that message's id, "" if not sent */
+	char *first_received;    /* owned: its Received header, or NULL */
+	cJSON *then_reply;       /* owned: its reply, once data's came back */
 };
 
 /* Replies a session may have unwritten before its commands wait. */

@@ -47,6 +47,8 @@ void message_free(struct txn *t)
 		batch_free(&t->batches[i]);
 	free(t->batches);
 	free(t->vec);
+	free(t->first_received);
+	cJSON_Delete(t->then_reply);
 	if (t->msg_path) {
 		unlink(t->msg_path);
 		free(t->msg_path);
@@ -209,9 +211,12 @@ static cJSON *msg_arg(struct txn *t, const struct batch *b)
 	cJSON *m = cJSON_AddObjectToObject(o, "__msg");
 	cJSON_AddStringToObject(m, "id", b->id);
 	cJSON_AddStringToObject(m, "sender", b->sender);
-	/* printed at once by policy_call, not kept: the batch's own, by reference */
+	/* printed at once by policy_call, not kept: the batch's own, by
+	 * reference.  No meta: the message that the event before continues
+	 * (lib/ipc.h "then"). */
 	cJSON_AddItemToObject(m, "recipients", cJSON_CreateArrayReference(b->recipients->child));
-	cJSON_AddItemToObject(m, "meta", cJSON_CreateObjectReference(b->meta->child));
+	if (b->meta)
+		cJSON_AddItemToObject(m, "meta", cJSON_CreateObjectReference(b->meta->child));
 	if (t->msg_path)
 		cJSON_AddStringToObject(m, "path", t->msg_path);
 	else
@@ -336,6 +341,18 @@ static void next_received(struct session *s)
 		}
 		store(s);
 		return;
+	}
+	if (t->then_reply) {
+		/* answered along with smtp_server_data; policyd ran it only if the
+		 * message is still the one it was sent as */
+		cJSON *r = t->then_reply;
+		t->then_reply = NULL;
+		if (t->cur == 0 && t->n_batches == 1 && strcmp(t->batches[0].id, t->first_id) == 0) {
+			received_done(s, r, NULL);
+			cJSON_Delete(r);
+			return;
+		}
+		cJSON_Delete(r);
 	}
 	if (t->cur >= t->n_batches || !policy_has(smtpd->policy, "smtp_server_message_received")) {
 		store(s);
@@ -504,7 +521,10 @@ static void split(struct session *s)
 		if (used[i])
 			continue;
 		struct batch *b = &t->batches[t->n_batches++];
-		spool_id_new(b->id);
+		if (t->n_batches == 1 && t->first_id[0])
+			memcpy(b->id, t->first_id, sizeof b->id);
+		else
+			spool_id_new(b->id);
 		b->sender = xstrdup(t->proto.sender);
 		/* the first message takes the transaction's meta (nothing uses it
 		 * after the split), the others copy it (hooks may change each) */
@@ -531,17 +551,28 @@ static void split(struct session *s)
 	if (s->p.trace_headers.received_header) {
 		char date[64];
 		rfc2822_now(date, sizeof date);
-		for (size_t i = 0; i < t->n_batches; i++)
-			prepend(&t->batches[i], received_header(s, &t->batches[i], date));
+		for (size_t i = 0; i < t->n_batches; i++) {
+			/* the header message_received was sent along with (the
+			 * same message: policyd checked that data changed none of it) */
+			char *h = i == 0 && t->then_reply && t->first_received ? t->first_received
+				 : received_header(s, &t->batches[i], date);
+			if (h == t->first_received)
+				t->first_received = NULL;
+			prepend(&t->batches[i], h);
+		}
 	}
 }
 
 static void data_hook_done(void *ctx, const cJSON *reply, const char *error)
 {
 	struct session *s = ctx;
-	if (!message_hook_result(s, reply, error, "smtp_server_data"))
+	cJSON *then = policy_reply_take(reply, "then");
+	if (!message_hook_result(s, reply, error, "smtp_server_data")) {
+		cJSON_Delete(then);
 		return;
+	}
 	struct txn *t = s->txn;
+	t->then_reply = then;
 	if (apply_msg_reply(&t->proto, reply) != 0) {
 		session_technical_difficulties(s, "smtp_server_data: reply lacks the message");
 		return;
@@ -564,6 +595,50 @@ static void data_hook_done(void *ctx, const cJSON *reply, const char *error)
 	}
 	split(s);
 	next_received(s);
+}
+
+/* A transaction that split() will make one message, as it stands. */
+static bool one_message(struct session *s)
+{
+	const cJSON *r = s->txn->proto.recipients, *first = r->child;
+	if (!first || !first->next)
+		return true;
+	if (s->p.batch_handling != BATCH_BY_DOMAIN)
+		return false;
+	const char *d = domain_of_email(first->valuestring);
+	for (const cJSON *x = first->next; x; x = x->next)
+		if (strcasecmp(d, domain_of_email(x->valuestring)) != 0)
+			return false;
+	return true;
+}
+
+/* smtp_server_message_received for the one message that the transaction
+ * becomes, to go along with smtp_server_data (lib/ipc.h "then"), or NULL.
+ * Its id and Received header are made now; split() uses them if policyd
+ * ran it, which it does only when smtp_server_data changed nothing of the
+ * message but its meta: then the message is the one described here. */
+static cJSON *received_then(struct session *s)
+{
+	struct txn *t = s->txn;
+	if (s->p.deferred_queue || !policy_has(smtpd->policy, "smtp_server_message_received") ||
+	    !one_message(s))
+		return NULL;
+	spool_id_new(t->first_id);
+	struct batch b = { .sender = t->proto.sender, .recipients = t->proto.recipients };
+	memcpy(b.id, t->first_id, sizeof b.id);
+	if (s->p.trace_headers.received_header) {
+		char date[64];
+		rfc2822_now(date, sizeof date);
+		t->first_received = received_header(s, &b, date);
+		b.prefix = t->first_received;
+	}
+	cJSON *args = cJSON_CreateArray();
+	cJSON_AddItemToArray(args, msg_arg(t, &b));
+	cJSON *then = cJSON_CreateObject();
+	cJSON_AddStringToObject(then, "event", "smtp_server_message_received");
+	cJSON_AddItemToObject(then, "args", args);
+	cJSON_AddNumberToObject(then, "meta_pos", 1);
+	return then;
 }
 
 void data_complete(struct session *s)
@@ -603,8 +678,8 @@ void data_complete(struct session *s)
 	}
 	cJSON *args = cJSON_CreateArray();
 	cJSON_AddItemToArray(args, msg_arg(t, &t->proto));
-	s->policy_req = policy_call(smtpd->policy, "smtp_server_data", args, 1, s->meta,
-				    s->p.data_processing_timeout, data_hook_done, s);
+	s->policy_req = policy_call_then(smtpd->policy, "smtp_server_data", args, 1, s->meta,
+					 received_then(s), s->p.data_processing_timeout, data_hook_done, s);
 	policy_set_msg_file(smtpd->policy, s->policy_req, msg_file);
 }
 

@@ -315,21 +315,29 @@ bool policy_has(const struct policy_client *pc, const char *event)
 }
 
 static uint64_t send_request(struct policy_client *pc, const char *op, const char *event, cJSON *args,
-			     int meta_pos, const cJSON *meta, double timeout, policy_cb cb, void *ctx);
+			     int meta_pos, const cJSON *meta, cJSON *then, double timeout,
+			     policy_cb cb, void *ctx);
 
 static void send_hello(struct policy_client *pc)
 {
-	pc->hello_id = send_request(pc, "hello", NULL, NULL, -1, NULL, 30, hello_done, pc);
+	pc->hello_id = send_request(pc, "hello", NULL, NULL, -1, NULL, NULL, 30, hello_done, pc);
 }
 
 uint64_t policy_call(struct policy_client *pc, const char *event, cJSON *args, int meta_pos,
 		     const cJSON *meta, double timeout, policy_cb cb, void *ctx)
 {
-	return send_request(pc, "event", event, args, meta_pos, meta, timeout, cb, ctx);
+	return send_request(pc, "event", event, args, meta_pos, meta, NULL, timeout, cb, ctx);
+}
+
+uint64_t policy_call_then(struct policy_client *pc, const char *event, cJSON *args, int meta_pos,
+			  const cJSON *meta, cJSON *then, double timeout, policy_cb cb, void *ctx)
+{
+	return send_request(pc, "event", event, args, meta_pos, meta, then, timeout, cb, ctx);
 }
 
 static uint64_t send_request(struct policy_client *pc, const char *op, const char *event, cJSON *args,
-			     int meta_pos, const cJSON *meta, double timeout, policy_cb cb, void *ctx)
+			     int meta_pos, const cJSON *meta, cJSON *then, double timeout,
+			     policy_cb cb, void *ctx)
 {
 	struct pending *p = xcalloc(1, sizeof *p);
 	p->id = pc->next_id++;
@@ -348,6 +356,7 @@ static uint64_t send_request(struct policy_client *pc, const char *op, const cha
 	}
 	if (!pc->bev) {
 		cJSON_Delete(args);
+		cJSON_Delete(then);
 		pending_finish(p, NULL, "policyd is not available");
 		return p->id;
 	}
@@ -362,6 +371,8 @@ static uint64_t send_request(struct policy_client *pc, const char *op, const cha
 		cJSON_AddNumberToObject(req, "meta_pos", meta_pos);
 		cJSON_AddItemReferenceToObject(req, "meta", (cJSON *)meta); /* printed, not copied */
 	}
+	if (then)
+		cJSON_AddItemToObject(req, "then", then);
 	if (frame_encode(bufferevent_get_output(pc->bev), req) != 0) {
 		cJSON_Delete(req);
 		pending_finish(p, NULL, "policy request too large");

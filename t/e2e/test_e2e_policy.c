@@ -341,6 +341,97 @@ START_TEST(test_smtp_server_data_changes_recipients)
 }
 END_TEST
 
+/* smtp_server_data and smtp_server_message_received together: kumo-smtpd
+ * sends the second along with the first (lib/ipc.h "then") when the
+ * transaction is one message, and policyd runs it only if data changed
+ * nothing but meta.  Either way each handler sees what it would see one
+ * after the other: data's meta, the stored message's id, the edits. */
+START_TEST(test_data_then_message_received)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('smtp_server_data', function(msg, conn_meta)\n"
+		"  conn_meta:set_meta('x_data_conn', 'c1')\n"
+		"  msg:set_meta('x_data', 'd1')\n"
+		"  local s = msg:get_first_named_header_value('subject')\n"
+		"  if s == 'hdr' then msg:append_header('X-Data', 'seen') end\n"
+		"  if s == 'rcpt' then msg:set_recipient('c@example.org') end\n"
+		"  if s == 'reject' then kumo.reject(550, '5.7.1 data says no') end\n"
+		"end)\n"
+		"kumo.on('smtp_server_message_received', function(msg, conn_meta)\n"
+		"  local n = (conn_meta:get_meta('x_n') or 0) + 1\n"
+		"  conn_meta:set_meta('x_n', n)\n"
+		"  msg:set_meta('x_rcvd', { n, msg:id(), msg:get_meta('x_data'),\n"
+		"    conn_meta:get_meta('x_data_conn'), tostring(msg:recipient()),\n"
+		"    msg:get_first_named_header_value('x-data') or 'none',\n"
+		"    msg:get_first_named_header_value('received') ~= nil })\n"
+		"end)\n", NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER);
+	smtpc_cmd(c, "EHLO client.example");
+	free(smtpc_expect_code(c, 250));
+	static const char *const one[] = { "b@example.net", NULL };
+	static const char *const two[] = { "b@example.net", "e@example.org", NULL };
+	static const struct {
+		const char *subject;
+		const char *const *rcpts;
+		int n_ids;
+		const char *tail; /* of x_rcvd, after the id */
+	} txns[] = {
+		{ "plain", one, 1, "\"d1\",\"c1\",\"b@example.net\",\"none\",true]" },
+		{ "hdr", one, 1, "\"d1\",\"c1\",\"b@example.net\",\"seen\",true]" },
+		{ "rcpt", one, 1, "\"d1\",\"c1\",\"c@example.org\",\"none\",true]" },
+		{ "two", two, 2, "\"d1\",\"c1\",\"b@example.net\",\"none\",true]" },
+	};
+	int n = 0;
+	for (size_t i = 0; i < sizeof txns / sizeof txns[0]; i++) {
+		char body[64], ids[2][33];
+		snprintf(body, sizeof body, "Subject: %s\r\n\r\nbody\r\n", txns[i].subject);
+		smtpc_cmd(c, "MAIL FROM:<a@example.com>");
+		free(smtpc_expect_code(c, 250));
+		for (const char *const *r = txns[i].rcpts; *r; r++) {
+			char cmd[80];
+			snprintf(cmd, sizeof cmd, "RCPT TO:<%s>", *r);
+			smtpc_cmd(c, cmd);
+			free(smtpc_expect_code(c, 250));
+		}
+		smtpc_chat(c, "DATA", "354 Send body; end with CRLF.CRLF");
+		smtpc_send(c, body, strlen(body));
+		smtpc_send(c, ".\r\n", 3);
+		smtpc_expect_ids(c, txns[i].n_ids, ids);
+		/* the first message of the transaction; its Received header once */
+		char want[300];
+		snprintf(want, sizeof want, "\"x_rcvd\":[%d,\"%s\",%s", ++n, ids[0], txns[i].tail);
+		const char *const needles[] = { want, "\"x_data\":\"d1\"", NULL };
+		char *data = expect_spooled(env, ids[0], "body", needles, NULL);
+		char *rcv = strstr(data, "Received: from client.example");
+		ck_assert_msg(rcv && !strstr(rcv + 1, "Received:") && strstr(rcv, ids[0]),
+			      "txn %zu stored: %.500s", i, data);
+		free(data);
+		n += txns[i].n_ids - 1;
+	}
+	/* data's reject ends the transaction before message_received */
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	smtpc_chat(c, "RCPT TO:<b@example.net>", "250 OK <b@example.net>");
+	smtpc_chat(c, "DATA", "354 Send body; end with CRLF.CRLF");
+	const char *rej = "Subject: reject\r\n\r\nbody\r\n.\r\n";
+	smtpc_send(c, rej, strlen(rej));
+	smtpc_expect(c, "550 5.7.1 data says no");
+	/* and the connection's x_n went on from where the last message left it */
+	smtpc_chat(c, "MAIL FROM:<a@example.com>", "250 OK <a@example.com>");
+	smtpc_chat(c, "RCPT TO:<b@example.net>", "250 OK <b@example.net>");
+	smtpc_chat(c, "DATA", "354 Send body; end with CRLF.CRLF");
+	const char *last = "Subject: last\r\n\r\nbody\r\n.\r\n";
+	smtpc_send(c, last, strlen(last));
+	char ids[1][33];
+	smtpc_expect_ids(c, 1, ids);
+	char want[200];
+	snprintf(want, sizeof want, "\"x_rcvd\":[%d,\"%s\",\"d1\"", n + 1, ids[0]);
+	const char *const needles[] = { want, NULL };
+	free(expect_spooled(env, ids[0], "body", needles, NULL));
+	finish(env, c);
+}
+END_TEST
+
 /* Seed 002, first example, as written (only the listen address differs):
  * via blocks for 10.0.0.1/10.0.0.2 do not match a loopback connection. */
 #define SEED002_VERBATIM                                                         \
@@ -636,6 +727,7 @@ int main(void)
 	tcase_add_test(tc, test_double_registration_is_a_load_error);
 	tcase_add_test(tc, test_message_received_edits_and_meta);
 	tcase_add_test(tc, test_smtp_server_data_changes_recipients);
+	tcase_add_test(tc, test_data_then_message_received);
 	tcase_add_test(tc, test_seed002_verbatim);
 	tcase_add_test(tc, test_lua_workers_run_in_parallel);
 	tcase_add_test(tc, test_pipelined_group_with_hooks);

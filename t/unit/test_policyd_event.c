@@ -507,6 +507,29 @@ static const struct {
 	  "{\"ok\":false,\"error\":\"bad request: missing id\"}" },
 	{ "{\"id\":49,\"op\":\"event\",\"event\":\"x_none\",\"args\":[],\"meta_pos\":0}",
 	  "{\"id\":49,\"ok\":true,\"result\":\"ok\",\"ret\":null}" },
+	/* "then": the next events run with the metadata as the one before left it;
+	 * one without a change of its own has no "meta" */
+	{ "{\"id\":51,\"op\":\"event\",\"event\":\"smtp_server_mail_from\","
+	  "\"args\":[{\"__addr\":\"a@b.example\"}],\"meta_pos\":1,\"meta\":{\"a\":1},"
+	  "\"then\":{\"event\":\"x_none\",\"args\":[],\"meta_pos\":0,"
+	  "\"then\":{\"event\":\"x_reject_meta\",\"args\":[],\"meta_pos\":0}}}",
+	  "{\"id\":51,\"ok\":true,\"result\":\"ok\",\"ret\":\"a@b.example\",\"meta\":{\"a\":1,"
+	  "\"x_from\":[\"a\",\"b.example\",\"a@b.example\",\"a@b.example\"]},"
+	  "\"then\":{\"ok\":true,\"result\":\"ok\",\"ret\":null,"
+	  "\"then\":{\"ok\":true,\"result\":\"reject\",\"code\":550,\"text\":\"no\","
+	  "\"mode\":\"If421\",\"meta\":{\"a\":1,"
+	  "\"x_from\":[\"a\",\"b.example\",\"a@b.example\",\"a@b.example\"],\"x_before\":true}}}}" },
+	/* ... and none after a reject, an error or a missing handler */
+	{ "{\"id\":52,\"op\":\"event\",\"event\":\"x_reject_meta\",\"args\":[],\"meta_pos\":0,"
+	  "\"meta\":{},\"then\":{\"event\":\"x_none\",\"args\":[]}}",
+	  "{\"id\":52,\"ok\":true,\"result\":\"reject\",\"code\":550,\"text\":\"no\","
+	  "\"mode\":\"If421\",\"meta\":{\"x_before\":true}}" },
+	{ "{\"id\":53,\"op\":\"event\",\"event\":\"x_setfn\",\"args\":[],\"meta_pos\":0,"
+	  "\"meta\":{},\"then\":{\"event\":\"x_none\",\"args\":[]}}",
+	  "{\"id\":53,\"ok\":true,\"result\":\"error\",\"error\":\"~cannot serialize function\"}" },
+	{ "{\"id\":54,\"op\":\"event\",\"event\":\"no_such_event\",\"args\":[],"
+	  "\"then\":{\"event\":\"x_none\",\"args\":[]}}",
+	  "{\"id\":54,\"ok\":true,\"result\":\"ok\",\"ret\":null,\"nohandler\":true}" },
 	/* set_meta of the value it had still counts as a change */
 	{ "{\"id\":50,\"op\":\"event\",\"event\":\"smtp_server_mail_from\","
 	  "\"args\":[{\"__addr\":\"a@b.example\"}],\"meta_pos\":1,"

@@ -706,6 +706,119 @@ START_TEST(test_msg_fetch)
 }
 END_TEST
 
+/* "then" (lib/ipc.h): smtp_server_message_received sent along with
+ * smtp_server_data runs right after it, on the message as data left it,
+ * but only when data returned ok and changed nothing of the message but
+ * its meta; the connection metadata flows from one to the next. */
+static const char then_policy[] =
+	"kumo.on('smtp_server_data', function(msg, meta)\n"
+	"  local how = msg:get_meta('how')\n"
+	"  meta:set_meta('c_data', 1)\n"
+	"  msg:set_meta('m_data', how)\n"
+	"  if how == 'reject' then kumo.reject(550, '5.7.1 no') end\n"
+	"  if how == 'error' then error('boom') end\n"
+	"  if how == 'rcpt' then msg:set_recipient('n@example.net') end\n"
+	"  if how == 'sender' then msg:set_sender('n@example.net') end\n"
+	"  if how == 'hdr' then msg:prepend_header('X-A', '1') end\n"
+	"  if how == 'body' then msg:set_data('A: b\\r\\n\\r\\nx') end\n"
+	"  if how == 'read' then return msg:get_first_named_header_value('subject') end\n"
+	"end)\n"
+	"kumo.on('smtp_server_message_received', function(msg, meta)\n"
+	"  msg:set_meta('m_rcvd', { msg:id(), msg:get_meta('m_data'), meta:get_meta('c_data'),\n"
+	"                           msg:get_first_named_header_value('subject') })\n"
+	"  meta:set_meta('c_rcvd', 2)\n"
+	"end)\n";
+
+#define ID2 "fedcba9876543210fedcba9876543210"
+
+static const struct {
+	const char *how;
+	const char *then_env;   /* the continued message's envelope */
+	const char *want;       /* the whole reply, after the id */
+} thens[] = {
+	/* ok: both ran; the second saw data's meta and its own id and prefix */
+	{ "ok", ENV,
+	  "\"ok\":true,\"result\":\"ok\",\"ret\":null,\"meta\":{\"c_data\":1},"
+	  "\"msg\":{" ENV ",\"meta\":{\"how\":\"ok\",\"m_data\":\"ok\"}},"
+	  "\"then\":{\"ok\":true,\"result\":\"ok\",\"ret\":null,\"meta\":{\"c_data\":1,\"c_rcvd\":2},"
+	  "\"msg\":{" ENV ",\"meta\":{\"how\":\"ok\",\"m_data\":\"ok\","
+	  "\"m_rcvd\":[\"" ID2 "\",\"ok\",1,\"hello\"]},\"prefix\":\"Received: x\\r\\n\"}}" },
+	/* reading the bytes changes nothing */
+	{ "read", ENV,
+	  "\"ok\":true,\"result\":\"ok\",\"ret\":\"hello\",\"meta\":{\"c_data\":1},"
+	  "\"msg\":{" ENV ",\"meta\":{\"how\":\"read\",\"m_data\":\"read\"}},"
+	  "\"then\":{\"ok\":true,\"result\":\"ok\",\"ret\":null,\"meta\":{\"c_data\":1,\"c_rcvd\":2},"
+	  "\"msg\":{" ENV ",\"meta\":{\"how\":\"read\",\"m_data\":\"read\","
+	  "\"m_rcvd\":[\"" ID2 "\",\"read\",1,\"hello\"]},\"prefix\":\"Received: x\\r\\n\"}}" },
+	/* not after a reject or an error */
+	{ "reject", ENV,
+	  "\"ok\":true,\"result\":\"reject\",\"code\":550,\"text\":\"5.7.1 no\",\"mode\":\"If421\","
+	  "\"meta\":{\"c_data\":1},\"msg\":{" ENV ",\"meta\":{\"how\":\"reject\",\"m_data\":\"reject\"}}" },
+	{ "error", ENV, "\"ok\":true,\"result\":\"error\",\"error\":\"~boom\"" },
+	/* not when data changed the message: smtpd sends it itself */
+	{ "rcpt", ENV,
+	  "\"ok\":true,\"result\":\"ok\",\"ret\":null,\"meta\":{\"c_data\":1},"
+	  "\"msg\":{\"sender\":\"s@example.com\",\"recipients\":[\"n@example.net\"],"
+	  "\"meta\":{\"how\":\"rcpt\",\"m_data\":\"rcpt\"}}" },
+	{ "sender", ENV,
+	  "\"ok\":true,\"result\":\"ok\",\"ret\":null,\"meta\":{\"c_data\":1},"
+	  "\"msg\":{\"sender\":\"n@example.net\",\"recipients\":[\"r@example.com\"],"
+	  "\"meta\":{\"how\":\"sender\",\"m_data\":\"sender\"}}" },
+	{ "hdr", ENV,
+	  "\"ok\":true,\"result\":\"ok\",\"ret\":null,\"meta\":{\"c_data\":1},"
+	  "\"msg\":{" ENV ",\"meta\":{\"how\":\"hdr\",\"m_data\":\"hdr\"},\"prefix\":\"X-A: 1\\r\\n\"}" },
+	{ "body", ENV,
+	  "\"ok\":true,\"result\":\"ok\",\"ret\":null,\"meta\":{\"c_data\":1},"
+	  "\"msg\":{" ENV ",\"meta\":{\"how\":\"body\",\"m_data\":\"body\"},"
+	  "\"data\":\"A: b\\r\\n\\r\\nx\"}" },
+	/* nor when it was sent for another envelope */
+	{ "ok", "\"sender\":\"s@example.com\",\"recipients\":[\"r@example.com\",\"q@example.com\"]",
+	  "\"ok\":true,\"result\":\"ok\",\"ret\":null,\"meta\":{\"c_data\":1},"
+	  "\"msg\":{" ENV ",\"meta\":{\"how\":\"ok\",\"m_data\":\"ok\"}}" },
+};
+
+START_TEST(test_then)
+{
+	struct policy *p = load_ok(then_policy);
+	write_bytes("m.eml", MSG, strlen(MSG));
+	char *req = NULL, *want = NULL;
+	if (asprintf(&req, "{\"id\":1,\"op\":\"event\",\"event\":\"smtp_server_data\","
+		     "\"args\":[{\"__msg\":{\"id\":\"" ID "\"," ENV ",\"meta\":{\"how\":\"%s\"},"
+		     "\"path\":\"%s/m.eml\",\"size\":%zu,\"hdr_end\":%zu}}],\"meta_pos\":1,\"meta\":{},"
+		     "\"then\":{\"event\":\"smtp_server_message_received\",\"meta_pos\":1,"
+		     "\"args\":[{\"__msg\":{\"id\":\"" ID2 "\",%s,\"fetch\":true,"
+		     "\"prefix\":\"Received: x\\r\\n\",\"size\":%zu,\"hdr_end\":%zu}}]}}",
+		     thens[_i].how, tmpdir, strlen(MSG), sizeof R_BLOCK - 1, thens[_i].then_env,
+		     strlen(MSG), sizeof R_BLOCK - 1) < 0 ||
+	    asprintf(&want, "{\"id\":1,%s}", thens[_i].want) < 0)
+		abort();
+	p->fetch = test_fetch;
+	fetch_mode = "ok";
+	expect(p, req, want);
+	free(req);
+	free(want);
+	policy_free(p);
+}
+END_TEST
+
+/* A continued event without a handler (a reload removed it) says so. */
+START_TEST(test_then_nohandler)
+{
+	struct policy *p = load_ok("kumo.on('smtp_server_data', function(msg) end)\n");
+	char req[800];
+	snprintf(req, sizeof req,
+		 "{\"id\":1,\"op\":\"event\",\"event\":\"smtp_server_data\","
+		 "\"args\":[{\"__msg\":{\"id\":\"" ID "\"," ENV ",\"path\":\"/x\",\"size\":1,"
+		 "\"hdr_end\":0}}],\"then\":{\"event\":\"smtp_server_message_received\","
+		 "\"args\":[{\"__msg\":{\"id\":\"" ID2 "\"," ENV ",\"path\":\"/x\",\"size\":1,"
+		 "\"hdr_end\":0}}]}}");
+	expect(p, req, "{\"id\":1,\"ok\":true,\"result\":\"ok\",\"ret\":null,\"msg\":{" ENV
+	       ",\"meta\":{}},\"then\":{\"ok\":true,\"result\":\"ok\",\"ret\":null,"
+	       "\"nohandler\":true}}");
+	policy_free(p);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("policyd_msg");
@@ -724,6 +837,8 @@ static Suite *suite(void)
 	tcase_add_loop_test(tc, test_bad_request, 0, sizeof bad_requests / sizeof bad_requests[0]);
 	tcase_add_test(tc, test_msg_in_sequence);
 	tcase_add_loop_test(tc, test_msg_fetch, 0, sizeof fetches / sizeof fetches[0]);
+	tcase_add_loop_test(tc, test_then, 0, sizeof thens / sizeof thens[0]);
+	tcase_add_test(tc, test_then_nohandler);
 	suite_add_tcase(s, tc);
 	return s;
 }
