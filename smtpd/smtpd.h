@@ -255,6 +255,10 @@ struct session {
 					* command runs (session_flush_all) */
 	bool write_blocked;            /* commands wait: replies past REPLY_BACKLOG_MAX */
 	struct event *close_ev;        /* owned: runs close_check from the loop */
+	/* smtp_server_rcpt_to for the pipelined RCPT after a MAIL, sent along
+	 * with smtp_server_mail_from (lib/ipc.h "then") */
+	char *then_rcpt;               /* owned: that RCPT's address, or NULL */
+	cJSON *then_reply;             /* owned: its reply, until that RCPT runs */
 	/* current command, for rewrite_response and Rejection records */
 	char *cur_cmd;                 /* owned */
 	/* a reply waiting for smtp_server_rewrite_response */

@@ -196,10 +196,59 @@ static void mail_accept(struct session *s, struct smtp_addr *sender)
 static void mail_done(void *arg, const cJSON *reply, const char *error)
 {
 	struct addr_ctx *c = arg;
-	if (session_event_result(c->s, reply, error, "smtp_server_mail_from", false))
+	cJSON *then = policy_reply_take(reply, "then");
+	if (session_event_result(c->s, reply, error, "smtp_server_mail_from", false)) {
+		/* kept before the 250, whose continuation runs the RCPT */
+		cJSON_Delete(c->s->then_reply);
+		c->s->then_reply = then;
+		then = NULL;
 		mail_accept(c->s, &c->addr);
+	}
+	cJSON_Delete(then);
 	addr_free(&c->addr);
 	free(c);
+}
+
+/* smtp_server_rcpt_to for the next command line, to go along with
+ * smtp_server_mail_from (lib/ipc.h "then"), or NULL.  Only when that line
+ * is already here, is a RCPT that parses, and would reach its hook right
+ * after a MAIL that policyd accepts without another policy call in
+ * between: relaying allowed without get_listener_domain, and no
+ * smtp_server_rewrite_response for the MAIL's 250.  policyd runs it only
+ * if the MAIL's handler returned ok, with the metadata that handler left:
+ * what the RCPT's hook would see one after the other. */
+static cJSON *rcpt_then(struct session *s)
+{
+	if (!policy_has(smtpd->policy, "smtp_server_rcpt_to") ||
+	    policy_has(smtpd->policy, "smtp_server_rewrite_response") ||
+	    s->p.max_recipients_per_message < 1 || s->auth_pending ||
+	    !(s->authenticated || params_relay_allowed(&s->p, &s->peer_ip)))
+		return NULL;
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	size_t eol_len = 0;
+	struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+	char line[1024];
+	if (eol.pos < 5 || (size_t)eol.pos > s->p.line_length_hard_limit || (size_t)eol.pos >= sizeof line)
+		return NULL;
+	size_t len = (size_t)eol.pos;
+	evbuffer_copyout(in, line, len);
+	line[len] = '\0';
+	if (strncasecmp(line, "RCPT ", 5) != 0)
+		return NULL;
+	struct smtp_cmd cmd;
+	cJSON *then = NULL;
+	if (smtp_cmd_parse(line, len, &cmd) == PARSE_OK && cmd.verb == V_RCPT && cmd.addr.email) {
+		free(s->then_rcpt);
+		s->then_rcpt = xstrdup(cmd.addr.email);
+		cJSON *args = cJSON_CreateArray();
+		cJSON_AddItemToArray(args, addr_arg(&cmd.addr));
+		then = cJSON_CreateObject();
+		cJSON_AddStringToObject(then, "event", "smtp_server_rcpt_to");
+		cJSON_AddItemToObject(then, "args", args);
+		cJSON_AddNumberToObject(then, "meta_pos", 1);
+	}
+	smtp_cmd_free(&cmd);
+	return then;
 }
 
 static void run_mail(struct session *s, struct smtp_cmd *cmd)
@@ -227,8 +276,8 @@ static void run_mail(struct session *s, struct smtp_cmd *cmd)
 	memset(&cmd->addr, 0, sizeof cmd->addr);
 	cJSON *args = cJSON_CreateArray();
 	cJSON_AddItemToArray(args, addr_arg(&c->addr));
-	s->policy_req = policy_call(smtpd->policy, "smtp_server_mail_from", args, 1, s->meta,
-				    s->p.data_processing_timeout, mail_done, c);
+	s->policy_req = policy_call_then(smtpd->policy, "smtp_server_mail_from", args, 1, s->meta,
+					 rcpt_then(s), s->p.data_processing_timeout, mail_done, c);
 }
 
 /* ---------------------------------------------------------------- RCPT */
@@ -266,6 +315,13 @@ static void rcpt_relay_ok(struct session *s, struct addr_ctx *c)
 {
 	if (s->txn->n_rcpts >= s->p.max_recipients_per_message) {
 		reply_ok(s, 452, "4.5.3 too many recipients");
+	} else if (s->then_reply && s->then_rcpt && strcmp(s->then_rcpt, c->addr.email) == 0) {
+		/* answered along with the MAIL before it */
+		cJSON *r = s->then_reply;
+		s->then_reply = NULL;
+		rcpt_done(c, r, NULL);
+		cJSON_Delete(r);
+		return;
 	} else if (!policy_has(smtpd->policy, "smtp_server_rcpt_to")) {
 		rcpt_accept(s, &c->addr);
 	} else {
@@ -495,4 +551,10 @@ void cmd_dispatch(struct session *s, const char *line, size_t len)
 		break;
 	}
 	smtp_cmd_free(&cmd);
+	/* a RCPT answered along with the MAIL was for the command just run
+	 * (the one after the MAIL); if that did not take it, nothing will */
+	if (s->then_reply && cmd.verb != V_MAIL) {
+		cJSON_Delete(s->then_reply);
+		s->then_reply = NULL;
+	}
 }

@@ -510,6 +510,8 @@ void session_free(struct session *s)
 	params_free(&s->p);
 	cJSON_Delete(s->meta);
 	free(s->ehlo_domain);
+	free(s->then_rcpt);
+	cJSON_Delete(s->then_reply);
 	free(s->cur_cmd);
 	free(s->pend_text);
 	free(s);

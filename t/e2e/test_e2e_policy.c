@@ -432,6 +432,73 @@ START_TEST(test_data_then_message_received)
 }
 END_TEST
 
+/* A pipelined RCPT after a MAIL: kumo-smtpd sends smtp_server_rcpt_to
+ * along with smtp_server_mail_from (lib/ipc.h "then").  The RCPT's handler
+ * must see the metadata the MAIL's left, run once per RCPT, and not at all
+ * after a rejected MAIL. */
+START_TEST(test_pipelined_mail_then_rcpt)
+{
+	struct harness_env *env = start_with(
+		"kumo.on('smtp_server_mail_from', function(sender, conn_meta)\n"
+		"  conn_meta:set_meta('x_mail', sender.email)\n"
+		"  if sender.domain == 'reject.example' then kumo.reject(550, '5.7.1 not from you') end\n"
+		"end)\n"
+		"kumo.on('smtp_server_rcpt_to', function(rcpt, conn_meta)\n"
+		"  conn_meta:set_meta('x_calls', (conn_meta:get_meta('x_calls') or 0) + 1)\n"
+		"  conn_meta:set_meta('x_seen', conn_meta:get_meta('x_mail') .. '>' .. rcpt.email)\n"
+		"  if rcpt.user == 'no' then kumo.reject(550, '5.1.1 no such user') end\n"
+		"end)\n"
+		"kumo.on('smtp_server_message_received', function(msg, conn_meta)\n"
+		"  msg:set_meta('x_got', { conn_meta:get_meta('x_calls'), conn_meta:get_meta('x_seen') })\n"
+		"end)\n", NULL);
+	struct smtpc *c = smtpc_connect(env, env->port, NULL);
+	smtpc_expect(c, BANNER);
+	smtpc_cmd(c, "EHLO client.example");
+	free(smtpc_expect_code(c, 250));
+	char ids[1][33];
+
+	const char *g1 = "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n";
+	smtpc_send(c, g1, strlen(g1));
+	smtpc_expect(c, "250 OK <a@example.com>");
+	smtpc_expect(c, "250 OK <b@example.net>");
+	smtpc_expect(c, "354 Send body; end with CRLF.CRLF");
+	smtpc_send(c, "Subject: 1\r\n\r\nx\r\n.\r\n", 20);
+	smtpc_expect_ids(c, 1, ids);
+	static const char *const n1[] = { "\"x_got\":[1,\"a@example.com>b@example.net\"]", NULL };
+	free(expect_spooled(env, ids[0], "x\r\n", n1, NULL));
+
+	/* the MAIL is refused: its RCPT never reaches the handler */
+	const char *g2 = "MAIL FROM:<a@reject.example>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n";
+	smtpc_send(c, g2, strlen(g2));
+	smtpc_expect(c, "550 5.7.1 not from you");
+	smtpc_expect(c, "503 5.5.0 MAIL FROM must be issued first");
+	smtpc_expect(c, "503 5.5.0 MAIL FROM must be issued first");
+
+	/* the first RCPT refused by its handler, the second accepted */
+	const char *g3 = "MAIL FROM:<c@example.com>\r\nRCPT TO:<no@example.net>\r\n"
+			 "RCPT TO:<d@example.net>\r\nDATA\r\n";
+	smtpc_send(c, g3, strlen(g3));
+	smtpc_expect(c, "250 OK <c@example.com>");
+	smtpc_expect(c, "550 5.1.1 no such user");
+	smtpc_expect(c, "250 OK <d@example.net>");
+	smtpc_expect(c, "354 Send body; end with CRLF.CRLF");
+	smtpc_send(c, "Subject: 3\r\n\r\ny\r\n.\r\n", 20);
+	smtpc_expect_ids(c, 1, ids);
+	static const char *const n3[] = { "\"x_got\":[3,\"c@example.com>d@example.net\"]", NULL };
+	free(expect_spooled(env, ids[0], "y\r\n", n3, NULL));
+
+	/* one command at a time, as before */
+	smtpc_chat(c, "MAIL FROM:<e@example.com>", "250 OK <e@example.com>");
+	smtpc_chat(c, "RCPT TO:<f@example.net>", "250 OK <f@example.net>");
+	smtpc_chat(c, "DATA", "354 Send body; end with CRLF.CRLF");
+	smtpc_send(c, "Subject: 4\r\n\r\nz\r\n.\r\n", 20);
+	smtpc_expect_ids(c, 1, ids);
+	static const char *const n4[] = { "\"x_got\":[4,\"e@example.com>f@example.net\"]", NULL };
+	free(expect_spooled(env, ids[0], "z\r\n", n4, NULL));
+	finish(env, c);
+}
+END_TEST
+
 /* Seed 002, first example, as written (only the listen address differs):
  * via blocks for 10.0.0.1/10.0.0.2 do not match a loopback connection. */
 #define SEED002_VERBATIM                                                         \
@@ -728,6 +795,7 @@ int main(void)
 	tcase_add_test(tc, test_message_received_edits_and_meta);
 	tcase_add_test(tc, test_smtp_server_data_changes_recipients);
 	tcase_add_test(tc, test_data_then_message_received);
+	tcase_add_test(tc, test_pipelined_mail_then_rcpt);
 	tcase_add_test(tc, test_seed002_verbatim);
 	tcase_add_test(tc, test_lua_workers_run_in_parallel);
 	tcase_add_test(tc, test_pipelined_group_with_hooks);
