@@ -186,9 +186,12 @@ void qmgr_set_envelope(struct qmsg *m, const cJSON *doc);
  * NULL, the meta read at loc.  0, or -1 with a reason. */
 int qmgr_load(const char *id, const struct spool_loc *loc, const char *meta, size_t meta_len,
 	      char *err, size_t errlen);
-/* A worker's notice of a new message: qmgr_load, unless a spool listing
- * found the message first and it is done already (the notice came late). */
-int qmgr_notice(const char *id, const struct spool_loc *loc, char *err, size_t errlen);
+/* A worker's notice of a new message: qmgr_load (from meta, the spooled
+ * record sent with the notice, when it is an object), unless a spool
+ * listing found the message first and it is done already (the notice came
+ * late). */
+int qmgr_notice(const char *id, const struct spool_loc *loc, const cJSON *meta, char *err,
+		size_t errlen);
 /* Forgets the listed messages done more than QMGR_LISTED_DONE_SECS ago
  * (all: every one, at exit). */
 void qmgr_listed_done_expire(bool all);

@@ -1,8 +1,10 @@
 /* qmgr_ctl: the queue manager's socket (FD_QMGR_LISTEN, lib/ipc.h), for
  * the smtpd workers and kumod.  lib/frame.h frames:
  *   {"op":"new","msgs":[{"id","seg","loc":"<data offset> <length> <crc>
- *        <meta offset> <length> <crc> <stamp>"},...]}   smtpd: spooled, no
- *        reply; loc holds seven decimal numbers, one space apart
+ *        <meta offset> <length> <crc> <stamp>","meta":{...}},...]}
+ *        smtpd: spooled, no reply; loc holds seven decimal numbers, one
+ *        space apart; meta, when present, is the spooled meta record
+ *        itself (without it, it is read back from the segment)
  *   {"id":N,"op":"inject","msgs":[{"id","meta","size"},...]} and then,
  *        right after the frame, the messages' bytes back to back (size
  *        bytes each, not JSON: no encoding either way)
@@ -174,7 +176,8 @@ static void handle(struct bufferevent *bev, const cJSON *req)
 			const char *id = notice_loc(m, &loc);
 			if (!id)
 				log_warn("a bad notice of a new message; the spool listing will find it");
-			else if (qmgr_notice(id, &loc, err, sizeof err) != 0)
+			else if (qmgr_notice(id, &loc, cJSON_GetObjectItemCaseSensitive(m, "meta"), err,
+					     sizeof err) != 0)
 				log_warn("message %.40s: %s", id, err);
 		}
 		return;

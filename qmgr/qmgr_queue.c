@@ -267,10 +267,17 @@ void qmgr_listed_done_expire(bool all)
 		}
 }
 
-int qmgr_notice(const char *id, const struct spool_loc *loc, char *err, size_t errlen)
+int qmgr_notice(const char *id, const struct spool_loc *loc, const cJSON *meta, char *err,
+		size_t errlen)
 {
 	if (listed_done_take(id))
 		return 0;
+	if (cJSON_IsObject(meta)) {
+		/* the record smtpd spooled, sent along: no need to read it back */
+		if (qmgr_find(id))
+			return 0;
+		return qmgr_add(id, meta, loc, NULL, 0, NULL, err, errlen);
+	}
 	return qmgr_load(id, loc, NULL, 0, err, errlen);
 }
 

@@ -1,6 +1,6 @@
 /* smtpd_qmgr: tells kumo-qmgr about the messages this worker stored, so it
  * delivers them at once: {"op":"new","msgs":[...]} frames (qmgr_ctl.c), no
- * reply.  While the queue manager is away (restarting), notices wait in
+ * reply; each message's spooled meta record goes along (up to 64 KiB).  While the queue manager is away (restarting), notices wait in
  * memory (bounded) and go out on reconnection; a notice lost anyway (this
  * worker dies, the bound is hit) is harmless, since the queue manager lists
  * the spool at start and every few minutes.
@@ -25,6 +25,8 @@
 #define QMGR_BACKLOG_MAX (4u * 1024u * 1024u)  /* bytes of notices kept while away */
 #define INJECT_MAX (8u * 1024u * 1024u)         /* bigger deferred messages are spooled */
 #define INJECT_TIMEOUT 10                        /* seconds for the queue manager's answer */
+#define QMGR_NOTICE_META_MAX (64u * 1024u)       /* larger meta: read back from the spool */
+#define QMGR_NOTICE_MAX (1024u * 1024u)          /* nor past this much notice */
 
 struct inject {
 	struct inject *next;
@@ -194,7 +196,18 @@ void qmgr_notify(struct qmgr_client *qc, const struct spool_item *const *items, 
 				*--p = ' ';
 			jbuf_add(&b, p, (size_t)(e - p));
 		}
-		jbuf_add(&b, "\"}", 2);
+		jbuf_add(&b, "\"", 1);
+		/* the spooled meta record itself (one JSON object), so that the
+		 * queue manager need not read it back from the segment */
+		size_t ml = it->meta_len;
+		while (ml > 0 && (it->meta[ml - 1] == '\n' || it->meta[ml - 1] == ' '))
+			ml--;
+		if (ml > 1 && ml <= QMGR_NOTICE_META_MAX && it->meta[0] == '{' &&
+		    b.len + ml <= QMGR_NOTICE_MAX) {
+			jbuf_add(&b, ",\"meta\":", 8);
+			jbuf_add(&b, it->meta, ml);
+		}
+		jbuf_add(&b, "}", 1);
 	}
 	jbuf_add(&b, "]}", 2);
 	if (qc->connected) {

@@ -249,6 +249,41 @@ START_TEST(test_single_delivery_headers_intact)
 }
 END_TEST
 
+/* kumo-smtpd's notice carries each message's spooled meta record, up to
+ * 64 KiB; a larger one is read back from the spool by kumo-qmgr.  Both
+ * kinds are delivered, with their meta. */
+START_TEST(test_notice_with_and_without_meta)
+{
+	struct harness_env *env = harness_env_new();
+	int sport = 0;
+	pid_t sink = sink_start(env, &sport, NULL);
+	char *q = to_sink(sport, NULL);
+	policy_h(env, NULL, NULL, q, NULL,
+		 "kumo.on('smtp_server_message_received', function(msg)\n"
+		 "  local n = tonumber(msg:get_first_named_header_value('x-pad'))\n"
+		 "  msg:set_meta('x_pad', string.rep('p', n))\n"
+		 "  msg:set_meta('tenant', 't' .. n)\n"
+		 "end)\n");
+	free(q);
+	harness_start(env);
+	const char *rcpts[] = { "rcpt@dest.example", NULL };
+	char small[1][33], big[1][33];
+	send_msg(env, rcpts, "Subject: small\r\nX-Pad: 10\r\n\r\nsmall body\r\n", small);
+	send_msg(env, rcpts, "Subject: big\r\nX-Pad: 70000\r\n\r\nbig body\r\n", big);
+	for (int i = 0; i < 2; i++) {
+		cJSON *d = wait_record(env, "Delivery", i ? big[0] : small[0]);
+		ck_assert_int_eq(resp_code(d), 250);
+		/* the meta decided the queue: tenant@domain */
+		ck_assert_str_eq(harness_json_str(d, "queue"), i ? "t70000@dest.example" : "t10@dest.example");
+		cJSON_Delete(d);
+	}
+	ck_assert_int_eq(sink_wait(env, 2, 10), 2);
+	stop_clean(env);
+	harness_tool_stop(sink);
+	harness_env_free(env);
+}
+END_TEST
+
 START_TEST(test_multi_recipient_batch)
 {
 	struct harness_env *env = harness_env_new();
@@ -930,6 +965,7 @@ int main(void)
 	Suite *s = suite_create("e2e_delivery");
 	TCase *tc = harness_tcase("delivery");
 	tcase_add_test(tc, test_single_delivery_headers_intact);
+	tcase_add_test(tc, test_notice_with_and_without_meta);
 	tcase_add_test(tc, test_multi_recipient_batch);
 	tcase_add_test(tc, test_bifurcated_recipients);
 	tcase_add_test(tc, test_tempfail_then_success);
