@@ -551,9 +551,10 @@ void cmd_dispatch(struct session *s, const char *line, size_t len)
 		break;
 	}
 	smtp_cmd_free(&cmd);
-	/* a RCPT answered along with the MAIL was for the command just run
-	 * (the one after the MAIL); if that did not take it, nothing will */
-	if (s->then_reply && cmd.verb != V_MAIL) {
+	/* A RCPT answered along with its MAIL is for the command just run:
+	 * the MAIL's answer comes from the loop, after the MAIL's own dispatch,
+	 * and the next line is that RCPT.  If it did not take it, nothing will. */
+	if (s->then_reply) {
 		cJSON_Delete(s->then_reply);
 		s->then_reply = NULL;
 	}
