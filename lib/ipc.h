@@ -43,6 +43,7 @@
  * message but its meta, which the continued message then has.  The reply
  * then has "then":{<E2's reply, without id>}; without it, smtpd sends E2
  * itself after applying this reply, as it would have without "then".
+ * One request runs at most 4 events; a "then" past those is not run.
  * Every reply to smtpd also carries "generation": it grows with each
  * successful reload ({"op":"reload"} from kumod), and smtpd then asks
  * "hello" again for the new policy's handlers.

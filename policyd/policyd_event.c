@@ -332,7 +332,11 @@ static cJSON *then_request(cJSON *req, cJSON *then, struct event_ctx *c)
 	return next;
 }
 
-static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply)
+/* Events one request may run: itself and the "then"s after it. */
+#define THEN_MAX 4
+
+/* depth: how many events of the request ran before this one. */
+static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply, int depth)
 {
 	const cJSON *event = cJSON_GetObjectItemCaseSensitive(req, "event");
 	cJSON *args = cJSON_GetObjectItemCaseSensitive(req, "args");
@@ -409,7 +413,8 @@ static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply)
 		break;
 	}
 	cJSON *then = cJSON_GetObjectItemCaseSensitive(req, "then");
-	cJSON *next = c.outcome == OUT_OK && cJSON_IsObject(then) ? then_request(req, then, &c) : NULL;
+	cJSON *next = c.outcome == OUT_OK && cJSON_IsObject(then) && depth + 1 < THEN_MAX
+			      ? then_request(req, then, &c) : NULL;
 	/* the reply carries the metadata only when the handler changed it */
 	if ((c.outcome == OUT_OK || c.outcome == OUT_REJECT) && c.meta_after && c.meta_changed) {
 		cJSON_AddItemToObject(reply, "meta", c.meta_after);
@@ -422,7 +427,7 @@ static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply)
 	ctx_clear(&c);
 	if (next) {
 		cJSON *r = need(cJSON_CreateObject());
-		cJSON_AddItemToObject(reply, "then", handle_event(p, next, r));
+		cJSON_AddItemToObject(reply, "then", handle_event(p, next, r, depth + 1));
 		cJSON_Delete(next);
 	}
 	return reply;
@@ -443,7 +448,7 @@ cJSON *policy_handle(struct policy *p, cJSON *request)
 	if (strcmp(op->valuestring, "hello") == 0)
 		return handle_hello(p, reply);
 	if (strcmp(op->valuestring, "event") == 0)
-		return handle_event(p, request, reply);
+		return handle_event(p, request, reply, 0);
 	char esc[120];
 	size_t n = strlen(op->valuestring);
 	snprintf(esc, sizeof esc, "%.100s%s", op->valuestring, n > 100 ? "..." : "");

@@ -519,6 +519,14 @@ static const struct {
 	  "\"then\":{\"ok\":true,\"result\":\"reject\",\"code\":550,\"text\":\"no\","
 	  "\"mode\":\"If421\",\"meta\":{\"a\":1,"
 	  "\"x_from\":[\"a\",\"b.example\",\"a@b.example\",\"a@b.example\"],\"x_before\":true}}}}" },
+	/* at most 4 events per request: the fifth is not run */
+	{ "{\"id\":55,\"op\":\"event\",\"event\":\"x_none\",\"args\":[],"
+	  "\"then\":{\"event\":\"x_none\",\"args\":[],\"then\":{\"event\":\"x_none\",\"args\":[],"
+	  "\"then\":{\"event\":\"x_ret2\",\"args\":[],\"then\":{\"event\":\"x_ret2\",\"args\":[]}}}}}",
+	  "{\"id\":55,\"ok\":true,\"result\":\"ok\",\"ret\":null,"
+	  "\"then\":{\"ok\":true,\"result\":\"ok\",\"ret\":null,"
+	  "\"then\":{\"ok\":true,\"result\":\"ok\",\"ret\":null,"
+	  "\"then\":{\"ok\":true,\"result\":\"ok\",\"ret\":null,\"ret2\":\"two\"}}}}" },
 	/* ... and none after a reject, an error or a missing handler */
 	{ "{\"id\":52,\"op\":\"event\",\"event\":\"x_reject_meta\",\"args\":[],\"meta_pos\":0,"
 	  "\"meta\":{},\"then\":{\"event\":\"x_none\",\"args\":[]}}",
