@@ -344,10 +344,11 @@ static void next_received(struct session *s)
 	}
 	if (t->then_reply) {
 		/* answered along with smtp_server_data; policyd ran it only if the
-		 * message is still the one it was sent as */
+		 * message is still the one it was sent as, which split() made
+		 * with the id and Received header it was sent with */
 		cJSON *r = t->then_reply;
 		t->then_reply = NULL;
-		if (t->cur == 0 && t->n_batches == 1 && strcmp(t->batches[0].id, t->first_id) == 0) {
+		if (t->cur == 0 && t->n_batches == 1) {
 			received_done(s, r, NULL);
 			cJSON_Delete(r);
 			return;

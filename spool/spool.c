@@ -812,12 +812,14 @@ size_t spool_commit(struct spool *s, struct spool_item *items, size_t n)
 				       SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
 				       SYNC_FILE_RANGE_WAIT_AFTER) != 0 ? errno : 0;
 	} else {
-		s->commit_flushes++;
 		derr = fdatasync(g->data_fd) != 0 ? errno : 0;
-	}
-	if (!derr)
 		s->commit_flushes++;
-	int merr = derr ? 0 : (fdatasync(g->meta_fd) != 0 ? errno : 0);
+	}
+	int merr = 0;
+	if (!derr) {
+		merr = fdatasync(g->meta_fd) != 0 ? errno : 0;
+		s->commit_flushes++;
+	}
 	if (derr || merr) {
 		snprintf(why, sizeof why, "flush segment %s: %s", g->name, strerror(derr ? derr : merr));
 		goto undo;
