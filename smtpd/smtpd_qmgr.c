@@ -1,6 +1,9 @@
 /* smtpd_qmgr: tells kumo-qmgr about the messages this worker stored, so it
  * delivers them at once: {"op":"new","msgs":[...]} frames (qmgr_ctl.c), no
- * reply; each message's spooled meta record goes along (up to 64 KiB).  While the queue manager is away (restarting), notices wait in
+ * reply; each message's spooled meta record goes along (up to 64 KiB).
+ * The messages of the commits of one millisecond (QMGR_NOTICE_DELAY_US)
+ * go in one notice: the queue manager wakes once for them, not once per
+ * commit.  While the queue manager is away (restarting), notices wait in
  * memory (bounded) and go out on reconnection; a notice lost anyway (this
  * worker dies, the bound is hit) is harmless, since the queue manager lists
  * the spool at start and every few minutes.
@@ -27,6 +30,7 @@
 #define INJECT_TIMEOUT 10                        /* seconds for the queue manager's answer */
 #define QMGR_NOTICE_META_MAX (64u * 1024u)       /* larger meta: read back from the spool */
 #define QMGR_NOTICE_MAX (1024u * 1024u)          /* nor past this much notice */
+#define QMGR_NOTICE_DELAY_US 1000                /* a notice gathers messages this long */
 
 struct inject {
 	struct inject *next;
@@ -46,6 +50,8 @@ struct qmgr_client {
 	bool warned;
 	uint64_t next_id;
 	struct inject *injects;    /* waiting for an answer */
+	struct jbuf held;          /* the next notice's messages, comma-separated */
+	struct event *held_ev;     /* sends it */
 };
 
 /* The job is answered: ok, or each item failed with why. */
@@ -156,6 +162,32 @@ static void qc_connect(struct qmgr_client *qc)
 		qc_drop(qc);
 }
 
+/* The gathered messages go out as one notice (or into the backlog). */
+static void notice_send(struct qmgr_client *qc)
+{
+	if (qc->held.len == 0)
+		return;
+	evtimer_del(qc->held_ev);
+	struct jbuf *b = &qc->held;
+	jbuf_add(b, "]}", 2);
+	if (qc->connected) {
+		frame_encode_text(bufferevent_get_output(qc->bev), b->p, b->len);
+	} else if (evbuffer_get_length(qc->backlog) < QMGR_BACKLOG_MAX) {
+		frame_encode_text(qc->backlog, b->p, b->len);
+	} else if (!qc->warned) {
+		log_warn("kumo-qmgr is away and the notice backlog is full; it will find the messages in the spool");
+		qc->warned = true;
+	}
+	b->len = 0; /* the buffer is kept for the next notice */
+}
+
+static void held_due(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	notice_send(arg);
+}
+
 struct qmgr_client *qmgr_client_new(struct event_base *base, const char *sockname)
 {
 	struct qmgr_client *qc = xcalloc(1, sizeof *qc);
@@ -163,6 +195,7 @@ struct qmgr_client *qmgr_client_new(struct event_base *base, const char *socknam
 	qc->sockname = xstrdup(sockname ? sockname : "");
 	qc->backlog = evbuffer_new();
 	qc->retry = evtimer_new(base, qc_retry, qc);
+	qc->held_ev = evtimer_new(base, held_due, qc);
 	qc_connect(qc);
 	return qc;
 }
@@ -172,12 +205,19 @@ void qmgr_notify(struct qmgr_client *qc, const struct spool_item *const *items, 
 	if (!qc || n == 0)
 		return;
 	/* written directly: ids and segment names are hex, the rest numbers */
-	struct jbuf b = { 0 };
-	jbuf_add(&b, "{\"op\":\"new\",\"msgs\":[", 20);
+	struct jbuf b = qc->held;
 	for (size_t i = 0; i < n; i++) {
 		const struct spool_item *it = items[i];
 		const struct spool_loc *l = &it->loc;
-		jbuf_add(&b, i ? ",{\"id\":\"" : "{\"id\":\"", i ? 8 : 7);
+		if (b.len >= QMGR_NOTICE_MAX) {
+			qc->held = b;
+			notice_send(qc);
+			b = qc->held;
+		}
+		if (b.len == 0)
+			jbuf_add(&b, "{\"op\":\"new\",\"msgs\":[{\"id\":\"", 27);
+		else
+			jbuf_add(&b, ",{\"id\":\"", 8);
 		jbuf_add(&b, it->id, SPOOL_ID_LEN);
 		jbuf_add(&b, "\",\"seg\":\"", 9);
 		jbuf_add(&b, it->seg_name, SPOOL_SEG_NAME_LEN);
@@ -209,16 +249,13 @@ void qmgr_notify(struct qmgr_client *qc, const struct spool_item *const *items, 
 		}
 		jbuf_add(&b, "}", 1);
 	}
-	jbuf_add(&b, "]}", 2);
-	if (qc->connected) {
-		frame_encode_text(bufferevent_get_output(qc->bev), b.p, b.len);
-	} else if (evbuffer_get_length(qc->backlog) < QMGR_BACKLOG_MAX) {
-		frame_encode_text(qc->backlog, b.p, b.len);
-	} else if (!qc->warned) {
-		log_warn("kumo-qmgr is away and the notice backlog is full; it will find the messages in the spool");
-		qc->warned = true;
+	qc->held = b;
+	if (b.len >= QMGR_NOTICE_MAX) {
+		notice_send(qc);
+	} else if (!evtimer_pending(qc->held_ev, NULL)) {
+		struct timeval tv = { 0, QMGR_NOTICE_DELAY_US };
+		evtimer_add(qc->held_ev, &tv);
 	}
-	jbuf_free(&b);
 }
 
 int qmgr_inject(struct qmgr_client *qc, struct spool_job *job)
@@ -284,8 +321,17 @@ void qmgr_client_free(struct qmgr_client *qc)
 		free(in->job);
 		free(in);
 	}
-	if (qc->bev)
+	/* what was gathered goes out if the socket takes it now; anything
+	 * lost is found by the queue manager's listing of the spool */
+	notice_send(qc);
+	if (qc->bev) {
+		struct evbuffer *out = bufferevent_get_output(qc->bev);
+		if (qc->connected && evbuffer_get_length(out) > 0)
+			evbuffer_write(out, bufferevent_getfd(qc->bev));
 		bufferevent_free(qc->bev);
+	}
+	jbuf_free(&qc->held);
+	event_free(qc->held_ev);
 	evbuffer_free(qc->backlog);
 	event_free(qc->retry);
 	free(qc->sockname);
