@@ -33,6 +33,12 @@
  *   "meta" is in an ok or reject reply only when the handler called
  *   set_meta on the connection metadata; without it, the metadata is as
  *   it was sent.
+ *   With "delta":true in the request (smtpd sends it), the reply has
+ *   "meta_set":{name:value,...} instead of "meta": each name the handler
+ *   set, once, with its last value, in the order first set.  The client
+ *   replaces each name where it is in its copy, or adds it at the end
+ *   (as policyd did), and gets the same object.  A message's reply "msg"
+ *   has "meta_set" the same way, and no "meta".
  * An event request may carry "then":{"event":E2,"args":[...],"meta_pos":N}
  * (and a "then" of its own): the event that smtpd would send next in the
  * same transaction if this one returns ok, sent along to save a round
@@ -54,6 +60,8 @@
  *   {"__msg":{"id":"<32 hex>","sender":"a@b","recipients":["c@d",...],
  *             "meta":{...message meta...},
  *             "path":"/abs/file","size":N,"hdr_end":H}}
+ *   Instead of "meta", "meta_from_conn":true: the message's metadata is
+ *   a copy of the request's connection metadata ("meta"), sent once.
  *   Instead of "path", "fetch":true: the file is not written yet.  The
  *   first time the policy needs the bytes, policyd asks the client on the
  *   same connection, while the event is in flight (ids of policyd's
@@ -70,7 +78,8 @@
  *   blank line and the body follow.  -1: the message has no blank line.
  *   Optional "prefix":"Received: ...\r\n": text already put before the
  *   file's bytes (the message is prefix + file); the reply's "prefix" is
- *   then the whole prefix, this one included.
+ *   then the whole prefix, this one included ("" when the handler removed
+ *   all of it; with "delta", there only when the handler changed it).
  * The reply then carries what the handler changed, for smtpd to apply:
  *   "msg":{"sender":"...","recipients":[...],"meta":{...},
  *          "prefix":"X-A: 1\r\n",   (optional: text to put before the message)

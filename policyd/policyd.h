@@ -110,8 +110,9 @@ void policy_addr_register(lua_State *L);
 void policy_meta_push(lua_State *L, cJSON *obj);
 /* Takes the metadata back out of the object at idx (which is then detached:
  * its methods raise an error).  NULL if idx is not a live object; *changed
- * tells whether set_meta was called on it. */
-cJSON *policy_meta_take(lua_State *L, int idx, bool *changed);
+ * tells whether set_meta was called on it, and *delta (when not NULL) gets
+ * what it set (policy_meta_delta). */
+cJSON *policy_meta_take(lua_State *L, int idx, bool *changed, cJSON **delta);
 void policy_meta_register(lua_State *L);
 /* get_meta/set_meta on a metadata object, shared with the Message:
  * policy_meta_get pushes obj[name] (nil when absent) and returns 1;
@@ -121,6 +122,12 @@ void policy_meta_register(lua_State *L);
 int policy_meta_get(lua_State *L, const cJSON *obj, const char *name);
 void policy_meta_set(lua_State *L, cJSON *obj, const char *name, int idx);
 void policy_meta_obj_set(cJSON *obj, const char *name, cJSON *v);
+/* The names set on a metadata object, each once, in the order first set:
+ * policy_meta_note adds name to *names (an array, created when NULL).
+ * policy_meta_delta returns {name: copy of obj[name], ...} for them, the
+ * reply's "meta_set" (lib/ipc.h), or NULL when none was set. */
+void policy_meta_note(cJSON **names, const char *name);
+cJSON *policy_meta_delta(const cJSON *obj, const cJSON *names);
 
 /* --- policyd_hdr.c --- */
 
@@ -172,9 +179,11 @@ long long policy_hdr_block_end(const char *data, size_t len);
  * invalid. */
 int policy_msg_push(lua_State *L, cJSON *msg, char *err, size_t errlen);
 /* Detaches the Message at idx (its methods then raise an error) and
- * returns the reply's "msg" object.  NULL with err set when idx is not a
- * live Message, or when the edited bytes cannot travel in JSON (a NUL). */
-cJSON *policy_msg_take(lua_State *L, int idx, char *err, size_t errlen);
+ * returns the reply's "msg" object (with "meta" and, when anything was set,
+ * "meta_set"; delta: "prefix" only when the handler changed it).  NULL
+ * with err set when idx is not a live Message, or when the edited bytes
+ * cannot travel in JSON (a NUL). */
+cJSON *policy_msg_take(lua_State *L, int idx, bool delta, char *err, size_t errlen);
 void policy_msg_register(lua_State *L);
 
 /* policyd_pool.c: Lua states answering on worker threads.  Where requests

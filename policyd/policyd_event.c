@@ -115,6 +115,8 @@ struct event_ctx {
 	cJSON *ret2;          /* owned: second return value, NULL if none */
 	cJSON *meta_after;    /* owned: the metadata after the call */
 	bool meta_changed;    /* set_meta was called on it */
+	bool delta;           /* the reply says what was set ("meta_set") */
+	cJSON *meta_delta;    /* owned: what set_meta set (delta only) */
 	cJSON *msg_after;     /* owned: the Message argument's reply object */
 	int code;             /* OUT_REJECT */
 	char *text;           /* owned (OUT_REJECT) */
@@ -127,11 +129,12 @@ static void ctx_clear(struct event_ctx *c)
 	cJSON_Delete(c->ret);
 	cJSON_Delete(c->ret2);
 	cJSON_Delete(c->meta_after);
+	cJSON_Delete(c->meta_delta);
 	cJSON_Delete(c->msg_after);
 	free(c->text);
 	free(c->mode);
 	free(c->error);
-	c->ret = c->ret2 = c->meta_after = c->msg_after = NULL;
+	c->ret = c->ret2 = c->meta_after = c->meta_delta = c->msg_after = NULL;
 	c->text = c->mode = c->error = NULL;
 }
 
@@ -188,7 +191,7 @@ static int push_args(lua_State *L, struct event_ctx *c, int *meta_idx, int *msg_
 static void take_msg(lua_State *L, struct event_ctx *c, int msg_idx)
 {
 	char err[300];
-	c->msg_after = policy_msg_take(L, msg_idx, err, sizeof err);
+	c->msg_after = policy_msg_take(L, msg_idx, c->delta, err, sizeof err);
 	if (!c->msg_after && (c->outcome == OUT_OK || c->outcome == OUT_REJECT)) {
 		c->outcome = OUT_ERROR;
 		free(c->error);
@@ -273,7 +276,8 @@ static int event_protected(lua_State *L)
 		break;
 	}
 	if (meta_idx)
-		c->meta_after = policy_meta_take(L, meta_idx, &c->meta_changed);
+		c->meta_after = policy_meta_take(L, meta_idx, &c->meta_changed,
+						 c->delta ? &c->meta_delta : NULL);
 	if (msg_idx)
 		take_msg(L, c, msg_idx);
 	return 0;
@@ -294,7 +298,8 @@ static cJSON *then_request(cJSON *req, cJSON *then, struct event_ctx *c)
 		return NULL;
 	for (cJSON *a = args ? args->child : NULL; a; a = a->next) {
 		cJSON *m = msg_ref(a);
-		if (!cJSON_IsObject(m) || cJSON_GetObjectItemCaseSensitive(m, "meta"))
+		if (!cJSON_IsObject(m) || cJSON_GetObjectItemCaseSensitive(m, "meta") ||
+		    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "meta_from_conn")))
 			continue;
 		const cJSON *was = c->msg_after;
 		if (!was || cJSON_GetObjectItemCaseSensitive(was, "data") ||
@@ -335,8 +340,24 @@ static cJSON *then_request(cJSON *req, cJSON *then, struct event_ctx *c)
 /* Events one request may run: itself and the "then"s after it. */
 #define THEN_MAX 4
 
-/* depth: how many events of the request ran before this one. */
-static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply, int depth)
+/* A message argument sent with "meta_from_conn" (lib/ipc.h) gets a copy of
+ * the request's connection metadata as its metadata. */
+static void meta_from_conn(cJSON *req, cJSON *args)
+{
+	const cJSON *meta = cJSON_GetObjectItemCaseSensitive(req, "meta");
+	for (cJSON *a = args->child; a; a = a->next) {
+		cJSON *m = msg_ref(a);
+		if (!cJSON_IsObject(m) || cJSON_GetObjectItemCaseSensitive(m, "meta") ||
+		    !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "meta_from_conn")))
+			continue;
+		cJSON_AddItemToObject(m, "meta", need(cJSON_IsObject(meta) ? cJSON_Duplicate(meta, 1)
+									: cJSON_CreateObject()));
+	}
+}
+
+/* depth: how many events of the request ran before this one; delta: the
+ * request asked for "meta_set" instead of whole metadata objects. */
+static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply, int depth, bool delta)
 {
 	const cJSON *event = cJSON_GetObjectItemCaseSensitive(req, "event");
 	cJSON *args = cJSON_GetObjectItemCaseSensitive(req, "args");
@@ -363,10 +384,11 @@ static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply, int depth
 	}
 	if (p->load_error)
 		return fail(reply, "%s", p->load_error);
+	meta_from_conn(req, args);
 
 	struct event_ctx c = {
 		.p = p, .event = event->valuestring, .args = args, .meta_pos = pos, .request = req,
-		.outcome = OUT_ERROR,
+		.outcome = OUT_ERROR, .delta = delta,
 	};
 	lua_State *L = p->L;
 	int rc = lua_cpcall(L, event_protected, &c);
@@ -415,19 +437,26 @@ static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply, int depth
 	cJSON *then = cJSON_GetObjectItemCaseSensitive(req, "then");
 	cJSON *next = c.outcome == OUT_OK && cJSON_IsObject(then) && depth + 1 < THEN_MAX
 			      ? then_request(req, then, &c) : NULL;
-	/* the reply carries the metadata only when the handler changed it */
+	/* the reply carries the metadata only when the handler changed it:
+	 * the whole object, or with delta what was set in it */
 	if ((c.outcome == OUT_OK || c.outcome == OUT_REJECT) && c.meta_after && c.meta_changed) {
-		cJSON_AddItemToObject(reply, "meta", c.meta_after);
-		c.meta_after = NULL;
+		if (!delta) {
+			cJSON_AddItemToObject(reply, "meta", c.meta_after);
+			c.meta_after = NULL;
+		} else if (c.meta_delta) {
+			cJSON_AddItemToObject(reply, "meta_set", c.meta_delta);
+			c.meta_delta = NULL;
+		}
 	}
 	if ((c.outcome == OUT_OK || c.outcome == OUT_REJECT) && c.msg_after) {
+		cJSON_DeleteItemFromObjectCaseSensitive(c.msg_after, delta ? "meta" : "meta_set");
 		cJSON_AddItemToObject(reply, "msg", c.msg_after);
 		c.msg_after = NULL;
 	}
 	ctx_clear(&c);
 	if (next) {
 		cJSON *r = need(cJSON_CreateObject());
-		cJSON_AddItemToObject(reply, "then", handle_event(p, next, r, depth + 1));
+		cJSON_AddItemToObject(reply, "then", handle_event(p, next, r, depth + 1, delta));
 		cJSON_Delete(next);
 	}
 	return reply;
@@ -448,7 +477,8 @@ cJSON *policy_handle(struct policy *p, cJSON *request)
 	if (strcmp(op->valuestring, "hello") == 0)
 		return handle_hello(p, reply);
 	if (strcmp(op->valuestring, "event") == 0)
-		return handle_event(p, request, reply, 0);
+		return handle_event(p, request, reply, 0,
+				    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(request, "delta")));
 	char esc[120];
 	size_t n = strlen(op->valuestring);
 	snprintf(esc, sizeof esc, "%.100s%s", op->valuestring, n > 100 ? "..." : "");

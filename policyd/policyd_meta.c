@@ -19,6 +19,7 @@
 struct lua_meta {
 	cJSON *obj;    /* owned object; NULL once detached */
 	bool changed;  /* set_meta was called */
+	cJSON *names;  /* owned: the names set (policy_meta_note), or NULL */
 };
 
 static struct lua_meta *check_meta(lua_State *L, int idx)
@@ -55,6 +56,37 @@ void policy_meta_set(lua_State *L, cJSON *obj, const char *name, int idx)
 	policy_meta_obj_set(obj, name, v);
 }
 
+void policy_meta_note(cJSON **names, const char *name)
+{
+	if (!*names && !(*names = cJSON_CreateArray()))
+		abort();  /* cJSON out of memory: same policy as xalloc */
+	for (const cJSON *n = (*names)->child; n; n = n->next)
+		if (strcmp(n->valuestring, name) == 0)
+			return;
+	cJSON *n = cJSON_CreateString(name);
+	if (!n)
+		abort();
+	cJSON_AddItemToArray(*names, n);
+}
+
+cJSON *policy_meta_delta(const cJSON *obj, const cJSON *names)
+{
+	if (!names || !names->child)
+		return NULL;
+	cJSON *d = cJSON_CreateObject();
+	if (!d)
+		abort();
+	for (const cJSON *n = names->child; n; n = n->next) {
+		const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, n->valuestring);
+		cJSON *copy = v ? cJSON_Duplicate(v, 1) : NULL;
+		if (v && !copy)
+			abort();
+		if (copy)
+			cJSON_AddItemToObject(d, n->valuestring, copy);
+	}
+	return d;
+}
+
 static int l_get_meta(lua_State *L)
 {
 	struct lua_meta *m = check_meta(L, 1);
@@ -68,6 +100,7 @@ static int l_set_meta(lua_State *L)
 	const char *name = luaL_checkstring(L, 2);
 	policy_meta_set(L, m->obj, name, 3);
 	m->changed = true;
+	policy_meta_note(&m->names, name);
 	return 0;
 }
 
@@ -75,7 +108,9 @@ static int l_meta_gc(lua_State *L)
 {
 	struct lua_meta *m = luaL_checkudata(L, 1, META_MT);
 	cJSON_Delete(m->obj);
+	cJSON_Delete(m->names);
 	m->obj = NULL;
+	m->names = NULL;
 	return 0;
 }
 
@@ -113,19 +148,26 @@ void policy_meta_push(lua_State *L, cJSON *obj)
 	struct lua_meta *m = lua_newuserdata(L, sizeof *m);
 	m->obj = NULL;
 	m->changed = false;
+	m->names = NULL;
 	luaL_getmetatable(L, META_MT);
 	lua_setmetatable(L, -2);
 	m->obj = obj;
 }
 
-cJSON *policy_meta_take(lua_State *L, int idx, bool *changed)
+cJSON *policy_meta_take(lua_State *L, int idx, bool *changed, cJSON **delta)
 {
 	struct lua_meta *m = luaL_testudata(L, idx, META_MT);
 	*changed = false;
+	if (delta)
+		*delta = NULL;
 	if (!m)
 		return NULL;
 	cJSON *obj = m->obj;
 	m->obj = NULL;
 	*changed = m->changed;
+	if (delta && obj)
+		*delta = policy_meta_delta(obj, m->names);
+	cJSON_Delete(m->names);
+	m->names = NULL;
 	return obj;
 }

@@ -10,10 +10,12 @@
  * change an in-memory copy of the header block; set_data replaces
  * everything (prefix and header edits are dropped; later header methods
  * work on the new data).  policy_msg_take turns the edits into the
- * reply's "msg" object: sender, recipients and meta always, then "data"
+ * reply's "msg" object: sender, recipients and meta always, "meta_set"
+ * (what the handler set, lib/ipc.h) when anything was, then "data"
  * after set_data (or when the header lines of a message without a blank
  * line were edited, since "headers" cannot say where they end), else
- * "prefix" when non-empty and "headers" when the block changed.
+ * "prefix" when non-empty or changed (with "delta", only when changed) and
+ * "headers" when the block changed.
  * Entry points: policy_msg_register, policy_msg_push, policy_msg_take.
  * Failures: an invalid __msg object makes policy_msg_push return -1 (a bad
  * request); a missing or short file, a bad argument and any use of a
@@ -41,6 +43,7 @@ struct msg {
 	char *sender;             /* owned email; "" is the null sender */
 	cJSON *recipients;        /* owned array of email strings */
 	cJSON *meta;              /* owned object */
+	cJSON *meta_names;        /* owned: the names set in meta (policy_meta_note) */
 	char *path;               /* owned: smtpd's file holding the bytes;
 				   * NULL until fetched ("fetch") */
 	size_t offset;            /* where the bytes start in it (a spool segment) */
@@ -49,6 +52,8 @@ struct msg {
 	size_t size;              /* length of the bytes (the file's or data's) */
 	long long hdr_end;        /* their header block is [0, hdr_end); -1: no blank line */
 	struct policy_buf prefix; /* owned: header lines to put before the message */
+	bool prefix_sent;         /* the request had a "prefix" */
+	bool prefix_changed;      /* not the "prefix" of the request any more */
 	struct policy_buf hdr;    /* owned: copy of the header block, once loaded */
 	bool hdr_loaded;
 	bool hdr_changed;         /* hdr differs from the bytes' own block */
@@ -76,6 +81,7 @@ static void msg_free(struct msg *m)
 	free(m->sender);
 	cJSON_Delete(m->recipients);
 	cJSON_Delete(m->meta);
+	cJSON_Delete(m->meta_names);
 	free(m->path);
 	policy_buf_free(&m->data);
 	policy_buf_free(&m->prefix);
@@ -270,7 +276,8 @@ static size_t filter(struct msg *m, struct policy_buf *b, const struct match *mt
 
 static void remove_matching(struct msg *m, const struct match *mt)
 {
-	filter(m, &m->prefix, mt);
+	if (filter(m, &m->prefix, mt))
+		m->prefix_changed = true;
 	if (filter(m, &m->hdr, mt))
 		m->hdr_changed = true;
 }
@@ -427,6 +434,7 @@ static int l_set_meta(lua_State *L)
 	struct msg *m = check_msg(L);
 	const char *name = luaL_checkstring(L, 2);
 	policy_meta_set(L, m->meta, name, 3);
+	policy_meta_note(&m->meta_names, name);
 	return 0;
 }
 
@@ -521,6 +529,7 @@ static int l_prepend_header(lua_State *L)
 	emit(m, &m->tmp, &h);
 	policy_buf_add(&m->tmp, m->prefix.p, m->prefix.len);
 	swap_buf(&m->tmp, &m->prefix);
+	m->prefix_changed = true;
 	return 0;
 }
 
@@ -634,6 +643,7 @@ static int l_import_x_headers(lua_State *L)
 		}
 		policy_hdr_value(buf + f.value, f.value_end - f.value, &m->tmp);
 		policy_meta_obj_set(m->meta, m->tmp2.p, need(cJSON_CreateString(m->tmp.p)));
+		policy_meta_note(&m->meta_names, m->tmp2.p);
 	}
 	return 0;
 }
@@ -808,8 +818,10 @@ int policy_msg_push(lua_State *L, cJSON *j, char *err, size_t errlen)
 	/* header lines smtpd already put before the file's bytes (Received):
 	 * part of the message for every method, returned in the reply's prefix */
 	const cJSON *prefix = cJSON_GetObjectItemCaseSensitive(j, "prefix");
-	if (cJSON_IsString(prefix))
+	if (cJSON_IsString(prefix)) {
 		policy_buf_add(&m->prefix, prefix->valuestring, strlen(prefix->valuestring));
+		m->prefix_sent = true;
+	}
 	return 0;
 }
 
@@ -821,7 +833,7 @@ static cJSON *take_fail(cJSON *r, struct msg *m, char *err, size_t errlen, const
 	return NULL;
 }
 
-cJSON *policy_msg_take(lua_State *L, int idx, char *err, size_t errlen)
+cJSON *policy_msg_take(lua_State *L, int idx, bool delta, char *err, size_t errlen)
 {
 	struct lua_msg *ud = luaL_testudata(L, idx, MSG_MT);
 	if (!ud || !ud->m) {
@@ -834,16 +846,23 @@ cJSON *policy_msg_take(lua_State *L, int idx, char *err, size_t errlen)
 	cJSON_AddItemToObject(r, "sender", need(cJSON_CreateString(m->sender)));
 	cJSON_AddItemToObject(r, "recipients", m->recipients);
 	m->recipients = NULL;
+	cJSON *set = policy_meta_delta(m->meta, m->meta_names);
 	cJSON_AddItemToObject(r, "meta", m->meta);
 	m->meta = NULL;
+	if (set)
+		cJSON_AddItemToObject(r, "meta_set", set);
 	if (m->data_set || (m->hdr_changed && m->hdr_end < 0)) {
 		compose_mem(m, &m->tmp);
 		if (memchr(m->tmp.p, '\0', m->tmp.len))
 			return take_fail(r, m, err, errlen, "message");
 		cJSON_AddItemToObject(r, "data", need(cJSON_CreateString(m->tmp.p)));
 	} else {
-		if (m->prefix.len)
-			cJSON_AddItemToObject(r, "prefix", need(cJSON_CreateString(m->prefix.p)));
+		/* with delta, only a prefix that is not the one sent; "" when
+		 * the handler removed every line of the one sent */
+		bool said = m->prefix.len || (m->prefix_changed && m->prefix_sent);
+		if (delta ? said && m->prefix_changed : said)
+			cJSON_AddItemToObject(r, "prefix",
+					      need(cJSON_CreateString(m->prefix.len ? m->prefix.p : "")));
 		if (m->hdr_changed) {
 			if (memchr(m->hdr.p, '\0', m->hdr.len))
 				return take_fail(r, m, err, errlen, "header block");

@@ -86,6 +86,9 @@ struct policy_client;
 typedef void (*policy_cb)(void *ctx, const cJSON *reply, const char *error);
 /* The member key of a reply, detached (the caller owns it), or NULL. */
 cJSON *policy_reply_take(const cJSON *reply, const char *key);
+/* Takes obj's "meta_set" (lib/ipc.h) into meta: each name it has replaced
+ * where it is, or added at the end, as policyd set them. */
+void policy_meta_apply(cJSON *meta, const cJSON *obj);
 #define POLICY_TIMEOUT "policy call timed out" /* the error of a late call */
 
 struct policy_client *policy_client_new(struct event_base *base, const char *sockname,

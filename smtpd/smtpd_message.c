@@ -205,7 +205,9 @@ static int write_msg_file(struct txn *t, char *err, size_t errlen)
 
 /* ---------------------------------------------------------- hooks */
 
-static cJSON *msg_arg(struct txn *t, const struct batch *b)
+/* meta_from_conn: b's meta is the same as the connection metadata sent
+ * with it, so policyd copies that (lib/ipc.h) instead of reading it twice. */
+static cJSON *msg_arg(struct txn *t, const struct batch *b, bool meta_from_conn)
 {
 	cJSON *o = cJSON_CreateObject();
 	cJSON *m = cJSON_AddObjectToObject(o, "__msg");
@@ -215,7 +217,9 @@ static cJSON *msg_arg(struct txn *t, const struct batch *b)
 	 * reference.  No meta: the message that the event before continues
 	 * (lib/ipc.h "then"). */
 	cJSON_AddItemToObject(m, "recipients", cJSON_CreateArrayReference(b->recipients->child));
-	if (b->meta)
+	if (meta_from_conn)
+		cJSON_AddBoolToObject(m, "meta_from_conn", 1);
+	else if (b->meta)
 		cJSON_AddItemToObject(m, "meta", cJSON_CreateObjectReference(b->meta->child));
 	if (t->msg_path)
 		cJSON_AddStringToObject(m, "path", t->msg_path);
@@ -251,6 +255,9 @@ static int apply_msg_reply(struct batch *b, const cJSON *reply)
 		cJSON_Delete(b->meta);
 		b->meta = policy_reply_take(m, "meta");
 	}
+	if (!b->meta)
+		b->meta = cJSON_CreateObject();
+	policy_meta_apply(b->meta, m);
 	v = cJSON_GetObjectItemCaseSensitive(m, "data");
 	if (cJSON_IsString(v)) {
 		free(b->data);
@@ -360,7 +367,7 @@ static void next_received(struct session *s)
 		return;
 	}
 	cJSON *args = cJSON_CreateArray();
-	cJSON_AddItemToArray(args, msg_arg(t, &t->batches[t->cur]));
+	cJSON_AddItemToArray(args, msg_arg(t, &t->batches[t->cur], false));
 	s->policy_req = policy_call(smtpd->policy, "smtp_server_message_received", args, 1, s->meta,
 				    s->p.data_processing_timeout, received_done, s);
 	policy_set_msg_file(smtpd->policy, s->policy_req, msg_file);
@@ -634,7 +641,7 @@ static cJSON *received_then(struct session *s)
 		b.prefix = t->first_received;
 	}
 	cJSON *args = cJSON_CreateArray();
-	cJSON_AddItemToArray(args, msg_arg(t, &b));
+	cJSON_AddItemToArray(args, msg_arg(t, &b, false));
 	cJSON *then = cJSON_CreateObject();
 	cJSON_AddStringToObject(then, "event", "smtp_server_message_received");
 	cJSON_AddItemToObject(then, "args", args);
@@ -678,7 +685,7 @@ void data_complete(struct session *s)
 		return;
 	}
 	cJSON *args = cJSON_CreateArray();
-	cJSON_AddItemToArray(args, msg_arg(t, &t->proto));
+	cJSON_AddItemToArray(args, msg_arg(t, &t->proto, true));
 	s->policy_req = policy_call_then(smtpd->policy, "smtp_server_data", args, 1, s->meta,
 					 received_then(s), s->p.data_processing_timeout, data_hook_done, s);
 	policy_set_msg_file(smtpd->policy, s->policy_req, msg_file);

@@ -240,6 +240,22 @@ cJSON *policy_reply_take(const cJSON *reply, const char *key)
 	return reply ? cJSON_DetachItemFromObjectCaseSensitive((cJSON *)reply, key) : NULL;
 }
 
+void policy_meta_apply(cJSON *meta, const cJSON *obj)
+{
+	cJSON *set = policy_reply_take(obj, "meta_set");
+	while (cJSON_IsObject(set) && set->child) {
+		cJSON *v = cJSON_DetachItemViaPointer(set, set->child);
+		cJSON *old = v->string ? cJSON_GetObjectItemCaseSensitive(meta, v->string) : NULL;
+		if (old)
+			cJSON_ReplaceItemViaPointer(meta, old, v);  /* in its place, name kept */
+		else if (v->string)
+			cJSON_AddItemToObject(meta, v->string, v);  /* copies the name first */
+		else
+			cJSON_Delete(v);
+	}
+	cJSON_Delete(set);
+}
+
 static void pc_event(struct bufferevent *bev, short what, void *arg)
 {
 	(void)bev;
@@ -363,8 +379,11 @@ static uint64_t send_request(struct policy_client *pc, const char *op, const cha
 	cJSON *req = cJSON_CreateObject();
 	cJSON_AddNumberToObject(req, "id", (double)p->id);
 	cJSON_AddStringToObject(req, "op", op);
-	if (event)
+	if (event) {
 		cJSON_AddStringToObject(req, "event", event);
+		/* changed metadata comes back as what was set ("meta_set") */
+		cJSON_AddBoolToObject(req, "delta", 1);
+	}
 	if (args)
 		cJSON_AddItemToObject(req, "args", args);
 	if (meta_pos >= 0) {

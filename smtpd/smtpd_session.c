@@ -637,6 +637,7 @@ static void apply_meta_reply(struct session *s, const cJSON *reply)
 	} else {
 		cJSON_Delete(m);
 	}
+	policy_meta_apply(s->meta, reply);
 }
 
 /* Shared handling of an event reply: returns 1 when the caller should go

@@ -352,6 +352,8 @@ START_TEST(test_data_then_message_received)
 		"kumo.on('smtp_server_data', function(msg, conn_meta)\n"
 		"  conn_meta:set_meta('x_data_conn', 'c1')\n"
 		"  msg:set_meta('x_data', 'd1')\n"
+		"  msg:set_meta('x_saw_conn', msg:get_meta('received_via') ~= nil)\n"
+		"  msg:set_meta('hostname', 'h2')\n"
 		"  local s = msg:get_first_named_header_value('subject')\n"
 		"  if s == 'hdr' then msg:append_header('X-Data', 'seen') end\n"
 		"  if s == 'rcpt' then msg:set_recipient('c@example.org') end\n"
@@ -401,7 +403,10 @@ START_TEST(test_data_then_message_received)
 		/* the first message of the transaction; its Received header once */
 		char want[300];
 		snprintf(want, sizeof want, "\"x_rcvd\":[%d,\"%s\",%s", ++n, ids[0], txns[i].tail);
-		const char *const needles[] = { want, "\"x_data\":\"d1\"", NULL };
+		/* the message's meta began as the connection's; a name the
+		 * handler set again changed where it was */
+		const char *const needles[] = { want, "\"x_data\":\"d1\"", "\"x_saw_conn\":true",
+						 "\"hostname\":\"h2\"", NULL };
 		char *data = expect_spooled(env, ids[0], "body", needles, NULL);
 		char *rcv = strstr(data, "Received: from client.example");
 		ck_assert_msg(rcv && !strstr(rcv + 1, "Received:") && strstr(rcv, ids[0]),

@@ -324,6 +324,9 @@ static const char event_policy[] =
 	"end)\n"
 	"kumo.on('x_ret2', function() return nil, 'two' end)\n"
 	"kumo.on('x_none', function() end)\n"
+	"kumo.on('x_twice', function(meta)\n"
+	"  meta:set_meta('a', 1) meta:set_meta('b', 2) meta:set_meta('a', 3)\n"
+	"end)\n"
 	"kumo.on('x_args', function(...) return { n = select('#', ...), ... } end)\n"
 	"kumo.on('x_serde', function(s) return kumo.serde.json_parse(s) end)\n"
 	"kumo.on('x_keep', function(meta) KEPT = meta end)\n"
@@ -538,6 +541,27 @@ static const struct {
 	{ "{\"id\":54,\"op\":\"event\",\"event\":\"no_such_event\",\"args\":[],"
 	  "\"then\":{\"event\":\"x_none\",\"args\":[]}}",
 	  "{\"id\":54,\"ok\":true,\"result\":\"ok\",\"ret\":null,\"nohandler\":true}" },
+	/* "delta": what was set ("meta_set"), each name once, its last value;
+	 * nothing when nothing was set; "then"s say only their own */
+	{ "{\"id\":56,\"op\":\"event\",\"event\":\"smtp_server_connection_accepted\","
+	  "\"delta\":true,\"args\":[],\"meta_pos\":0," META "}",
+	  "{\"id\":56,\"ok\":true,\"result\":\"ok\",\"ret\":null,\"meta_set\":{"
+	  "\"x_seen\":{\"a\":1,\"list\":[\"p\",\"q\"]},\"x_n\":5,\"received_from\":null}}" },
+	{ "{\"id\":57,\"op\":\"event\",\"event\":\"x_twice\",\"delta\":true,\"args\":[],"
+	  "\"meta_pos\":0,\"meta\":{\"b\":0,\"z\":1}}",
+	  "{\"id\":57,\"ok\":true,\"result\":\"ok\",\"ret\":null,\"meta_set\":{\"a\":3,\"b\":2}}" },
+	{ "{\"id\":58,\"op\":\"event\",\"event\":\"x_none\",\"delta\":true,\"args\":[],"
+	  "\"meta_pos\":0,\"meta\":{\"b\":0}}",
+	  "{\"id\":58,\"ok\":true,\"result\":\"ok\",\"ret\":null}" },
+	{ "{\"id\":59,\"op\":\"event\",\"event\":\"smtp_server_mail_from\",\"delta\":true,"
+	  "\"args\":[{\"__addr\":\"a@b.example\"}],\"meta_pos\":1,\"meta\":{\"a\":1},"
+	  "\"then\":{\"event\":\"x_none\",\"args\":[],\"meta_pos\":0,"
+	  "\"then\":{\"event\":\"x_reject_meta\",\"args\":[],\"meta_pos\":0}}}",
+	  "{\"id\":59,\"ok\":true,\"result\":\"ok\",\"ret\":\"a@b.example\",\"meta_set\":{"
+	  "\"x_from\":[\"a\",\"b.example\",\"a@b.example\",\"a@b.example\"]},"
+	  "\"then\":{\"ok\":true,\"result\":\"ok\",\"ret\":null,"
+	  "\"then\":{\"ok\":true,\"result\":\"reject\",\"code\":550,\"text\":\"no\","
+	  "\"mode\":\"If421\",\"meta_set\":{\"x_before\":true}}}}" },
 	/* set_meta of the value it had still counts as a change */
 	{ "{\"id\":50,\"op\":\"event\",\"event\":\"smtp_server_mail_from\","
 	  "\"args\":[{\"__addr\":\"a@b.example\"}],\"meta_pos\":1,"
@@ -550,6 +574,23 @@ START_TEST(test_events)
 {
 	struct policy *p = load_ok(event_policy);
 	expect(p, events[_i].request, events[_i].reply);
+	policy_free(p);
+}
+END_TEST
+
+/* "meta_set" lists the names in the order they were first set, which is
+ * the order smtpd adds the new ones in. */
+START_TEST(test_meta_set_order)
+{
+	struct policy *p = load_ok(event_policy);
+	cJSON *req = cJSON_Parse("{\"id\":1,\"op\":\"event\",\"event\":\"x_twice\",\"delta\":true,"
+				 "\"args\":[],\"meta_pos\":0,\"meta\":{\"b\":0}}");
+	cJSON *reply = policy_handle(p, req);
+	char *text = cJSON_PrintUnformatted(reply);
+	ck_assert_msg(strstr(text, "\"meta_set\":{\"a\":3,\"b\":2}") != NULL, "%s", text);
+	free(text);
+	cJSON_Delete(reply);
+	cJSON_Delete(req);
 	policy_free(p);
 }
 END_TEST
@@ -686,6 +727,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_duplicate_location);
 	tcase_add_loop_test(tc, test_events, 0, sizeof events / sizeof events[0]);
 	tcase_add_test(tc, test_events_in_sequence);
+	tcase_add_test(tc, test_meta_set_order);
 	tcase_add_test(tc, test_meta_kept);
 	tcase_add_test(tc, test_huge_args);
 	tcase_add_test(tc, test_require_kumo);

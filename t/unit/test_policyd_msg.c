@@ -819,6 +819,79 @@ START_TEST(test_then_nohandler)
 }
 END_TEST
 
+/* With "delta" (lib/ipc.h) the replies carry what the handlers set
+ * ("meta_set"), not whole metadata objects, and a prefix only when the
+ * handler changed it; "meta_from_conn" makes the message's metadata a copy
+ * of the connection metadata sent with it. */
+static const struct {
+	const char *how;
+	const char *want;       /* the whole reply, after the id */
+} delta_thens[] = {
+	{ "ok",
+	  "\"ok\":true,\"result\":\"ok\",\"ret\":null,\"meta_set\":{\"c_data\":1},"
+	  "\"msg\":{" ENV ",\"meta_set\":{\"m_data\":\"ok\"}},"
+	  "\"then\":{\"ok\":true,\"result\":\"ok\",\"ret\":null,\"meta_set\":{\"c_rcvd\":2},"
+	  "\"msg\":{" ENV ",\"meta_set\":{\"m_rcvd\":[\"" ID2 "\",\"ok\",1,\"hello\"]}}}" },
+	{ "hdr",
+	  "\"ok\":true,\"result\":\"ok\",\"ret\":null,\"meta_set\":{\"c_data\":1},"
+	  "\"msg\":{" ENV ",\"meta_set\":{\"m_data\":\"hdr\"},\"prefix\":\"X-A: 1\\r\\n\"}" },
+	{ "reject",
+	  "\"ok\":true,\"result\":\"reject\",\"code\":550,\"text\":\"5.7.1 no\",\"mode\":\"If421\","
+	  "\"meta_set\":{\"c_data\":1},\"msg\":{" ENV ",\"meta_set\":{\"m_data\":\"reject\"}}" },
+};
+
+START_TEST(test_then_delta)
+{
+	struct policy *p = load_ok(then_policy);
+	write_bytes("m.eml", MSG, strlen(MSG));
+	char *req = NULL, *want = NULL;
+	if (asprintf(&req, "{\"id\":1,\"op\":\"event\",\"event\":\"smtp_server_data\",\"delta\":true,"
+		     "\"args\":[{\"__msg\":{\"id\":\"" ID "\"," ENV ",\"meta_from_conn\":true,"
+		     "\"path\":\"%s/m.eml\",\"size\":%zu,\"hdr_end\":%zu}}],\"meta_pos\":1,"
+		     "\"meta\":{\"how\":\"%s\"},"
+		     "\"then\":{\"event\":\"smtp_server_message_received\",\"meta_pos\":1,"
+		     "\"args\":[{\"__msg\":{\"id\":\"" ID2 "\"," ENV ",\"fetch\":true,"
+		     "\"prefix\":\"Received: x\\r\\n\",\"size\":%zu,\"hdr_end\":%zu}}]}}",
+		     tmpdir, strlen(MSG), sizeof R_BLOCK - 1, delta_thens[_i].how, strlen(MSG),
+		     sizeof R_BLOCK - 1) < 0 ||
+	    asprintf(&want, "{\"id\":1,%s}", delta_thens[_i].want) < 0)
+		abort();
+	p->fetch = test_fetch;
+	fetch_mode = "ok";
+	expect(p, req, want);
+	free(req);
+	free(want);
+	policy_free(p);
+}
+END_TEST
+
+/* A handler that removes every line of the prefix it was sent says so
+ * with an empty one, with or without "delta" (smtpd keeps its own prefix
+ * when the reply has none). */
+START_TEST(test_prefix_removed)
+{
+	struct policy *p = load_ok(
+		"kumo.on('smtp_server_message_received', function(msg)\n"
+		"  msg:remove_all_named_headers('X-Pre')\n"
+		"end)\n");
+	write_bytes("m.eml", MSG, strlen(MSG));
+	for (int delta = 0; delta <= 1; delta++) {
+		char req[800];
+		snprintf(req, sizeof req,
+			 "{\"id\":1,\"op\":\"event\",\"event\":\"smtp_server_message_received\",%s"
+			 "\"args\":[{\"__msg\":{\"id\":\"" ID "\"," ENV ",\"meta\":{},"
+			 "\"path\":\"%s/m.eml\",\"size\":%zu,\"hdr_end\":%zu,"
+			 "\"prefix\":\"X-Pre: x\\r\\n\"}}]}",
+			 delta ? "\"delta\":true," : "", tmpdir, strlen(MSG), sizeof R_BLOCK - 1);
+		expect(p, req, delta ? "{\"id\":1,\"ok\":true,\"result\":\"ok\",\"ret\":null,"
+				       "\"msg\":{" ENV ",\"prefix\":\"\"}}"
+				     : "{\"id\":1,\"ok\":true,\"result\":\"ok\",\"ret\":null,"
+				       "\"msg\":{" ENV ",\"meta\":{},\"prefix\":\"\"}}");
+	}
+	policy_free(p);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("policyd_msg");
@@ -838,6 +911,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_msg_in_sequence);
 	tcase_add_loop_test(tc, test_msg_fetch, 0, sizeof fetches / sizeof fetches[0]);
 	tcase_add_loop_test(tc, test_then, 0, sizeof thens / sizeof thens[0]);
+	tcase_add_loop_test(tc, test_then_delta, 0, sizeof delta_thens / sizeof delta_thens[0]);
+	tcase_add_test(tc, test_prefix_removed);
 	tcase_add_test(tc, test_then_nohandler);
 	suite_add_tcase(s, tc);
 	return s;
