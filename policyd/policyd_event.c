@@ -109,6 +109,7 @@ struct event_ctx {
 	cJSON *args;          /* array, the request's */
 	int meta_pos;         /* -1: no connection metadata argument */
 	cJSON *request;       /* for its "meta", taken out when pushed */
+	cJSON *req_meta;      /* that "meta" member, NULL if none */
 
 	enum outcome outcome;
 	cJSON *ret;           /* owned: first return value (OUT_OK) */
@@ -157,7 +158,8 @@ static int push_args(lua_State *L, struct event_ctx *c, int *meta_idx, int *msg_
 	for (int i = 0; i <= nargs; i++) {
 		if (i == c->meta_pos) {
 			/* the request's metadata object, taken out of it (no copy) */
-			cJSON *meta = cJSON_DetachItemFromObjectCaseSensitive(c->request, "meta");
+			cJSON *meta = c->req_meta ? cJSON_DetachItemViaPointer(c->request, c->req_meta) : NULL;
+			c->req_meta = NULL;
 			policy_meta_push(L, meta ? meta : need(cJSON_CreateObject()));
 			*meta_idx = lua_gettop(L);
 			n++;
@@ -310,8 +312,10 @@ static cJSON *then_request(cJSON *req, cJSON *then, struct event_ctx *c)
 		    !cJSON_Compare(cJSON_GetObjectItemCaseSensitive(was, "recipients"),
 				   cJSON_GetObjectItemCaseSensitive(m, "recipients"), 1))
 			return NULL;
-		const cJSON *meta = cJSON_GetObjectItemCaseSensitive(was, "meta");
-		cJSON_AddItemToObject(m, "meta", need(meta ? cJSON_Duplicate(meta, 1) : cJSON_CreateObject()));
+		/* with delta this reply has no use for the whole meta: moved */
+		cJSON *meta = c->delta ? cJSON_DetachItemFromObjectCaseSensitive(c->msg_after, "meta")
+				       : cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(was, "meta"), 1);
+		cJSON_AddItemToObject(m, "meta", meta ? meta : need(cJSON_CreateObject()));
 	}
 	cJSON *next = need(cJSON_CreateObject());
 	cJSON_AddItemToObject(next, "event", need(cJSON_Duplicate(event, 1)));
@@ -326,8 +330,8 @@ static cJSON *then_request(cJSON *req, cJSON *then, struct event_ctx *c)
 	/* the connection metadata as this handler left it (or as it came,
 	 * when this event had no conn_meta argument) */
 	cJSON *meta = c->meta_after;
-	if (meta && c->meta_changed)
-		meta = need(cJSON_Duplicate(meta, 1));
+	if (meta && c->meta_changed && !c->delta)
+		meta = need(cJSON_Duplicate(meta, 1));  /* this reply's "meta" too */
 	else if (meta)
 		c->meta_after = NULL;
 	else
@@ -342,9 +346,8 @@ static cJSON *then_request(cJSON *req, cJSON *then, struct event_ctx *c)
 
 /* A message argument sent with "meta_from_conn" (lib/ipc.h) gets a copy of
  * the request's connection metadata as its metadata. */
-static void meta_from_conn(cJSON *req, cJSON *args)
+static void meta_from_conn(const cJSON *meta, cJSON *args)
 {
-	const cJSON *meta = cJSON_GetObjectItemCaseSensitive(req, "meta");
 	for (cJSON *a = args->child; a; a = a->next) {
 		cJSON *m = msg_ref(a);
 		if (!cJSON_IsObject(m) || cJSON_GetObjectItemCaseSensitive(m, "meta") ||
@@ -359,10 +362,20 @@ static void meta_from_conn(cJSON *req, cJSON *args)
  * request asked for "meta_set" instead of whole metadata objects. */
 static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply, int depth, bool delta)
 {
-	const cJSON *event = cJSON_GetObjectItemCaseSensitive(req, "event");
-	cJSON *args = cJSON_GetObjectItemCaseSensitive(req, "args");
-	const cJSON *meta_pos = cJSON_GetObjectItemCaseSensitive(req, "meta_pos");
-	const cJSON *meta = cJSON_GetObjectItemCaseSensitive(req, "meta");
+	/* the members, in one pass (a frame has no key twice: lib/frame.c) */
+	cJSON *event = NULL, *args = NULL, *meta_pos = NULL, *meta = NULL, *then = NULL;
+	for (cJSON *m = req->child; m; m = m->next) {
+		const char *k = m->string;
+		cJSON **slot = !k                           ? NULL
+			       : strcmp(k, "event") == 0    ? &event
+			       : strcmp(k, "args") == 0     ? &args
+			       : strcmp(k, "meta_pos") == 0 ? &meta_pos
+			       : strcmp(k, "meta") == 0     ? &meta
+			       : strcmp(k, "then") == 0     ? &then
+							    : NULL;
+		if (slot && !*slot)
+			*slot = m;
+	}
 	static cJSON empty_array = { .type = cJSON_Array };  /* never changed */
 
 	if (!cJSON_IsString(event) || !event->valuestring[0])
@@ -384,10 +397,11 @@ static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply, int depth
 	}
 	if (p->load_error)
 		return fail(reply, "%s", p->load_error);
-	meta_from_conn(req, args);
+	meta_from_conn(meta, args);
 
 	struct event_ctx c = {
 		.p = p, .event = event->valuestring, .args = args, .meta_pos = pos, .request = req,
+		.req_meta = meta,
 		.outcome = OUT_ERROR, .delta = delta,
 	};
 	lua_State *L = p->L;
@@ -434,16 +448,15 @@ static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply, int depth
 		}
 		break;
 	}
-	cJSON *then = cJSON_GetObjectItemCaseSensitive(req, "then");
 	cJSON *next = c.outcome == OUT_OK && cJSON_IsObject(then) && depth + 1 < THEN_MAX
 			      ? then_request(req, then, &c) : NULL;
 	/* the reply carries the metadata only when the handler changed it:
 	 * the whole object, or with delta what was set in it */
-	if ((c.outcome == OUT_OK || c.outcome == OUT_REJECT) && c.meta_after && c.meta_changed) {
-		if (!delta) {
+	if ((c.outcome == OUT_OK || c.outcome == OUT_REJECT) && c.meta_changed) {
+		if (!delta && c.meta_after) {
 			cJSON_AddItemToObject(reply, "meta", c.meta_after);
 			c.meta_after = NULL;
-		} else if (c.meta_delta) {
+		} else if (delta && c.meta_delta) {  /* meta_after may be the next event's now */
 			cJSON_AddItemToObject(reply, "meta_set", c.meta_delta);
 			c.meta_delta = NULL;
 		}

@@ -727,19 +727,39 @@ static bool json_int(const cJSON *j, double lo, double hi, double *out)
 	return true;
 }
 
-static int check_request(const cJSON *j, double *size, double *hdr_end, double *offset, char *err,
-			 size_t errlen)
+/* The members of a "__msg" object, found in one pass over it (a frame
+ * has no key twice: lib/frame.c). */
+struct msg_fields {
+	cJSON *id, *sender, *recipients, *meta, *path, *fetch, *size, *hdr_end, *offset, *prefix;
+};
+
+static void msg_fields(const cJSON *j, struct msg_fields *f)
+{
+	memset(f, 0, sizeof *f);
+	for (cJSON *c = j->child; c; c = c->next) {
+		const char *k = c->string;
+		cJSON **slot = NULL;
+		switch (k ? k[0] : '\0') {
+		case 'i': slot = strcmp(k, "id") == 0 ? &f->id : NULL; break;
+		case 's': slot = strcmp(k, "sender") == 0 ? &f->sender : strcmp(k, "size") == 0 ? &f->size : NULL; break;
+		case 'r': slot = strcmp(k, "recipients") == 0 ? &f->recipients : NULL; break;
+		case 'm': slot = strcmp(k, "meta") == 0 ? &f->meta : NULL; break;
+		case 'p': slot = strcmp(k, "path") == 0 ? &f->path : strcmp(k, "prefix") == 0 ? &f->prefix : NULL; break;
+		case 'f': slot = strcmp(k, "fetch") == 0 ? &f->fetch : NULL; break;
+		case 'h': slot = strcmp(k, "hdr_end") == 0 ? &f->hdr_end : NULL; break;
+		case 'o': slot = strcmp(k, "offset") == 0 ? &f->offset : NULL; break;
+		}
+		if (slot && !*slot)
+			*slot = c;
+	}
+}
+
+static int check_request(const struct msg_fields *f, double *size, double *hdr_end, double *offset,
+			 char *err, size_t errlen)
 {
 	char why[160];
-	if (!cJSON_IsObject(j)) {
-		snprintf(err, errlen, "__msg must be an object");
-		return -1;
-	}
-	const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
-	const cJSON *sender = cJSON_GetObjectItemCaseSensitive(j, "sender");
-	const cJSON *rcpts = cJSON_GetObjectItemCaseSensitive(j, "recipients");
-	const cJSON *meta = cJSON_GetObjectItemCaseSensitive(j, "meta");
-	const cJSON *path = cJSON_GetObjectItemCaseSensitive(j, "path");
+	const cJSON *id = f->id, *sender = f->sender, *rcpts = f->recipients, *meta = f->meta;
+	const cJSON *path = f->path;
 	if (!cJSON_IsString(id) || !id->valuestring[0]) {
 		snprintf(err, errlen, "__msg: missing id");
 		return -1;
@@ -770,20 +790,19 @@ static int check_request(const cJSON *j, double *size, double *hdr_end, double *
 		snprintf(err, errlen, "__msg: meta must be an object");
 		return -1;
 	}
-	if ((!cJSON_IsString(path) || !path->valuestring[0]) &&
-	    !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "fetch"))) {
+	if ((!cJSON_IsString(path) || !path->valuestring[0]) && !cJSON_IsTrue(f->fetch)) {
 		snprintf(err, errlen, "__msg: missing path");
 		return -1;
 	}
-	if (!json_int(cJSON_GetObjectItemCaseSensitive(j, "size"), 0, MSG_SIZE_MAX, size)) {
+	if (!json_int(f->size, 0, MSG_SIZE_MAX, size)) {
 		snprintf(err, errlen, "__msg: size must be a whole number of bytes");
 		return -1;
 	}
-	if (!json_int(cJSON_GetObjectItemCaseSensitive(j, "hdr_end"), -1, *size, hdr_end)) {
+	if (!json_int(f->hdr_end, -1, *size, hdr_end)) {
 		snprintf(err, errlen, "__msg: hdr_end must be a whole number from -1 to size");
 		return -1;
 	}
-	const cJSON *off = cJSON_GetObjectItemCaseSensitive(j, "offset");
+	const cJSON *off = f->offset;
 	if (off && (!cJSON_IsString(path) || !json_int(off, 0, 9007199254740992.0, offset))) {
 		snprintf(err, errlen, "__msg: offset must be a whole number, with a path");
 		return -1;
@@ -794,7 +813,13 @@ static int check_request(const cJSON *j, double *size, double *hdr_end, double *
 int policy_msg_push(lua_State *L, cJSON *j, char *err, size_t errlen)
 {
 	double size, hdr_end, offset = 0;
-	if (check_request(j, &size, &hdr_end, &offset, err, errlen) < 0)
+	if (!cJSON_IsObject(j)) {
+		snprintf(err, errlen, "__msg must be an object");
+		return -1;
+	}
+	struct msg_fields f;
+	msg_fields(j, &f);
+	if (check_request(&f, &size, &hdr_end, &offset, err, errlen) < 0)
 		return -1;
 	/* The userdata exists (and will be collected) before anything is
 	 * allocated for it, so a Lua error here cannot leak. */
@@ -804,12 +829,12 @@ int policy_msg_push(lua_State *L, cJSON *j, char *err, size_t errlen)
 	lua_setmetatable(L, -2);
 	struct msg *m = xcalloc(1, sizeof *m);
 	ud->m = m;
-	cJSON *meta = cJSON_DetachItemFromObjectCaseSensitive(j, "meta");
-	m->id = xstrdup(cJSON_GetObjectItemCaseSensitive(j, "id")->valuestring);
-	m->sender = xstrdup(cJSON_GetObjectItemCaseSensitive(j, "sender")->valuestring);
-	m->recipients = cJSON_DetachItemFromObjectCaseSensitive(j, "recipients");
+	cJSON *meta = f.meta ? cJSON_DetachItemViaPointer(j, f.meta) : NULL;
+	m->id = xstrdup(f.id->valuestring);
+	m->sender = xstrdup(f.sender->valuestring);
+	m->recipients = cJSON_DetachItemViaPointer(j, f.recipients);
 	m->meta = meta ? meta : need(cJSON_CreateObject());
-	const cJSON *path = cJSON_GetObjectItemCaseSensitive(j, "path");
+	const cJSON *path = f.path;
 	if (cJSON_IsString(path) && path->valuestring[0])
 		m->path = xstrdup(path->valuestring);
 	m->size = (size_t)size;
@@ -817,7 +842,7 @@ int policy_msg_push(lua_State *L, cJSON *j, char *err, size_t errlen)
 	m->hdr_end = (long long)hdr_end;
 	/* header lines smtpd already put before the file's bytes (Received):
 	 * part of the message for every method, returned in the reply's prefix */
-	const cJSON *prefix = cJSON_GetObjectItemCaseSensitive(j, "prefix");
+	const cJSON *prefix = f.prefix;
 	if (cJSON_IsString(prefix)) {
 		policy_buf_add(&m->prefix, prefix->valuestring, strlen(prefix->valuestring));
 		m->prefix_sent = true;
