@@ -11,7 +11,9 @@
  * is checked; a transaction with a wrong code counts as one error (the first
  * wrong reply's text is printed once per distinct text), is abandoned with
  * RSET and the session goes on; a lost connection counts as an error and the
- * session reconnects.  Messages completed during --warmup are not counted.
+ * session reconnects.  A MAIL refused with 451 4.5.3 (the server's
+ * max_messages_per_connection) is not an error: the session QUITs and
+ * reconnects at once, as a real client would, and renewed= counts it.  Messages completed during --warmup are not counted.
  * The run stops after M counted messages or SECS seconds after the warmup,
  * whichever comes first; transactions then in flight are finished (not
  * counted) and the sessions QUIT.  Output, one line on stdout:
@@ -92,6 +94,7 @@ struct session {
 	bool pipelining;
 	bool in_txn;               /* MAIL sent, final reply not yet read */
 	bool txn_failed;
+	bool renew;                /* the server's message limit: QUIT, reconnect */
 	bool up;                   /* banner and EHLO done */
 	bool started;              /* connect attempted at least once */
 	bool closed;               /* finished for good */
@@ -134,6 +137,7 @@ struct bench {
 	uint64_t t_measure, t_end;
 	uint64_t srv_cpu0, srv_cpu1, self_cpu0, self_cpu1;  /* ns */
 	unsigned long errors;
+	unsigned long renewed;     /* sessions renewed at the server's message limit */
 	struct distinct distinct[MAX_DISTINCT];
 	unsigned ndistinct;
 	bool distinct_full;
@@ -321,6 +325,7 @@ static void session_drop_bev(struct session *s)
 	}
 	s->nexp = s->iexp = 0;
 	s->in_txn = false;
+	s->renew = false;
 }
 
 static void session_close(struct session *s)
@@ -357,6 +362,16 @@ static void session_fail(struct session *s, enum stage st, const char *text)
 	struct timeval tv = tv_of(RETRY_MS / 1000.0);
 	evtimer_add(s->retry, &tv);
 	start_more(b);
+}
+
+/* After the server's message limit: a new connection at once, not an
+ * error. */
+static void session_renew(struct session *s)
+{
+	session_drop_bev(s);
+	s->b->renewed++;
+	s->b->connecting++;
+	session_connect(s);
 }
 
 static void retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -460,6 +475,10 @@ static void session_next(struct session *s)
 
 static void send_rset(struct session *s)
 {
+	if (s->renew) {
+		send_quit(s);  /* its reply renews the session (on_reply) */
+		return;
+	}
 	s->nexp = s->iexp = 0;
 	expect_push(s, ST_RSET);
 	bufferevent_write(s->bev, "RSET\r\n", 6);
@@ -517,8 +536,13 @@ static bool on_reply(struct session *s, enum stage st, int code)
 		session_next(s);
 		return true;
 	case ST_MAIL:
-		if (code != 250)
+		if (code == 451 && strncmp(text, "451 4.5.3", 9) == 0 && !s->txn_failed) {
+			/* the server's max_messages_per_connection: not an error */
+			s->txn_failed = true;
+			s->renew = true;
+		} else if (code != 250) {
 			txn_fail(s, st, text);
+		}
 		if (!s->pipelining) {
 			if (s->txn_failed) {
 				send_rset(s);
@@ -580,6 +604,10 @@ static bool on_reply(struct session *s, enum stage st, int code)
 		session_next(s);
 		return true;
 	case ST_QUIT:
+		if (s->renew && !b->stopping) {
+			session_renew(s);
+			return false;
+		}
 		session_close(s);
 		return false;
 	case ST_IDLE:
@@ -658,7 +686,10 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (st == ST_QUIT && (what & BEV_EVENT_EOF)) {
-		session_close(s);
+		if (s->renew && !s->b->stopping)
+			session_renew(s);
+		else
+			session_close(s);
 		return;
 	}
 	char t[ERR_TEXT];
@@ -1104,7 +1135,7 @@ int main(int argc, char **argv)
 				       (double)(b->srv_cpu1 - b->srv_cpu0) / 1e3 / (double)b->nlat,
 				       secs > 0 ? (double)(b->srv_cpu1 - b->srv_cpu0) / 1e9 / secs : 0.0);
 		}
-		printf("\n");
+		printf(" renewed=%lu\n", b->renewed);
 	}
 	for (unsigned i = 0; i < b->ndistinct; i++)
 		fprintf(stderr, "smtp-load: %lu x %s\n", b->distinct[i].count, b->distinct[i].text);
