@@ -179,8 +179,9 @@ long long policy_hdr_block_end(const char *data, size_t len);
  * invalid. */
 int policy_msg_push(lua_State *L, cJSON *msg, char *err, size_t errlen);
 /* Detaches the Message at idx (its methods then raise an error) and
- * returns the reply's "msg" object (with "meta" and, when anything was set,
- * "meta_set"; delta: "prefix" only when the handler changed it).  NULL
+ * returns the reply's "msg" object (with "meta"; with delta also
+ * "meta_set" when anything was set, and "prefix" only when the handler
+ * changed it).  NULL
  * with err set when idx is not a live Message, or when the edited bytes
  * cannot travel in JSON (a NUL). */
 cJSON *policy_msg_take(lua_State *L, int idx, bool delta, char *err, size_t errlen);

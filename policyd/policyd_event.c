@@ -462,7 +462,8 @@ static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply, int depth
 		}
 	}
 	if ((c.outcome == OUT_OK || c.outcome == OUT_REJECT) && c.msg_after) {
-		cJSON_DeleteItemFromObjectCaseSensitive(c.msg_after, delta ? "meta" : "meta_set");
+		if (delta)  /* "meta" stayed for then_request; the reply has meta_set */
+			cJSON_DeleteItemFromObjectCaseSensitive(c.msg_after, "meta");
 		cJSON_AddItemToObject(reply, "msg", c.msg_after);
 		c.msg_after = NULL;
 	}

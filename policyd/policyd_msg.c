@@ -10,8 +10,8 @@
  * change an in-memory copy of the header block; set_data replaces
  * everything (prefix and header edits are dropped; later header methods
  * work on the new data).  policy_msg_take turns the edits into the
- * reply's "msg" object: sender, recipients and meta always, "meta_set"
- * (what the handler set, lib/ipc.h) when anything was, then "data"
+ * reply's "msg" object: sender, recipients and meta always, with "delta"
+ * "meta_set" (what the handler set, lib/ipc.h) when anything was, then "data"
  * after set_data (or when the header lines of a message without a blank
  * line were edited, since "headers" cannot say where they end), else
  * "prefix" when non-empty or changed (with "delta", only when changed) and
@@ -871,7 +871,7 @@ cJSON *policy_msg_take(lua_State *L, int idx, bool delta, char *err, size_t errl
 	cJSON_AddItemToObject(r, "sender", need(cJSON_CreateString(m->sender)));
 	cJSON_AddItemToObject(r, "recipients", m->recipients);
 	m->recipients = NULL;
-	cJSON *set = policy_meta_delta(m->meta, m->meta_names);
+	cJSON *set = delta ? policy_meta_delta(m->meta, m->meta_names) : NULL;
 	cJSON_AddItemToObject(r, "meta", m->meta);
 	m->meta = NULL;
 	if (set)

@@ -118,6 +118,9 @@ uint64_t policy_call(struct policy_client *pc, const char *event, cJSON *args, i
  * reply's "then". */
 uint64_t policy_call_then(struct policy_client *pc, const char *event, cJSON *args, int meta_pos,
 			  const cJSON *meta, cJSON *then, double timeout, policy_cb cb, void *ctx);
+/* The "then" object for event with args (consumed), the connection
+ * metadata at meta_pos. */
+cJSON *policy_then(const char *event, cJSON *args, int meta_pos);
 void policy_cancel(struct policy_client *pc, uint64_t id);
 /* For a call whose arguments include a message passed with "fetch" (lib/ipc.h):
  * when policyd asks for the bytes ("msg_file"), cb(ctx of the call) writes

@@ -242,10 +242,7 @@ static cJSON *rcpt_then(struct session *s)
 		s->then_rcpt = xstrdup(cmd.addr.email);
 		cJSON *args = cJSON_CreateArray();
 		cJSON_AddItemToArray(args, addr_arg(&cmd.addr));
-		then = cJSON_CreateObject();
-		cJSON_AddStringToObject(then, "event", "smtp_server_rcpt_to");
-		cJSON_AddItemToObject(then, "args", args);
-		cJSON_AddNumberToObject(then, "meta_pos", 1);
+		then = policy_then("smtp_server_rcpt_to", args, 1);
 	}
 	smtp_cmd_free(&cmd);
 	return then;

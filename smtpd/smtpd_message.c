@@ -642,11 +642,7 @@ static cJSON *received_then(struct session *s)
 	}
 	cJSON *args = cJSON_CreateArray();
 	cJSON_AddItemToArray(args, msg_arg(t, &b, false));
-	cJSON *then = cJSON_CreateObject();
-	cJSON_AddStringToObject(then, "event", "smtp_server_message_received");
-	cJSON_AddItemToObject(then, "args", args);
-	cJSON_AddNumberToObject(then, "meta_pos", 1);
-	return then;
+	return policy_then("smtp_server_message_received", args, 1);
 }
 
 void data_complete(struct session *s)

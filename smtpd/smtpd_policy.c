@@ -240,6 +240,15 @@ cJSON *policy_reply_take(const cJSON *reply, const char *key)
 	return reply ? cJSON_DetachItemFromObjectCaseSensitive((cJSON *)reply, key) : NULL;
 }
 
+cJSON *policy_then(const char *event, cJSON *args, int meta_pos)
+{
+	cJSON *then = cJSON_CreateObject();
+	cJSON_AddStringToObject(then, "event", event);
+	cJSON_AddItemToObject(then, "args", args);
+	cJSON_AddNumberToObject(then, "meta_pos", meta_pos);
+	return then;
+}
+
 void policy_meta_apply(cJSON *meta, const cJSON *obj)
 {
 	cJSON *set = policy_reply_take(obj, "meta_set");

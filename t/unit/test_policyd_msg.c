@@ -777,20 +777,29 @@ static const struct {
 	  "\"msg\":{" ENV ",\"meta\":{\"how\":\"ok\",\"m_data\":\"ok\"}}" },
 };
 
-START_TEST(test_then)
+/* Sends smtp_server_data for a message of the "how" kind, with
+ * smtp_server_message_received (envelope then_env) as its "then", and
+ * checks the whole reply after the id.  Without delta the message carries
+ * its meta {"how":...}; with delta the connection metadata does, and the
+ * message's is a copy of it ("meta_from_conn"). */
+static void expect_then(bool delta, const char *how, const char *then_env, const char *want_tail)
 {
 	struct policy *p = load_ok(then_policy);
 	write_bytes("m.eml", MSG, strlen(MSG));
-	char *req = NULL, *want = NULL;
-	if (asprintf(&req, "{\"id\":1,\"op\":\"event\",\"event\":\"smtp_server_data\","
-		     "\"args\":[{\"__msg\":{\"id\":\"" ID "\"," ENV ",\"meta\":{\"how\":\"%s\"},"
-		     "\"path\":\"%s/m.eml\",\"size\":%zu,\"hdr_end\":%zu}}],\"meta_pos\":1,\"meta\":{},"
+	char how_meta[64], *req = NULL, *want = NULL;
+	snprintf(how_meta, sizeof how_meta, "\"how\":\"%s\"", how);
+	if (asprintf(&req, "{\"id\":1,\"op\":\"event\",\"event\":\"smtp_server_data\",%s"
+		     "\"args\":[{\"__msg\":{\"id\":\"" ID "\"," ENV ",%s%s%s"
+		     "\"path\":\"%s/m.eml\",\"size\":%zu,\"hdr_end\":%zu}}],\"meta_pos\":1,"
+		     "\"meta\":{%s},"
 		     "\"then\":{\"event\":\"smtp_server_message_received\",\"meta_pos\":1,"
 		     "\"args\":[{\"__msg\":{\"id\":\"" ID2 "\",%s,\"fetch\":true,"
 		     "\"prefix\":\"Received: x\\r\\n\",\"size\":%zu,\"hdr_end\":%zu}}]}}",
-		     thens[_i].how, tmpdir, strlen(MSG), sizeof R_BLOCK - 1, thens[_i].then_env,
-		     strlen(MSG), sizeof R_BLOCK - 1) < 0 ||
-	    asprintf(&want, "{\"id\":1,%s}", thens[_i].want) < 0)
+		     delta ? "\"delta\":true," : "",
+		     delta ? "\"meta_from_conn\":true," : "\"meta\":{", delta ? "" : how_meta,
+		     delta ? "" : "},", tmpdir, strlen(MSG), sizeof R_BLOCK - 1,
+		     delta ? how_meta : "", then_env, strlen(MSG), sizeof R_BLOCK - 1) < 0 ||
+	    asprintf(&want, "{\"id\":1,%s}", want_tail) < 0)
 		abort();
 	p->fetch = test_fetch;
 	fetch_mode = "ok";
@@ -798,6 +807,11 @@ START_TEST(test_then)
 	free(req);
 	free(want);
 	policy_free(p);
+}
+
+START_TEST(test_then)
+{
+	expect_then(false, thens[_i].how, thens[_i].then_env, thens[_i].want);
 }
 END_TEST
 
@@ -842,26 +856,7 @@ static const struct {
 
 START_TEST(test_then_delta)
 {
-	struct policy *p = load_ok(then_policy);
-	write_bytes("m.eml", MSG, strlen(MSG));
-	char *req = NULL, *want = NULL;
-	if (asprintf(&req, "{\"id\":1,\"op\":\"event\",\"event\":\"smtp_server_data\",\"delta\":true,"
-		     "\"args\":[{\"__msg\":{\"id\":\"" ID "\"," ENV ",\"meta_from_conn\":true,"
-		     "\"path\":\"%s/m.eml\",\"size\":%zu,\"hdr_end\":%zu}}],\"meta_pos\":1,"
-		     "\"meta\":{\"how\":\"%s\"},"
-		     "\"then\":{\"event\":\"smtp_server_message_received\",\"meta_pos\":1,"
-		     "\"args\":[{\"__msg\":{\"id\":\"" ID2 "\"," ENV ",\"fetch\":true,"
-		     "\"prefix\":\"Received: x\\r\\n\",\"size\":%zu,\"hdr_end\":%zu}}]}}",
-		     tmpdir, strlen(MSG), sizeof R_BLOCK - 1, delta_thens[_i].how, strlen(MSG),
-		     sizeof R_BLOCK - 1) < 0 ||
-	    asprintf(&want, "{\"id\":1,%s}", delta_thens[_i].want) < 0)
-		abort();
-	p->fetch = test_fetch;
-	fetch_mode = "ok";
-	expect(p, req, want);
-	free(req);
-	free(want);
-	policy_free(p);
+	expect_then(true, delta_thens[_i].how, ENV, delta_thens[_i].want);
 }
 END_TEST
 
