@@ -186,7 +186,7 @@ FUZZ_CFLAGS := -std=c11 -g -O1 -Wall -Wextra -Werror -D_GNU_SOURCE -I. \
 FUZZ_SRC_cmd   := smtpd/smtpd_parse.c lib/addr.c lib/xalloc.c
 FUZZ_SRC_data  := smtpd/smtpd_data.c lib/xalloc.c
 FUZZ_SRC_addr  := lib/addr.c lib/xalloc.c
-FUZZ_SRC_frame := lib/frame.c lib/jsonw.c lib/xalloc.c
+FUZZ_SRC_frame := lib/frame.c lib/jsonr.c lib/jsonw.c lib/xalloc.c
 FUZZ_SRC_toml  := lib/toml.c lib/xalloc.c
 FUZZ_SRC_proxy := $(filter-out smtpd/smtpd.c,$(SMTPD_SRC)) $(SPOOL_SRC) $(LIB_SRC)
 

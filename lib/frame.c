@@ -4,6 +4,7 @@
  * frame_send_fd/frame_recv_fd for blocking use.
  * Failures return -1 with a reason in the caller's buffer. */
 #include "lib/frame.h"
+#include "lib/jsonr.h"
 #include "lib/jsonw.h"
 #include "lib/xalloc.h"
 
@@ -23,61 +24,6 @@ static uint32_t get_be32(const uint8_t *p)
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* FNV-1a of a key, to compare keys by number first. */
-static uint32_t key_hash(const char *k)
-{
-	uint32_t h = 2166136261u;
-	for (; *k; k++)
-		h = (h ^ (unsigned char)*k) * 16777619u;
-	return h;
-}
-
-/* Whether object j has a key twice.  Up to KEYS_HASHED keys, by their
- * hashes first (a string comparison only when two hashes match); above
- * that, every pair. */
-#define KEYS_HASHED 64
-static bool dup_key(const cJSON *j)
-{
-	uint32_t h[KEYS_HASHED];
-	const cJSON *c = j->child;
-	size_t n = 0;
-	for (; c && n < KEYS_HASHED; c = c->next)
-		h[n++] = key_hash(c->string);
-	if (!c) {
-		c = j->child;
-		for (size_t i = 0; i < n; i++, c = c->next) {
-			const cJSON *d = c->next;
-			for (size_t k = i + 1; k < n; k++, d = d->next)
-				if (h[k] == h[i] && strcmp(c->string, d->string) == 0)
-					return true;
-		}
-		return false;
-	}
-	for (c = j->child; c; c = c->next)
-		for (const cJSON *d = c->next; d; d = d->next)
-			if (strcmp(c->string, d->string) == 0)
-				return true;
-	return false;
-}
-
-/* What is wrong anywhere in j that JSON leaves to the reader: an object
- * with the same key twice (our readers would see only the first), or a
- * number too large for a double (1e999: it would be infinity, which JSON
- * cannot write back).  NULL if nothing. */
-static const char *doc_problem(const cJSON *j)
-{
-	if (cJSON_IsObject(j) && j->child && j->child->next && dup_key(j))
-		return "a key appears twice in one object";
-	for (const cJSON *c = j->child; c; c = c->next) {
-		if (cJSON_IsNumber(c) && !isfinite(c->valuedouble))
-			return "a number is out of range";
-		const char *why;
-		if ((cJSON_IsObject(c) || cJSON_IsArray(c)) && (why = doc_problem(c)) != NULL)
-			return why;
-	}
-	return NULL;
-}
-
 int frame_decode(const uint8_t *buf, size_t len, cJSON **out, size_t *used,
 		 char *err, size_t errlen)
 {
@@ -91,52 +37,17 @@ int frame_decode(const uint8_t *buf, size_t len, cJSON **out, size_t *used,
 	}
 	if (len - 4 < n)
 		return 0;
-	/* RFC 8259: no raw control byte anywhere (cJSON would take them, even
-	 * NUL, for white space).  Eight bytes at a time: a word none of whose
-	 * bytes is below 0x20 passes at once (the high bit of each byte of
-	 * (x - 0x20..20) & ~x is set only for such a byte or after one). */
-	const uint8_t *t = buf + 4;
-	uint32_t i = 0;
-	for (; i + 8 <= n; i += 8) {
-		uint64_t x;
-		memcpy(&x, t + i, 8);
-		if (((x - 0x2020202020202020ull) & ~x & 0x8080808080808080ull) == 0)
-			continue;
-		break;  /* a byte below 0x20 somewhere here: look one by one */
-	}
-	for (; i < n; i++) {
-		uint8_t b = t[i];
-		if (b < 0x20 && b != '\t' && b != '\n' && b != '\r') {
-			snprintf(err, errlen, "control byte 0x%02x in the frame", b);
-			return -1;
-		}
-	}
-	const char *end = NULL;
-	cJSON *doc = cJSON_ParseWithLengthOpts((const char *)buf + 4, n, &end, 0);
-	if (doc && end != (const char *)buf + 4 + n) {
-		/* trailing bytes after the document: not a well-formed frame */
-		const char *p = end;
-		while (p < (const char *)buf + 4 + n && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
-			p++;
-		if (p != (const char *)buf + 4 + n) {
-			cJSON_Delete(doc);
-			snprintf(err, errlen, "trailing bytes after the JSON document");
-			return -1;
-		}
-	}
+	/* jsonr_parse refuses what JSON does not allow and cJSON would
+	 * take: control bytes (even NUL, as white space), a key twice, 1e999 */
+	char why[160];
+	cJSON *doc = jsonr_parse((const char *)buf + 4, n, why, sizeof why);
 	if (!doc) {
-		snprintf(err, errlen, "frame is not valid JSON");
+		snprintf(err, errlen, "frame: %s", why);
 		return -1;
 	}
 	if (!cJSON_IsObject(doc)) {
 		cJSON_Delete(doc);
 		snprintf(err, errlen, "frame is not a JSON object");
-		return -1;
-	}
-	const char *why = doc_problem(doc);
-	if (why) {
-		cJSON_Delete(doc);
-		snprintf(err, errlen, "%s", why);
 		return -1;
 	}
 	*out = doc;

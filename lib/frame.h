@@ -1,6 +1,7 @@
 /* IPC framing shared by every internal socket: a 4-byte big-endian length,
- * then a JSON document (cJSON), at most FRAME_MAX bytes.  Requests carry an
- * "id" that the reply echoes; unknown fields are ignored. */
+ * then a JSON object, at most FRAME_MAX bytes, read strictly (lib/jsonr.h)
+ * into a cJSON tree.  Requests carry an "id" that the reply echoes; unknown
+ * fields are ignored. */
 #ifndef KUMO_FRAME_H
 #define KUMO_FRAME_H
 #include <stddef.h>

@@ -47,17 +47,6 @@ void jbuf_free(struct jbuf *b)
 	b->len = b->cap = 0;
 }
 
-/* Whether any of the eight bytes of x needs an escape: below 0x20, '"' or
- * '\\'.  (v - 0x01..01) & ~v & 0x80..80 is nonzero exactly when a byte
- * of v is zero; with 0x20..20 instead of 0x01..01, when one is below
- * 0x20. */
-static bool word_needs_escape(uint64_t x)
-{
-	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-	uint64_t q = x ^ (ones * '"'), bs = x ^ (ones * '\\');
-	return (((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((bs - ones) & ~bs)) & highs;
-}
-
 /* cJSON escapes '"', '\\' and every byte below 0x20 (the named ones by
  * name), and nothing else: not '/', not bytes of 0x7f and above. */
 void jbuf_str(struct jbuf *b, const char *s)
@@ -69,16 +58,8 @@ void jbuf_str(struct jbuf *b, const char *s)
 	*o++ = '"';
 	const unsigned char *p = (const unsigned char *)s, *end = p + n;
 	while (p < end) {
-		/* the run that needs no escape, copied at once; found eight
-		 * bytes at a time, then byte by byte in the word that ends it */
-		const unsigned char *q = p;
-		for (uint64_t x; end - q >= 8; q += 8) {
-			memcpy(&x, q, 8);
-			if (word_needs_escape(x))
-				break;
-		}
-		while (q < end && *q >= 0x20 && *q != '"' && *q != '\\')
-			q++;
+		/* the run that needs no escape, copied at once */
+		const unsigned char *q = p + json_plain_run(p, end);
 		memcpy(o, p, (size_t)(q - p));
 		o += q - p;
 		if (q == end)

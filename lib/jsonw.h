@@ -5,7 +5,10 @@
  * frames, which are printed once per message or more. */
 #ifndef KUMO_JSONW_H
 #define KUMO_JSONW_H
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 #include <cjson/cJSON.h>
 
 struct jbuf {
@@ -26,5 +29,33 @@ void jbuf_free(struct jbuf *b);
 /* v's text as a new string (caller frees), like cJSON_PrintUnformatted;
  * *len (may be NULL) gets its length. */
 char *json_print(const cJSON *v, size_t *len);
+
+/* Where in the eight bytes of x (read little-endian) a run of plain string
+ * bytes ends: at a byte below 0x20, '"' or '\\' (the bytes a writer
+ * escapes, and a reader must look at).  0 if at none; else the lowest set
+ * bit is the high bit of the first such byte (the bits above it may be
+ * false).  (v - 0x01..01) & ~v & 0x80..80 flags the bytes of v that are
+ * zero; with 0x20..20 instead of 0x01..01, those below 0x20.  A borrow
+ * runs only upwards, from a flagged byte, so the first flag is exact. */
+static inline uint64_t json_word_special(uint64_t x)
+{
+	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+	uint64_t q = x ^ (ones * '"'), bs = x ^ (ones * '\\');
+	return (((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((bs - ones) & ~bs)) & highs;
+}
+
+/* The length of the run of plain string bytes at p, at most end - p. */
+static inline size_t json_plain_run(const unsigned char *p, const unsigned char *end)
+{
+	const unsigned char *q = p;
+	for (uint64_t x, m; end - q >= 8; q += 8) {
+		memcpy(&x, q, 8);
+		if ((m = json_word_special(x)) != 0)
+			return (size_t)(q - p) + (size_t)(__builtin_ctzll(m) >> 3);
+	}
+	while (q < end && *q >= 0x20 && *q != '"' && *q != '\\')
+		q++;
+	return (size_t)(q - p);
+}
 
 #endif

@@ -1,0 +1,459 @@
+/* jsonr: the strict JSON reader (see jsonr.h).  A recursive descent over
+ * the bytes, building cJSON nodes as cJSON's parser links them (a list's
+ * first child's prev is its last).  Entry point: jsonr_parse.
+ *
+ * Nodes and strings are allocated with xmalloc and freed by cJSON_Delete
+ * with free(): the only cJSON hooks set in this tree are {xmalloc, free}
+ * (policyd), and the default ones are malloc and free. */
+#include "lib/jsonr.h"
+#include "lib/jsonw.h"
+#include "lib/xalloc.h"
+
+#include <limits.h>
+#include <locale.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct rd {
+	const char *start, *p, *end;
+	int depth;
+	char *err;
+	size_t errlen;
+};
+
+/* Every failure returns NULL through one of these, which say why once.
+ * A control byte where the reader stopped is named as such. */
+static void *fail_control(struct rd *r);
+
+static void *fail(struct rd *r, const char *what)
+{
+	unsigned char b = r->p < r->end ? (unsigned char)*r->p : ' ';
+	if (b < 0x20 && b != '\t' && b != '\n' && b != '\r')
+		return fail_control(r);
+	snprintf(r->err, r->errlen, "not valid JSON: %s at byte %zu", what, (size_t)(r->p - r->start));
+	return NULL;
+}
+
+static void *fail_msg(struct rd *r, const char *msg)
+{
+	snprintf(r->err, r->errlen, "%s", msg);
+	return NULL;
+}
+
+/* A byte below 0x20 where it may not be (r->p at it).  Tab, CR and LF are
+ * white space between tokens, but not allowed raw in a string. */
+static void *fail_control(struct rd *r)
+{
+	unsigned char b = (unsigned char)*r->p;
+	if (b == '\t' || b == '\n' || b == '\r') {
+		snprintf(r->err, r->errlen, "not valid JSON: a raw tab or line break in a string at byte %zu",
+			 (size_t)(r->p - r->start));
+		return NULL;
+	}
+	snprintf(r->err, r->errlen, "control byte 0x%02x at byte %zu", b, (size_t)(r->p - r->start));
+	return NULL;
+}
+
+static void skip_ws(struct rd *r)
+{
+	const char *p = r->p;
+	while (p < r->end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+		p++;
+	r->p = p;
+}
+
+static cJSON *node(int type)
+{
+	cJSON *c = xmalloc(sizeof *c);
+	memset(c, 0, sizeof *c);
+	c->type = type;
+	return c;
+}
+
+/* ---- strings ---- */
+
+static bool hex4(const unsigned char *p, const unsigned char *end, uint32_t *out)
+{
+	if (end - p < 4)
+		return false;
+	uint32_t v = 0;
+	for (int i = 0; i < 4; i++) {
+		unsigned c = p[i], l = c | 0x20;
+		if (c >= '0' && c <= '9')
+			v = v << 4 | (c - '0');
+		else if (l >= 'a' && l <= 'f')
+			v = v << 4 | (l - 'a' + 10);
+		else
+			return false;
+	}
+	*out = v;
+	return true;
+}
+
+static char *put_utf8(char *o, uint32_t cp)
+{
+	if (cp < 0x80) {
+		*o++ = (char)cp;
+	} else if (cp < 0x800) {
+		*o++ = (char)(0xc0 | cp >> 6);
+		*o++ = (char)(0x80 | (cp & 0x3f));
+	} else if (cp < 0x10000) {
+		*o++ = (char)(0xe0 | cp >> 12);
+		*o++ = (char)(0x80 | (cp >> 6 & 0x3f));
+		*o++ = (char)(0x80 | (cp & 0x3f));
+	} else {
+		*o++ = (char)(0xf0 | cp >> 18);
+		*o++ = (char)(0x80 | (cp >> 12 & 0x3f));
+		*o++ = (char)(0x80 | (cp >> 6 & 0x3f));
+		*o++ = (char)(0x80 | (cp & 0x3f));
+	}
+	return o;
+}
+
+/* Decodes the escapes of s[0..end), end at the closing quote, into out
+ * (room for end - s bytes and a NUL: no escape decodes longer than it
+ * is written).  False on a bad escape. */
+static bool unescape(const unsigned char *s, const unsigned char *end, char *out)
+{
+	char *o = out;
+	const unsigned char *p = s;
+	while (p < end) {
+		if (*p != '\\') {
+			*o++ = (char)*p++;
+			continue;
+		}
+		p++;
+		switch (*p++) {
+		case '"': *o++ = '"'; break;
+		case '\\': *o++ = '\\'; break;
+		case '/': *o++ = '/'; break;
+		case 'b': *o++ = '\b'; break;
+		case 'f': *o++ = '\f'; break;
+		case 'n': *o++ = '\n'; break;
+		case 'r': *o++ = '\r'; break;
+		case 't': *o++ = '\t'; break;
+		case 'u': {
+			uint32_t cp, lo;
+			if (!hex4(p, end, &cp) || (cp >= 0xdc00 && cp <= 0xdfff))
+				return false;
+			p += 4;
+			if (cp >= 0xd800 && cp <= 0xdbff) {
+				/* a high surrogate: its low one must follow */
+				if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || !hex4(p + 2, end, &lo) ||
+				    lo < 0xdc00 || lo > 0xdfff)
+					return false;
+				p += 6;
+				cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+			}
+			o = put_utf8(o, cp);
+			break;
+		}
+		default:
+			return false;
+		}
+	}
+	*o = '\0';
+	return true;
+}
+
+/* The string whose opening quote r->p has just passed, as a new C string;
+ * r->p ends past its closing quote. */
+static char *read_string(struct rd *r)
+{
+	const unsigned char *s = (const unsigned char *)r->p, *e = (const unsigned char *)r->end;
+	const unsigned char *q = s + json_plain_run(s, e); /* no escapes */
+	if (q < e && *q == '"') {
+		size_t n = (size_t)(q - s);
+		char *out = xmalloc(n + 1);
+		memcpy(out, s, n);
+		out[n] = '\0';
+		r->p = (const char *)q + 1;
+		return out;
+	}
+	/* escapes: find the closing quote, then decode */
+	const unsigned char *t = q;
+	while (t < e && *t != '"') {
+		if (*t < 0x20) {
+			r->p = (const char *)t;
+			return fail_control(r);
+		}
+		if (*t == '\\' && e - t > 1)
+			t++; /* the escaped byte is never the end */
+		t++;
+	}
+	if (t >= e) {
+		r->p = (const char *)(s - 1);
+		return fail(r, "a string without its closing quote");
+	}
+	char *out = xmalloc((size_t)(t - s) + 1);
+	memcpy(out, s, (size_t)(q - s));
+	if (!unescape(q, t, out + (q - s))) {
+		free(out);
+		r->p = (const char *)(s - 1);
+		return fail(r, "a bad escape in the string");
+	}
+	r->p = (const char *)t + 1;
+	return out;
+}
+
+/* ---- numbers ---- */
+
+/* The C locale, made once: a policy may call os.setlocale, and a decimal
+ * comma would misread "1.5" in every thread of the process. */
+static locale_t c_numeric(void)
+{
+	static locale_t loc;
+	locale_t l = __atomic_load_n(&loc, __ATOMIC_ACQUIRE);
+	if (l)
+		return l;
+	locale_t made = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
+	if (!made)
+		abort(); /* out of memory */
+	l = NULL;
+	if (__atomic_compare_exchange_n(&loc, &l, made, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		return made;
+	freelocale(made); /* another thread made it first */
+	return l;
+}
+
+static bool digit(const char *p, const char *e)
+{
+	return p < e && *p >= '0' && *p <= '9';
+}
+
+static cJSON *read_number(struct rd *r)
+{
+	const char *s = r->p, *p = s, *e = r->end;
+	bool neg = *p == '-', whole = true;
+	if (neg)
+		p++;
+	if (!digit(p, e))
+		return fail(r, "a bad number");
+	if (*p == '0')
+		p++; /* no leading zeros */
+	else
+		while (digit(p, e))
+			p++;
+	if (p < e && *p == '.') {
+		whole = false;
+		if (!digit(++p, e))
+			return fail(r, "a bad number");
+		while (digit(p, e))
+			p++;
+	}
+	if (p < e && (*p == 'e' || *p == 'E')) {
+		whole = false;
+		p++;
+		if (p < e && (*p == '+' || *p == '-'))
+			p++;
+		if (!digit(p, e))
+			return fail(r, "a bad number");
+		while (digit(p, e))
+			p++;
+	}
+	size_t len = (size_t)(p - s);
+	double d;
+	if (whole && len - neg <= 15) {
+		/* up to 15 digits: exact in a double, no strtod */
+		int64_t v = 0;
+		for (const char *k = s + neg; k < p; k++)
+			v = v * 10 + (*k - '0');
+		d = neg ? -(double)v : (double)v;
+	} else {
+		char buf[64], *t = len < sizeof buf ? buf : xmalloc(len + 1);
+		memcpy(t, s, len);
+		t[len] = '\0';
+		d = strtod_l(t, NULL, c_numeric());
+		if (t != buf)
+			free(t);
+		if (!isfinite(d))
+			return fail_msg(r, "a number is out of range");
+	}
+	cJSON *c = node(cJSON_Number);
+	c->valuedouble = d;
+	/* as cJSON: the int, saturated */
+	c->valueint = d >= INT_MAX ? INT_MAX : d <= (double)INT_MIN ? INT_MIN : (int)d;
+	r->p = p;
+	return c;
+}
+
+/* ---- objects and arrays ---- */
+
+/* FNV-1a of a key, to compare keys by number first. */
+static uint32_t key_hash(const char *k)
+{
+	uint32_t h = 2166136261u;
+	for (; *k; k++)
+		h = (h ^ (unsigned char)*k) * 16777619u;
+	return h;
+}
+
+static int cmp_key(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Whether object j has a key twice: up to KEYS_HASHED keys by their hashes
+ * first (a string comparison only when two match), above that sorted. */
+#define KEYS_HASHED 64
+static bool dup_key(const cJSON *j)
+{
+	uint32_t h[KEYS_HASHED];
+	size_t n = 0;
+	const cJSON *c = j->child;
+	for (; c && n < KEYS_HASHED; c = c->next)
+		h[n++] = key_hash(c->string);
+	if (!c) {
+		c = j->child;
+		for (size_t i = 0; i < n; i++, c = c->next) {
+			const cJSON *d = c->next;
+			for (size_t k = i + 1; k < n; k++, d = d->next)
+				if (h[k] == h[i] && strcmp(c->string, d->string) == 0)
+					return true;
+		}
+		return false;
+	}
+	for (; c; c = c->next)
+		n++;
+	const char **keys = xmalloc(n * sizeof *keys);
+	n = 0;
+	for (c = j->child; c; c = c->next)
+		keys[n++] = c->string;
+	qsort(keys, n, sizeof *keys, cmp_key);
+	bool twice = false;
+	for (size_t i = 1; i < n && !twice; i++)
+		twice = strcmp(keys[i - 1], keys[i]) == 0;
+	free(keys);
+	return twice;
+}
+
+static cJSON *read_value(struct rd *r);
+
+/* The object or array whose opening bracket r->p has just passed. */
+static cJSON *read_container(struct rd *r, bool obj)
+{
+	if (++r->depth > CJSON_NESTING_LIMIT)
+		return fail(r, "nesting too deep");
+	cJSON *c = node(obj ? cJSON_Object : cJSON_Array), *last = NULL;
+	const char close = obj ? '}' : ']';
+	skip_ws(r);
+	if (r->p < r->end && *r->p == close) {
+		r->p++;
+		r->depth--;
+		return c;
+	}
+	for (;;) {
+		char *key = NULL;
+		if (obj) {
+			if (r->p == r->end || *r->p != '"') {
+				fail(r, "not a key");
+				goto bad;
+			}
+			r->p++;
+			if (!(key = read_string(r)))
+				goto bad;
+			skip_ws(r);
+			if (r->p == r->end || *r->p != ':') {
+				free(key);
+				fail(r, "no ':' after a key");
+				goto bad;
+			}
+			r->p++;
+			skip_ws(r);
+		}
+		cJSON *v = read_value(r);
+		if (!v) {
+			free(key);
+			goto bad;
+		}
+		v->string = key;
+		if (last) {
+			last->next = v;
+			v->prev = last;
+		} else {
+			c->child = v;
+		}
+		last = v;
+		skip_ws(r);
+		if (r->p < r->end && *r->p == ',') {
+			r->p++;
+			skip_ws(r);
+			continue;
+		}
+		if (r->p < r->end && *r->p == close) {
+			r->p++;
+			break;
+		}
+		fail(r, obj ? "no ',' or '}' after a member" : "no ',' or ']' after an element");
+		goto bad;
+	}
+	c->child->prev = last;
+	r->depth--;
+	if (obj && c->child->next && dup_key(c)) {
+		cJSON_Delete(c);
+		return fail_msg(r, "a key appears twice in one object");
+	}
+	return c;
+bad:
+	cJSON_Delete(c);
+	return NULL;
+}
+
+static cJSON *literal(struct rd *r, const char *word, size_t n, int type)
+{
+	if ((size_t)(r->end - r->p) < n || memcmp(r->p, word, n) != 0)
+		return fail(r, "an unknown word");
+	r->p += n;
+	cJSON *c = node(type);
+	c->valueint = type == cJSON_True; /* as cJSON */
+	return c;
+}
+
+static cJSON *read_value(struct rd *r)
+{
+	if (r->p == r->end)
+		return fail(r, "no value");
+	switch (*r->p) {
+	case '{':
+		r->p++;
+		return read_container(r, true);
+	case '[':
+		r->p++;
+		return read_container(r, false);
+	case '"': {
+		r->p++;
+		char *s = read_string(r);
+		if (!s)
+			return NULL;
+		cJSON *c = node(cJSON_String);
+		c->valuestring = s;
+		return c;
+	}
+	case 't': return literal(r, "true", 4, cJSON_True);
+	case 'f': return literal(r, "false", 5, cJSON_False);
+	case 'n': return literal(r, "null", 4, cJSON_NULL);
+	default:
+		if (*r->p == '-' || (*r->p >= '0' && *r->p <= '9'))
+			return read_number(r);
+		return fail(r, "not a value");
+	}
+}
+
+cJSON *jsonr_parse(const char *p, size_t n, char *err, size_t errlen)
+{
+	struct rd r = { .start = p, .p = p, .end = p + n, .err = err, .errlen = errlen };
+	skip_ws(&r);
+	cJSON *doc = read_value(&r);
+	if (!doc)
+		return NULL;
+	skip_ws(&r);
+	if (r.p != r.end) {
+		cJSON_Delete(doc);
+		return fail(&r, "bytes after the document");
+	}
+	return doc;
+}
