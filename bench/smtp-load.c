@@ -1,7 +1,7 @@
 /* smtp-load: an SMTP load generator for loopback benchmarks (issue 7).
  *
  *   smtp-load --host 127.0.0.1 --port P [--sessions N] [--messages M]
- *             [--size S] [--rcpts R] [--duration SECS] [--warmup SECS]
+ *             [--size S] [--rcpts R] [--duration SECS] [--warmup SECS] [--rate R]
  *   smtp-load --idle --host 127.0.0.1 --port P --sessions N [--duration SECS]
  *
  * Load mode: N sessions on persistent connections (EHLO once), each sending
@@ -13,7 +13,14 @@
  * RSET and the session goes on; a lost connection counts as an error and the
  * session reconnects.  A MAIL refused with 451 4.5.3 (the server's
  * max_messages_per_connection) is not an error: the session QUITs and
- * reconnects at once, as a real client would, and renewed= counts it.  Messages completed during --warmup are not counted.
+ * reconnects at once, as a real client would, and renewed= counts it.
+ * Messages completed during --warmup are not counted.
+ * With --rate R (messages per second, all sessions together), each session
+ * starts a transaction every N/R seconds, the sessions spread evenly over
+ * that interval, instead of as soon as the last one ended: latency at a
+ * given load rather than at the most the server takes.  A session that
+ * falls behind starts its next one at once (no backlog is made up later,
+ * so a server slower than R just gets the closed-loop load).
  * The run stops after M counted messages or SECS seconds after the warmup,
  * whichever comes first; transactions then in flight are finished (not
  * counted) and the sessions QUIT.  Output, one line on stdout:
@@ -64,6 +71,7 @@
 #define MAX_RCPTS      1000
 #define MAX_DURATION   3600.0
 #define MAX_WARMUP     600.0
+#define MAX_RATE       10000000.0
 #define MAX_REPLY_LINE 4096       /* longer without CRLF: protocol error */
 #define MAX_CONNECTING 128        /* handshakes in flight at once */
 #define MAX_DISTINCT   64         /* distinct error texts remembered */
@@ -99,6 +107,8 @@ struct session {
 	bool started;              /* connect attempted at least once */
 	bool closed;               /* finished for good */
 	uint64_t t0;               /* ns, MAIL written */
+	uint64_t next_at;          /* --rate: ns, when the next transaction starts */
+	struct event *pace;        /* owned; --rate: waits for next_at */
 	char first[ERR_TEXT];      /* first line of the reply being read */
 };
 
@@ -116,6 +126,7 @@ struct bench {
 	unsigned long messages;
 	size_t size;
 	double duration, warmup;
+	double rate;               /* --rate: messages/s in all, 0: as fast as it goes */
 	bool idle;
 	bool no_pipelining;        /* ignore PIPELINING when advertised */
 	pid_t cpu_pid;             /* --cpu-pid: server whose CPU time is read */
@@ -326,6 +337,7 @@ static void session_drop_bev(struct session *s)
 	s->nexp = s->iexp = 0;
 	s->in_txn = false;
 	s->renew = false;
+	evtimer_del(s->pace);
 }
 
 static void session_close(struct session *s)
@@ -394,6 +406,7 @@ static void expect_push(struct session *s, enum stage st)
 
 static void send_quit(struct session *s)
 {
+	evtimer_del(s->pace);
 	s->nexp = s->iexp = 0;
 	expect_push(s, ST_QUIT);
 	bufferevent_write(s->bev, "QUIT\r\n", 6);
@@ -447,16 +460,10 @@ static void begin_stop(struct bench *b)
 	stop_all(b);
 }
 
-/* Starts the next transaction, or QUITs when the run is ending. */
-static void session_next(struct session *s)
+/* Writes MAIL, RCPT and DATA (together with PIPELINING). */
+static void start_txn(struct session *s)
 {
 	struct bench *b = s->b;
-	s->in_txn = false;
-	s->nexp = s->iexp = 0;
-	if (b->stopping) {
-		send_quit(s);
-		return;
-	}
 	s->in_txn = true;
 	s->txn_failed = false;
 	s->t0 = now_ns();
@@ -471,6 +478,46 @@ static void session_next(struct session *s)
 		s->rcpt_next = 0;
 		bufferevent_write(s->bev, b->mail_cmd, strlen(b->mail_cmd));
 	}
+}
+
+static void pace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct session *s = arg;
+	if (s->b->stopping)
+		send_quit(s);
+	else
+		start_txn(s);
+}
+
+/* Starts the next transaction (with --rate, when its turn comes), or
+ * QUITs when the run is ending. */
+static void session_next(struct session *s)
+{
+	struct bench *b = s->b;
+	s->in_txn = false;
+	s->nexp = s->iexp = 0;
+	if (b->stopping) {
+		send_quit(s);
+		return;
+	}
+	if (b->rate > 0) {
+		uint64_t now = now_ns(), every = (uint64_t)(1e9 * b->sessions / b->rate);
+		if (!s->next_at) /* the first: this session's place in the interval */
+			s->next_at = now + every * (uint64_t)(s - b->s) / b->sessions;
+		else
+			s->next_at += every;
+		if (s->next_at < now)
+			s->next_at = now; /* behind: at once, no catching up */
+		if (s->next_at > now) {
+			struct timeval tv = tv_of((double)(s->next_at - now) / 1e9);
+			s->in_txn = true; /* stop_all leaves it to pace_cb */
+			evtimer_add(s->pace, &tv);
+			return;
+		}
+	}
+	start_txn(s);
 }
 
 static void send_rset(struct session *s)
@@ -875,13 +922,13 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: smtp-load --host ADDR --port P [--sessions N] [--messages M] [--size S]\n"
 		"                 [--rcpts R] [--duration SECS] [--warmup SECS] [--no-pipelining]\n"
-		"                 [--cpu-pid PID]\n"
+		"                 [--cpu-pid PID] [--rate MSGS_PER_SEC]\n"
 		"       smtp-load --idle --host ADDR --port P --sessions N [--duration SECS]\n"
 		"  ADDR must be a loopback address (127.0.0.0/8, ::1, localhost).\n"
 		"  defaults: sessions 20, messages 1000000, size 1024, rcpts 1, duration 10,\n"
 		"  warmup 0; bounds: sessions %d, messages %lu, size %lu, rcpts %d,\n"
-		"  duration %.0f, warmup %.0f.\n",
-		MAX_SESSIONS, MAX_MESSAGES, MAX_SIZE, MAX_RCPTS, MAX_DURATION, MAX_WARMUP);
+		"  duration %.0f, warmup %.0f, rate %.0f.\n",
+		MAX_SESSIONS, MAX_MESSAGES, MAX_SIZE, MAX_RCPTS, MAX_DURATION, MAX_WARMUP, MAX_RATE);
 }
 
 static int parse_ulong(const char *name, const char *v, unsigned long lo, unsigned long hi,
@@ -1008,6 +1055,7 @@ int main(int argc, char **argv)
 		{ "idle", no_argument, NULL, 'i' },
 		{ "no-pipelining", no_argument, NULL, 'P' },
 		{ "cpu-pid", required_argument, NULL, 'c' },
+		{ "rate", required_argument, NULL, 'R' },
 		{ "help", no_argument, NULL, 'H' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1053,6 +1101,10 @@ int main(int argc, char **argv)
 				return 2;
 			b->cpu_pid = (pid_t)v;
 			break;
+		case 'R':
+			if (parse_secs("rate", optarg, 1, MAX_RATE, &b->rate) < 0)
+				return 2;
+			break;
 		case 'H': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -1069,7 +1121,13 @@ int main(int argc, char **argv)
 		return 2;
 	signal(SIGPIPE, SIG_IGN);
 
-	b->base = event_base_new();
+	/* with --rate, timers to the microsecond (timerfd), not epoll's ms */
+	struct event_config *cfg = event_config_new();
+	if (cfg && b->rate > 0)
+		event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+	b->base = cfg ? event_base_new_with_config(cfg) : NULL;
+	if (cfg)
+		event_config_free(cfg);
 	if (!b->base) {
 		fprintf(stderr, "smtp-load: event_base_new failed\n");
 		return 2;
@@ -1080,6 +1138,7 @@ int main(int argc, char **argv)
 		s->b = b;
 		s->expect = xcalloc(b->rcpts + 4, sizeof *s->expect);
 		s->retry = evtimer_new(b->base, retry_cb, s);
+		s->pace = evtimer_new(b->base, pace_cb, s);
 	}
 	if (!b->idle)
 		b->lat_us = xcalloc(b->messages, sizeof *b->lat_us);
@@ -1122,11 +1181,11 @@ int main(int argc, char **argv)
 		qsort(b->lat_us, b->nlat, sizeof *b->lat_us, cmp_u32);
 		double rate = secs > 0 ? (double)b->nlat / secs : 0.0;
 		printf("msgs=%lu secs=%.2f msg_per_s=%.1f mb_per_s=%.2f p50_ms=%.2f p99_ms=%.2f "
-		       "p999_ms=%.2f errors=%lu sessions=%u size=%zu rcpts=%u pipelining=%s",
+		       "p999_ms=%.2f errors=%lu sessions=%u size=%zu rcpts=%u pipelining=%s offered=%.0f",
 		       b->nlat, secs, rate, rate * (double)b->size / 1e6,
 		       pct_ms(b->lat_us, b->nlat, 0.50), pct_ms(b->lat_us, b->nlat, 0.99),
 		       pct_ms(b->lat_us, b->nlat, 0.999), b->errors, b->sessions, b->size,
-		       b->rcpts, b->s[0].pipelining ? "yes" : "no");
+		       b->rcpts, b->s[0].pipelining ? "yes" : "no", b->rate);
 		if (b->nlat > 0 && b->self_cpu1) {
 			printf(" load_cpu_us_per_msg=%.1f",
 			       (double)(b->self_cpu1 - b->self_cpu0) / 1e3 / (double)b->nlat);
@@ -1145,6 +1204,7 @@ int main(int argc, char **argv)
 		if (b->s[i].bev)
 			bufferevent_free(b->s[i].bev);
 		event_free(b->s[i].retry);
+		event_free(b->s[i].pace);
 		free(b->s[i].expect);
 	}
 	free(b->s);
