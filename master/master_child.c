@@ -133,9 +133,10 @@ static void do_restart(evutil_socket_t fd, short what, void *arg)
 static void schedule_restart(struct master *m, struct child *c, int status)
 {
 	double lived = monotime() - c->started;
-	char how[64];
+	char how[96];
 	if (WIFSIGNALED(status))
-		snprintf(how, sizeof how, "killed by signal %d", WTERMSIG(status));
+		snprintf(how, sizeof how, "killed by signal %d (%s)%s", WTERMSIG(status),
+			 strsignal(WTERMSIG(status)), WCOREDUMP(status) ? ", core dumped" : "");
 	else
 		snprintf(how, sizeof how, "exited with status %d", WEXITSTATUS(status));
 	if (lived < 10) {
