@@ -177,7 +177,7 @@ run: all
 #   make fuzz         libFuzzer targets in build/fuzz/ (clang, ASan, UBSan)
 #   make fuzz-smoke   each target for FUZZ_SECS seconds on a copy of its seed
 #                     corpus in fuzz/corpus/<name>/ (part of make check)
-FUZZ_NAMES := cmd data addr frame toml proxy
+FUZZ_NAMES := cmd data addr frame jsonr toml proxy
 FUZZ_BINS  := $(patsubst %,build/fuzz/fuzz_%,$(FUZZ_NAMES))
 FUZZ_SECS  ?= 5
 FUZZ_CFLAGS := -std=c11 -g -O1 -Wall -Wextra -Werror -D_GNU_SOURCE -I. \
@@ -187,6 +187,7 @@ FUZZ_SRC_cmd   := smtpd/smtpd_parse.c lib/addr.c lib/xalloc.c
 FUZZ_SRC_data  := smtpd/smtpd_data.c lib/xalloc.c
 FUZZ_SRC_addr  := lib/addr.c lib/xalloc.c
 FUZZ_SRC_frame := lib/frame.c lib/jsonr.c lib/jsonw.c lib/xalloc.c
+FUZZ_SRC_jsonr := lib/jsonr.c lib/jsonw.c lib/xalloc.c
 FUZZ_SRC_toml  := lib/toml.c lib/xalloc.c
 FUZZ_SRC_proxy := $(filter-out smtpd/smtpd.c,$(SMTPD_SRC)) $(SPOOL_SRC) $(LIB_SRC)
 
