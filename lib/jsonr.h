@@ -14,7 +14,8 @@
  *  - nesting deeper than CJSON_NESTING_LIMIT (1000), as cJSON.
  * "\u0000" decodes to a NUL byte, which ends the C string, as in cJSON.
  * Numbers are read in the C locale whatever a policy set with os.setlocale.
- * Nodes and strings come from cJSON_malloc, so cJSON_Delete frees them. */
+ * Nodes and strings come from xmalloc; cJSON_Delete frees them with free(),
+ * as every cJSON hook set in this tree does. */
 #ifndef KUMO_JSONR_H
 #define KUMO_JSONR_H
 #include <stddef.h>
