@@ -7,9 +7,12 @@
  * did not take; the Lua workers (policyd_pool.c) do the rest.  An idle
  * worker waits on an epoll set of the client sockets (one-shot, so one
  * reader per socket at a time): the one the kernel wakes reads the frames
- * and answers the first itself; others go to a queue, and another idle
- * worker is woken for them.  So a request costs one wakeup here, and a
- * slow handler holds only its own worker.  Replies are written to the
+ * and answers them in turn; they wait in a shared queue meanwhile.  Only
+ * when the queue has not emptied for STEAL_US (a slow handler, or more
+ * requests than one worker keeps up with) is another idle worker woken, by
+ * a timer, to take the next one; and so on every STEAL_US.  So a request
+ * costs no wakeup of its own, and a slow handler holds only its own
+ * worker (and, for STEAL_US, the requests read with it).  Replies are written to the
  * socket by the worker (client_send) and may come back out of order,
  * matched by id.  A worker may ask the client for a message file while it
  * answers (msg_file, lib/ipc.h); the answer, a frame without "op", goes
@@ -39,6 +42,8 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -48,6 +53,11 @@
 /* Stop reading from a client whose unread replies pass this size. */
 #define OUT_HIGH (4u * 1024u * 1024u)
 #define OUT_LOW (1u * 1024u * 1024u)
+/* A queued request waits this long for the worker that read it before
+ * another idle worker is woken for it (us). */
+#define STEAL_US 1000
+/* Bytes asked of a client socket per read. */
+#define READ_CHUNK 65536
 /* An idle worker looks at its pool's stop flag this often (ms). */
 #define IDLE_TICK_MS 100
 /* How long a worker waits for smtpd to write a message file (ms). */
@@ -98,8 +108,11 @@ static pthread_mutex_t reload_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct qitem *reloads, **reloads_tail = &reloads;
 static struct event *reload_ev;
 
-static int ep = -1;        /* the client sockets (data: client id) and wake_fd (0) */
-static int wake_fd = -1;   /* eventfd, edge-triggered: a queued request for an idle worker */
+static int ep = -1;        /* the client sockets (data: client id), wake_fd (0), steal_fd (STEAL_DATA) */
+static int wake_fd = -1;   /* eventfd, edge-triggered: a queued request for an idle worker now */
+static int steal_fd = -1;  /* timerfd, edge-triggered: the same, once the queue is STEAL_US old */
+static bool steal_armed;   /* under q_mu */
+#define STEAL_DATA UINT64_MAX
 static struct pool *pool;
 static struct event_base *loop;
 static const char *policy_path;
@@ -243,6 +256,17 @@ static void wake_one(void)
 	(void)r;
 }
 
+/* The queue was left non-empty (more) or empty by whoever holds q_mu: the
+ * steal timer runs while there is something queued, and only then. */
+static void steal_timer_locked(bool more)
+{
+	if (more == steal_armed)
+		return;
+	struct itimerspec its = { .it_value = { 0, more ? STEAL_US * 1000L : 0 } };
+	timerfd_settime(steal_fd, 0, &its, NULL);
+	steal_armed = more;
+}
+
 static void queue_push(struct qitem ***tail, pthread_mutex_t *mu, unsigned long client, cJSON *req)
 {
 	struct qitem *q = xcalloc(1, sizeof *q);
@@ -270,15 +294,49 @@ static void dispatch(struct client *c, cJSON *doc)
 	queue_push(&q_tail, &q_mu, c->id, doc);
 }
 
+/* One read of up to READ_CHUNK bytes into in, as evbuffer_read but without
+ * its FIONREAD ioctl before each read. */
+static ssize_t read_some(struct evbuffer *in, int fd)
+{
+	struct evbuffer_iovec v[2];
+	int nv = evbuffer_reserve_space(in, READ_CHUNK, v, 2);
+	if (nv <= 0) {
+		errno = ENOMEM;
+		return -1;
+	}
+	struct iovec iov[2];
+	for (int i = 0; i < nv; i++) {
+		iov[i].iov_base = v[i].iov_base;
+		iov[i].iov_len = v[i].iov_len;
+	}
+	size_t want = 0;
+	for (int i = 0; i < nv; i++)
+		want += iov[i].iov_len;
+	if (want > READ_CHUNK)
+		iov[nv - 1].iov_len -= want - READ_CHUNK;
+	ssize_t n = readv(fd, iov, nv);
+	size_t left = n > 0 ? (size_t)n : 0;
+	int used = 0;
+	for (; used < nv && left > 0; used++) {
+		if (v[used].iov_len > left)
+			v[used].iov_len = left;
+		left -= v[used].iov_len;
+	}
+	evbuffer_commit_space(in, v, used);
+	return n;
+}
+
 /* Reads what the socket has and queues its whole frames (read_mu held).
  * false: the client is lost (closed, failed, or a malformed frame). */
 static bool client_read_locked(struct client *c)
 {
 	bool ok = true;
 	for (int i = 0; i < 64; i++) {
-		int n = evbuffer_read(c->in, c->fd, 65536);
-		if (n > 0)
+		ssize_t n = read_some(c->in, c->fd);
+		if (n == READ_CHUNK)
 			continue;
+		if (n > 0)
+			break;  /* a short read took all there was */
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n == 0) {
@@ -337,10 +395,8 @@ static cJSON *next_request(struct pool *p, int index, unsigned long *client)
 			if (!q_head)
 				q_tail = &q_head;
 		}
-		bool more = q_head != NULL;
+		steal_timer_locked(q_head != NULL);
 		pthread_mutex_unlock(&q_mu);
-		if (more)
-			wake_one();  /* another idle worker takes the next one */
 		if (q) {
 			cJSON *req = q->req;
 			*client = q->client;
@@ -353,10 +409,15 @@ static cJSON *next_request(struct pool *p, int index, unsigned long *client)
 		int n = epoll_wait(ep, &ev, 1, IDLE_TICK_MS);
 		if (n <= 0)
 			continue;
-		if (ev.data.u64 == 0) {
+		if (ev.data.u64 == 0 || ev.data.u64 == STEAL_DATA) {
 			uint64_t v;
-			ssize_t r = read(wake_fd, &v, sizeof v);
+			ssize_t r = read(ev.data.u64 ? steal_fd : wake_fd, &v, sizeof v);
 			(void)r;
+			if (ev.data.u64) {
+				pthread_mutex_lock(&q_mu);
+				steal_armed = false;  /* fired: taking one re-arms it */
+				pthread_mutex_unlock(&q_mu);
+			}
 			continue;
 		}
 		serve_readable((unsigned long)ev.data.u64);
@@ -731,6 +792,10 @@ int main(int argc, char **argv)
 	struct epoll_event wev = { .events = EPOLLIN | EPOLLET, .data.u64 = 0 };
 	if (epoll_ctl(ep, EPOLL_CTL_ADD, wake_fd, &wev) != 0)
 		log_fatal("epoll_ctl: %s", strerror(errno));
+	steal_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	struct epoll_event sev = { .events = EPOLLIN | EPOLLET, .data.u64 = STEAL_DATA };
+	if (steal_fd < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, steal_fd, &sev) != 0)
+		log_fatal("timerfd: %s", strerror(errno));
 	reload_ev = event_new(base, -1, 0, on_reload, NULL);
 	if (!reload_ev)
 		log_fatal("cannot create an event");
@@ -789,6 +854,7 @@ int main(int argc, char **argv)
 	}
 	close(ep);
 	close(wake_fd);
+	close(steal_fd);
 	event_base_free(base);
 	return 0;
 }

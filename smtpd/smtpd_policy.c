@@ -6,7 +6,12 @@
  * answered at once from the call's file callback.
  * When policyd is down, late or answers nonsense, the callback gets an
  * error (the session then answers 4xx); the client reconnects with
- * back-off.  Callbacks always run from the event loop. */
+ * back-off.  Callbacks always run from the event loop.
+ * Requests are written by the loop once per pass (pc_flush), straight to
+ * the socket, as the sessions' replies are: the requests of every session
+ * served in one pass leave in one write, and no write event is armed and
+ * disarmed around each.  Only what the socket does not take (or what waits
+ * for the connection) is left to the bufferevent's write event. */
 #include "smtpd/smtpd.h"
 #include "lib/frame.h"
 #include "lib/log.h"
@@ -38,6 +43,8 @@ struct policy_client {
 	struct event_base *base;
 	char *sockname;               /* owned; '@' prefix = abstract */
 	struct bufferevent *bev;
+	bool connected;               /* bev's connect finished */
+	struct event *flush_ev;       /* active: requests wait in bev's output */
 	struct event *reconnect_ev;
 	double backoff;
 	uint64_t next_id;
@@ -128,6 +135,7 @@ static void pc_drop(struct policy_client *pc, const char *why)
 	if (pc->bev) {
 		bufferevent_free(pc->bev);
 		pc->bev = NULL;
+		pc->connected = false;
 		log_warn("policyd connection lost: %s", why);
 	}
 	fail_all(pc, "policyd is not available");
@@ -166,6 +174,45 @@ static void hello_done(void *ctx, const cJSON *reply, const char *error)
 
 static void send_hello(struct policy_client *pc);
 
+/* Queues one frame for the end of this loop pass (pc_flush); -1: it is
+ * too large. */
+static int pc_send(struct policy_client *pc, const cJSON *doc)
+{
+	if (frame_encode(bufferevent_get_output(pc->bev), doc) != 0)
+		return -1;
+	event_active(pc->flush_ev, EV_TIMEOUT, 0);
+	return 0;
+}
+
+/* The loop's pass is done: what it queued goes to the socket in one write.
+ * While the write event is enabled (connecting, or the socket was full)
+ * the bufferevent writes; so it does after an error, to report it to
+ * pc_event. */
+static void pc_flush(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct policy_client *pc = arg;
+	if (!pc->bev || !pc->connected || (bufferevent_get_enabled(pc->bev) & EV_WRITE))
+		return;
+	struct evbuffer *out = bufferevent_get_output(pc->bev);
+	if (evbuffer_get_length(out) == 0)
+		return;
+	int w = evbuffer_write(out, bufferevent_getfd(pc->bev));
+	if (w < 0 || evbuffer_get_length(out) > 0)
+		bufferevent_enable(pc->bev, EV_WRITE);
+}
+
+/* The bufferevent wrote the rest: the loop writes again.  (Before the
+ * connection is reported, libevent calls this for a connect that finished
+ * at once; its write event must stay enabled to report it.) */
+static void pc_written(struct bufferevent *bev, void *arg)
+{
+	struct policy_client *pc = arg;
+	if (pc->connected && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+		bufferevent_disable(bev, EV_WRITE);
+}
+
 /* {"id":N,"op":"msg_file","req":R} from policyd: the file of the message
  * argument of call R, written now if it was not yet. */
 static void answer_msg_file(struct policy_client *pc, const cJSON *doc)
@@ -189,7 +236,7 @@ static void answer_msg_file(struct policy_client *pc, const cJSON *doc)
 		cJSON_AddStringToObject(r, "path", path);
 	else
 		cJSON_AddStringToObject(r, "error", err);
-	frame_encode(bufferevent_get_output(pc->bev), r);
+	pc_send(pc, r);
 	cJSON_Delete(r);
 }
 
@@ -267,10 +314,13 @@ void policy_meta_apply(cJSON *meta, const cJSON *obj)
 
 static void pc_event(struct bufferevent *bev, short what, void *arg)
 {
-	(void)bev;
 	struct policy_client *pc = arg;
 	if (what & BEV_EVENT_CONNECTED) {
 		pc->backoff = 0.05;
+		pc->connected = true;
+		/* what was queued meanwhile goes with the write event */
+		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+			bufferevent_disable(bev, EV_WRITE);
 		return;
 	}
 	pc_drop(pc, (what & BEV_EVENT_EOF) ? "closed by policyd" : evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
@@ -288,8 +338,9 @@ static void pc_connect(struct policy_client *pc)
 	struct sockaddr_un sun;
 	socklen_t len = netaddr_unix(pc->sockname, &sun);
 	pc->bev = bufferevent_socket_new(pc->base, -1, BEV_OPT_CLOSE_ON_FREE);
-	bufferevent_setcb(pc->bev, pc_read, NULL, pc_event, pc);
-	bufferevent_enable(pc->bev, EV_READ | EV_WRITE);
+	pc->connected = false;
+	bufferevent_setcb(pc->bev, pc_read, pc_written, pc_event, pc);
+	bufferevent_enable(pc->bev, EV_READ | EV_WRITE); /* the write event sees the connect */
 	if (len == 0 || bufferevent_socket_connect(pc->bev, (struct sockaddr *)&sun, (int)len) != 0)
 		pc_drop(pc, "connect failed");
 }
@@ -303,6 +354,7 @@ struct policy_client *policy_client_new(struct event_base *base, const char *soc
 	pc->backoff = 0.05;
 	pc->next_id = 1;
 	pc->reconnect_ev = evtimer_new(base, pc_reconnect, pc);
+	pc->flush_ev = event_new(base, -1, 0, pc_flush, pc);
 	set_handlers(pc, handlers);
 	if (sockname[0])
 		pc_connect(pc);
@@ -324,6 +376,7 @@ void policy_client_free(struct policy_client *pc)
 	if (pc->bev)
 		bufferevent_free(pc->bev);
 	event_free(pc->reconnect_ev);
+	event_free(pc->flush_ev);
 	for (size_t i = 0; i < pc->n_handlers; i++)
 		free(pc->handlers[i]);
 	free(pc->handlers);
@@ -401,7 +454,7 @@ static uint64_t send_request(struct policy_client *pc, const char *op, const cha
 	}
 	if (then)
 		cJSON_AddItemToObject(req, "then", then);
-	if (frame_encode(bufferevent_get_output(pc->bev), req) != 0) {
+	if (pc_send(pc, req) != 0) {
 		cJSON_Delete(req);
 		pending_finish(p, NULL, "policy request too large");
 		return p->id;

@@ -8,8 +8,10 @@
  */
 #include "expect.h"
 #include "harness.h"
+#include "lib/frame.h"
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,8 +20,10 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <event2/buffer.h>
 
 #define BANNER "220 " HARNESS_HOSTNAME " KumoMTA"
 #define TROUBLE "421 4.3.0 " HARNESS_HOSTNAME " technical difficulties"
@@ -630,6 +634,94 @@ START_TEST(test_lua_workers_run_in_parallel)
 }
 END_TEST
 
+/* Two requests that reach kumo-policyd in one read are queued for the
+ * worker that read them, which answers them in turn; a handler that does
+ * not return must not hold the other one: another worker takes it (woken
+ * by the steal timer, or at the latest by its idle tick).  policyd runs
+ * here by itself, on a listening socket of the test's, so that both frames
+ * go in one write().  The handlers wait for each other as above: if the
+ * reader kept the second request, the first would be rejected after 20 s. */
+START_TEST(test_policyd_shares_one_read_between_workers)
+{
+	struct harness_env *env = harness_env_new();
+	char *tmpl = NULL;
+	if (asprintf(&tmpl, "%s%s", HARNESS_POLICY_TEMPLATE,
+		     "local function exists(p) local f = io.open(p) if f then f:close() return true end return false end\n"
+		     "kumo.on('smtp_server_mail_from', function(sender, conn_meta)\n"
+		     "  local me, other = '@DIR@/rv/' .. sender.user, '@DIR@/rv/' .. (sender.user == 'one' and 'two' or 'one')\n"
+		     "  io.open(me, 'w'):close()\n"
+		     "  local t = os.time()\n"
+		     "  while not exists(other) do\n"
+		     "    if os.time() - t > 20 then kumo.reject(451, '4.3.0 alone') end\n"
+		     "  end\n"
+		     "end)\n") < 0)
+		abort();
+	harness_write_policy(env, tmpl, NULL);
+	free(tmpl);
+	char *rv = harness_path(env, "rv");
+	ck_assert_int_eq(mkdir(rv, 0777), 0);
+	free(rv);
+
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	int n = snprintf(sun.sun_path, sizeof sun.sun_path, "%s/pd.sock", env->dir);
+	ck_assert(n > 0 && (size_t)n < sizeof sun.sun_path);
+	int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	ck_assert_int_ge(lfd, 0);
+	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sun, sizeof sun), 0);
+	ck_assert_int_eq(listen(lfd, 4), 0);
+	char prog[600];
+	snprintf(prog, sizeof prog, "%s/kumo-policyd", getenv("KUMO_BIN"));
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		if (dup2(lfd, 3) < 0)
+			_exit(127);
+		execl(prog, "kumo-policyd", "--policy", env->policy, "--lua-workers", "2", (char *)NULL);
+		_exit(127);
+	}
+	close(lfd);
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sun, sizeof sun), 0);
+
+	/* both requests in one write */
+	struct evbuffer *both = evbuffer_new();
+	const char *users[2] = { "one", "two" };
+	for (int i = 0; i < 2; i++) {
+		char json[256];
+		snprintf(json, sizeof json,
+			 "{\"id\":%d,\"op\":\"event\",\"event\":\"smtp_server_mail_from\","
+			 "\"args\":[{\"__addr\":\"%s@example.com\"}],\"meta_pos\":1,\"meta\":{}}",
+			 i + 1, users[i]);
+		ck_assert_int_eq(frame_encode_text(both, json, strlen(json)), 0);
+	}
+	size_t len = evbuffer_get_length(both);
+	ck_assert_int_eq(write(fd, evbuffer_pullup(both, -1), len), (ssize_t)len);
+	evbuffer_free(both);
+
+	bool seen[2] = { false, false };
+	for (int i = 0; i < 2; i++) {
+		cJSON *reply = NULL;
+		char err[256];
+		ck_assert_msg(frame_recv_fd(fd, &reply, 60000, err, sizeof err) == 0, "reply %d: %s", i, err);
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(reply, "id");
+		const char *result = harness_json_str(reply, "result");
+		char *text = cJSON_PrintUnformatted(reply);
+		ck_assert_msg(cJSON_IsNumber(id) && (id->valueint == 1 || id->valueint == 2), "reply: %s", text);
+		ck_assert_msg(result && strcmp(result, "ok") == 0, "reply: %s", text);
+		seen[id->valueint - 1] = true;
+		free(text);
+		cJSON_Delete(reply);
+	}
+	ck_assert(seen[0] && seen[1]);
+	close(fd);
+	kill(pid, SIGTERM);
+	int status;
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "kumo-policyd: %s", harness_status_str(status));
+	harness_env_free(env);
+}
+END_TEST
+
 /* The examples of seed pages 003 (smtp_server_rewrite_response) and 004
  * (kumo.disconnect), each pasted verbatim after the harness's init. */
 static const struct seed_row {
@@ -803,6 +895,7 @@ int main(void)
 	tcase_add_test(tc, test_pipelined_mail_then_rcpt);
 	tcase_add_test(tc, test_seed002_verbatim);
 	tcase_add_test(tc, test_lua_workers_run_in_parallel);
+	tcase_add_test(tc, test_policyd_shares_one_read_between_workers);
 	tcase_add_test(tc, test_pipelined_group_with_hooks);
 	tcase_add_test(tc, test_pipelined_replies_leave_together);
 	tcase_add_loop_test(tc, test_seed_examples_verbatim, 0, (int)(sizeof seed_rows / sizeof seed_rows[0]));
