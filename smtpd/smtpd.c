@@ -170,6 +170,7 @@ int main(int argc, char **argv)
 		struct session *s = smtpd->sessions;
 		s->policy_req = 0;
 		s->spool_pending = false;
+		s->early_pending = false;  /* the writer is gone */
 		session_close(s);
 	}
 	for (i = 0; i < smtpd->n_listeners; i++) {

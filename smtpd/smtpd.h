@@ -139,6 +139,12 @@ struct spool_job {
 	spool_done_cb done;
 	void *ctx;
 	bool in_memory;             /* handed to kumo-qmgr (deferred_spool), not stored */
+	/* The reply to send the client on early_fd as soon as the commit has
+	 * stored every item, from the writer thread (see store()); NULL: none.
+	 * early_sent: how many of its bytes the writer sent. */
+	char *early;                /* owned */
+	size_t early_len, early_sent;
+	int early_fd;
 };
 struct spool_writer;
 struct spool_writer *spool_writer_new(struct event_base *base, struct spool *spool);
@@ -247,6 +253,9 @@ struct session {
 	size_t mail_count;             /* MAIL FROM commands on this connection */
 	uint64_t policy_req;           /* in flight, 0 if none */
 	bool spool_pending;            /* a job is at the writer */
+	bool early_pending;            /* ... whose reply the writer may send on our socket */
+	bool early_fd_held;            /* closed: the socket waits for that job to return */
+	size_t early_skip;             /* bytes of the next reply the writer already sent */
 	bool discarding_line;          /* skipping an over-long command line */
 	bool pumping;                  /* inside session_resume's loop */
 	bool tls;                      /* STARTTLS done (or under way) */

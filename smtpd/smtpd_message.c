@@ -5,7 +5,9 @@
  *   3. the split into messages (batch_handling), each with its own id;
  *   4. smtp_server_message_received, once per message, in order;
  *   5. the spool writer stores them all (one group commit); then the
- *      Reception records and "250 OK ids=...".
+ *      Reception records and "250 OK ids=..." (on a plain session the
+ *      writer thread sends that reply itself once all is stored:
+ *      early_reply).
  * The bytes reach policyd by reference: only when a hook's policy asks for
  * them (lib/ipc.h "msg_file") is the body written (no fsync) to
  * <data spool>/new/<id>.msg, once per version of the body; the hooks'
@@ -720,21 +722,32 @@ static void log_reception(struct session *s, const struct batch *b)
 	cJSON_Delete(extra);
 }
 
-static void finish(struct session *s, size_t failed, bool nospace)
+/* The ids of the messages stored (or sent to the null queue), in order,
+ * one space between them; how many in *n. */
+static char *stored_ids(const struct txn *t, size_t *n)
 {
-	struct txn *t = s->txn;
 	size_t cap = 16 + t->n_batches * (SPOOL_ID_LEN + 1), len = 0;
 	char *ids = xmalloc(cap);
 	ids[0] = '\0';
-	size_t ok = 0;
+	*n = 0;
 	for (size_t i = 0; i < t->n_batches; i++) {
-		struct batch *b = &t->batches[i];
+		const struct batch *b = &t->batches[i];
 		if (b->iovcnt < 0)
 			continue; /* failed to store */
-		log_reception(s, b);
-		len += (size_t)snprintf(ids + len, cap - len, "%s%s", ok ? " " : "", b->id);
-		ok++;
+		len += (size_t)snprintf(ids + len, cap - len, "%s%s", *n ? " " : "", b->id);
+		(*n)++;
 	}
+	return ids;
+}
+
+static void finish(struct session *s, size_t failed, bool nospace)
+{
+	struct txn *t = s->txn;
+	size_t ok;
+	char *ids = stored_ids(t, &ok);
+	for (size_t i = 0; i < t->n_batches; i++)
+		if (t->batches[i].iovcnt >= 0)
+			log_reception(s, &t->batches[i]);
 	txn_reset(s);
 	if (ok == 0) {
 		if (nospace)
@@ -742,9 +755,31 @@ static void finish(struct session *s, size_t failed, bool nospace)
 		else
 			replyf(s, 451, "4.3.0 %s spool write failed. Try later", s->p.hostname);
 	} else {
+		/* when every message was stored, the same text as early_reply's */
 		replyf(s, 250, "%s ids=%s", failed ? "PARTIAL" : "OK", ids);
 	}
 	free(ids);
+}
+
+/* The reply finish() will give if the job stores everything, for the
+ * writer thread to send the moment it has (smtpd_spool.c): on a plain
+ * session (TLS writes through OpenSSL, in the loop) whose earlier replies
+ * have all left, and with no smtp_server_rewrite_response to run on it.
+ * Until the job returns, nothing else is written to the session (it reads
+ * no command meanwhile), and its socket stays open (session_close). */
+static void early_reply(struct session *s, struct spool_job *job)
+{
+	if (s->tls || !s->bev || s->p.deferred_spool ||
+	    evbuffer_get_length(bufferevent_get_output(s->bev)) > 0 ||
+	    policy_has(smtpd->policy, "smtp_server_rewrite_response"))
+		return;
+	size_t n;
+	char *ids = stored_ids(s->txn, &n);
+	job->early = xasprintf("250 OK ids=%s\r\n", ids);
+	free(ids);
+	job->early_len = strlen(job->early);
+	job->early_fd = bufferevent_getfd(s->bev);
+	s->early_pending = true;
 }
 
 /* Tells the queue manager about every message the job stored. */
@@ -762,6 +797,17 @@ static void announce(const struct spool_job *job)
 static void spool_finished(struct spool_job *job, void *ctx)
 {
 	struct session *s = ctx;
+	if (job->early) {
+		s->early_pending = false;
+		if (s->early_fd_held) {
+			close(job->early_fd);  /* the session closed it meanwhile */
+			s->early_fd_held = false;
+		}
+		if (!job->failed)
+			s->early_skip = job->early_sent;
+		free(job->early);
+		job->early = NULL;
+	}
 	if (job->in_memory && job->failed && smtpd->writer) {
 		/* the queue manager could not take it: store it durably */
 		log_info("session %s: deferred_spool: %s; storing durably", s->session_id, job->items[0].err);
@@ -772,17 +818,6 @@ static void spool_finished(struct spool_job *job, void *ctx)
 	s->spool_pending = false;
 	if (!job->in_memory)
 		announce(job);
-	if (s->state == SS_DEAD) {
-		/* the client left; what was stored stays stored and is relayed */
-		for (size_t i = 0; i < job->n; i++)
-			if (job->items[i].result == 0)
-				log_info("session %s: message %s stored after the client disconnected",
-					 s->session_id, job->items[i].id);
-		free(job->items);
-		free(job);
-		session_free(s);
-		return;
-	}
 	struct txn *t = s->txn;
 	size_t failed = 0, k = 0;
 	bool nospace = false;
@@ -800,7 +835,21 @@ static void spool_finished(struct spool_job *job, void *ctx)
 	}
 	free(job->items);
 	free(job);
+	if (s->state == SS_DEAD) {
+		/* the client left before its reply; what was stored stays
+		 * stored, is logged as received, and is relayed */
+		for (size_t i = 0; i < t->n_batches; i++) {
+			if (t->batches[i].iovcnt < 0)
+				continue;
+			log_reception(s, &t->batches[i]);
+			log_info("session %s: message %s stored after the client disconnected",
+				 s->session_id, t->batches[i].id);
+		}
+		session_free(s);
+		return;
+	}
 	finish(s, failed, nospace);
+	s->early_skip = 0;
 }
 
 static void store(struct session *s)
@@ -861,5 +910,6 @@ static void store(struct session *s)
 	s->spool_pending = true;
 	if (s->p.deferred_spool && qmgr_inject(smtpd->qmgr, job) == 0)
 		return;
+	early_reply(s, job);
 	spool_writer_submit(smtpd->writer, job);
 }

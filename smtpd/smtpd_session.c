@@ -228,12 +228,24 @@ void close_after_flush(struct session *s)
 	event_active(s->close_ev, EV_TIMEOUT, 0);
 }
 
+/* Adds len bytes to out, less the first *skip of them (already sent by
+ * the spool writer, early_reply), which it counts down. */
+static void add_unsent(struct evbuffer *out, const char *p, size_t len, size_t *skip)
+{
+	size_t k = *skip < len ? *skip : len;
+	*skip -= k;
+	if (len > k)
+		evbuffer_add(out, p + k, len - k);
+}
+
 static void write_reply(struct session *s, int code, const char *text, enum disc_mode mode)
 {
 	if (s->state == SS_CLOSING || s->state == SS_DEAD)
 		return;
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	const char *p = text;
+	size_t skip = s->early_skip;
+	s->early_skip = 0;
 	do {
 		const char *nl = strchr(p, '\n');
 		size_t n = nl ? (size_t)(nl - p) : strlen(p);
@@ -250,11 +262,11 @@ static void write_reply(struct session *s, int code, const char *text, enum disc
 		if (m + 6 <= sizeof line) {
 			memcpy(line + 4, p, m);
 			memcpy(line + 4 + m, "\r\n", 2);
-			evbuffer_add(out, line, m + 6);
+			add_unsent(out, line, m + 6, &skip);
 		} else {
-			evbuffer_add(out, line, 4);
-			evbuffer_add(out, p, m);
-			evbuffer_add(out, "\r\n", 2);
+			add_unsent(out, line, 4, &skip);
+			add_unsent(out, p, m, &skip);
+			add_unsent(out, "\r\n", 2, &skip);
 		}
 		p = nl ? nl + 1 : p + n;
 		if (last)
@@ -312,7 +324,9 @@ void session_reply(struct session *s, int code, const char *text, enum disc_mode
 {
 	if (s->state == SS_CLOSING || s->state == SS_DEAD)
 		return;
-	if (policy_has(smtpd->policy, "smtp_server_rewrite_response")) {
+	/* a reply the spool writer sent (early_reply) was not to be rewritten,
+	 * even if a reload has added a handler since */
+	if (!s->early_skip && policy_has(smtpd->policy, "smtp_server_rewrite_response")) {
 		s->pend_code = code;
 		s->pend_text = xstrdup(text);
 		s->pend_mode = mode;
@@ -525,6 +539,12 @@ void session_close(struct session *s)
 		return;
 	s->state = SS_DEAD;
 	if (s->bev) {
+		if (s->early_pending) {
+			/* the spool writer may still send on it: closed when its
+			 * job returns (spool_finished), so the number is not reused */
+			bufferevent_setfd(s->bev, -1);
+			s->early_fd_held = true;
+		}
 		if (s->under_cb) {
 			struct bufferevent *under = bufferevent_get_underlying(s->bev);
 			if (under)

@@ -2,8 +2,12 @@
  * messages of one transaction); the thread takes everything queued, stores
  * it with one spool_commit (one group commit for all of it), and hands the
  * finished jobs back to the event loop through a pipe, where each job's
- * callback runs.  Entry points: spool_writer_new, spool_writer_submit,
- * spool_writer_free.  Storage errors are reported per item in the job. */
+ * callback runs.  A job may carry its reply ("250 OK ids=..."): once the
+ * commit has stored all of the job, the thread sends it on the client's
+ * socket itself, without waiting for the loop to be woken and get to the
+ * callback (which then writes only what the socket did not take).
+ * Entry points: spool_writer_new, spool_writer_submit, spool_writer_free.
+ * Storage errors are reported per item in the job. */
 #include "smtpd/smtpd.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -15,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 struct spool_writer {
 	struct spool *spool;
@@ -64,6 +69,14 @@ static void *writer_main(void *arg)
 			for (size_t i = 0; i < j->n; i++) {
 				j->items[i] = items[k++];
 				j->failed += j->items[i].result != 0;
+			}
+			if (j->early && !j->failed) {
+				/* stored: the client hears it now */
+				ssize_t w;
+				do
+					w = send(j->early_fd, j->early, j->early_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+				while (w < 0 && errno == EINTR);
+				j->early_sent = w > 0 ? (size_t)w : 0;
 			}
 		}
 		free(items);

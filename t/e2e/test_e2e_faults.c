@@ -1186,6 +1186,57 @@ START_TEST(test_open_relay)
 }
 END_TEST
 
+/* Clients that send a message and leave without waiting for its reply:
+ * the spool writer sends the 250 on the socket itself right after the
+ * commit, so a socket closed meanwhile must stay open (its number not
+ * reused by the next session) until the writer is done with it.  Every
+ * message is stored and logged all the same, and the sessions that follow,
+ * on descriptors just freed, get their own replies. */
+START_TEST(test_client_leaves_during_commit)
+{
+	struct harness_env *env = harness_env_new();
+	harness_start_default(env, NULL);
+	enum { LEAVERS = 30 };
+	for (int i = 0; i < LEAVERS; i++) {
+		struct smtpc *c = session(env, NULL);
+		smtpc_sendf(c, "MAIL FROM:<leaver%d@example.com>\r\n", i);
+		free(smtpc_expect_code(c, 250));
+		smtpc_chat(c, "RCPT TO:<x@example.com>", "250 OK <x@example.com>");
+		smtpc_chat(c, "DATA", GO_AHEAD);
+		smtpc_sendf(c, "Subject: leaving\r\n\r\nleaver %d\r\n.\r\n", i);
+		smtpc_close(c);  /* at once: the reply is not read */
+		/* a session on the descriptor just freed, now or a little later */
+		if (i % 3 == 0) {
+			c = session(env, NULL);
+			char ids[1][33];
+			smtpc_chat(c, "MAIL FROM:<stayer@example.com>", "250 OK <stayer@example.com>");
+			smtpc_chat(c, "RCPT TO:<x@example.com>", "250 OK <x@example.com>");
+			smtpc_chat(c, "DATA", GO_AHEAD);
+			smtpc_sendf(c, "Subject: staying\r\n\r\nstayer %d\r\n.\r\n", i);
+			smtpc_expect_ids(c, 1, ids);
+			smtpc_chat(c, "QUIT", "221 So long, and thanks for all the fish!");
+			smtpc_close(c);
+		}
+	}
+	int want = LEAVERS + (LEAVERS + 2) / 3;
+	ck_assert_int_eq(wait_records(env, "Reception", want), want);
+	char *ids = harness_spool_ids(env);
+	int n = -1;
+	ck_assert_msg(sscanf(ids, "%d message", &n) == 1 && n == want, "want %d messages: %s", want, ids);
+	free(ids);
+	char *out = harness_output(env);
+	ck_assert_msg(!strstr(out, "Bad file descriptor") && !strstr(out, "not stored"), "kumod output:\n%s", out);
+	int gone = 0;
+	for (const char *p = out; (p = strstr(p, "stored after the client disconnected")); p++)
+		gone++;
+	printf("e2e_faults: %d clients left before the reply; %d of them before their commit returned\n",
+	       LEAVERS, gone);
+	free(out);
+	harness_stop(env, NULL);
+	harness_env_free(env);
+}
+END_TEST
+
 /* ---- 9. files and privileges ------------------------------------------------ */
 
 static void expect_private(struct harness_env *env, const char *rel, uid_t owner, int *checked)
@@ -1298,6 +1349,7 @@ int main(void)
 	tcase_add_test(tc, test_kill9_master_only);
 	tcase_add_test(tc, test_corrupted_spool);
 	tcase_add_test(tc, test_open_relay);
+	tcase_add_test(tc, test_client_leaves_during_commit);
 	tcase_add_test(tc, test_files_and_privileges);
 	suite_add_tcase(s, tc);
 	tc = harness_tcase("full_disk");
