@@ -842,8 +842,9 @@ static void spool_finished(struct spool_job *job, void *ctx)
 			if (t->batches[i].iovcnt < 0)
 				continue;
 			log_reception(s, &t->batches[i]);
-			log_info("session %s: message %s stored after the client disconnected",
-				 s->session_id, t->batches[i].id);
+			if (!t->batches[i].discard)
+				log_info("session %s: message %s stored after the client disconnected",
+					 s->session_id, t->batches[i].id);
 		}
 		session_free(s);
 		return;
