@@ -737,6 +737,10 @@ size_t qmgr_compact(void)
 	uint64_t bytes = 0;
 	struct qmsg **v = NULL;
 	bool more = false;
+	/* most passes find nothing to move: then no walk over every message
+	 * (a few ms of CPU every COMPACT_DELAY_SECS with a large queue) */
+	if (!spool_any_sparse(&Q->spool))
+		return 0;
 	for (size_t i = 0; i < Q->hash_size && !more; i++) {
 		for (struct qmsg *m = Q->hash[i]; m; m = m->hnext) {
 			if (!m->spooled || m->state != M_WAIT || !seg_sparse(m->loc.seg, segs, ans, &nseg))

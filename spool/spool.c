@@ -995,6 +995,14 @@ bool spool_seg_sparse(struct spool *s, struct spool_seg *g)
 	return g->live_bytes * 2 <= (uint64_t)st.st_size;
 }
 
+bool spool_any_sparse(struct spool *s)
+{
+	for (struct spool_seg *g = s->segs; g; g = g->next)
+		if (spool_seg_sparse(s, g))
+			return true;
+	return false;
+}
+
 static bool try_remove(struct spool *s, struct spool_seg *g)
 {
 	if (g->writing)

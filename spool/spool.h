@@ -141,6 +141,8 @@ int spool_done(struct spool *s, const struct spool_loc *loc, const char *id, cha
  * take at most half of its data file: then moving them elsewhere (a new
  * commit, then spool_done of the old record) lets the segment go. */
 bool spool_seg_sparse(struct spool *s, struct spool_seg *seg);
+/* Whether any segment known here is (spool_seg_sparse). */
+bool spool_any_sparse(struct spool *s);
 
 /* Looks again at every sealed segment whose held messages are all done and
  * removes it if nothing else is in it.  Returns how many were removed. */

@@ -1912,6 +1912,36 @@ START_TEST(rewrite_in_own_segment_survives_restart)
 }
 END_TEST
 
+/* spool_any_sparse, which lets kumo-qmgr skip its walk over every waiting
+ * message: true only once a sealed segment's held messages take at most
+ * half of its data file. */
+START_TEST(any_sparse_follows_the_held_messages)
+{
+	struct spool w, r;
+	open_spool(&w);
+	struct msg m[4];
+	struct spool_item it[4];
+	msgs_make(m, 4, "sp");
+	commit_msgs(&w, m, it, 4);
+	spool_close(&w); /* sealed */
+	open_spool(&r);
+	struct hits h;
+	list(&r, &h);
+	ck_assert_uint_eq(h.n, 4);
+	ck_assert(!spool_any_sparse(&r)); /* nothing held */
+	for (size_t i = 0; i < 3; i++)
+		spool_hold(&r, &h.v[i].loc);
+	ck_assert(!spool_any_sparse(&r)); /* three of four held: more than half */
+	char err[256];
+	for (size_t i = 0; i < 2; i++)
+		ck_assert_msg(spool_done(&r, &h.v[i].loc, h.v[i].id, err, sizeof err) == 0, "%s", err);
+	ck_assert(spool_any_sparse(&r)); /* one of four */
+	hits_free(&h);
+	spool_close(&r);
+	msgs_free(m, 4);
+}
+END_TEST
+
 /* ---- a commit that fails ------------------------------------------------------- */
 
 static void set_fsize(rlim_t cur)
@@ -2110,6 +2140,7 @@ int main(void)
 	tcase_add_test(tc, duplicate_id_newest_wins);
 	tcase_add_test(tc, duplicate_id_in_one_segment_survives_scan);
 	tcase_add_test(tc, rewrite_in_own_segment_survives_restart);
+	tcase_add_test(tc, any_sparse_follows_the_held_messages);
 	tcase_add_test(tc, failed_commit_leaves_nothing);
 	tcase_add_test(tc, one_flush_inside_the_prepared_part);
 	tcase_add_test(tc, two_flushes_across_devices);
