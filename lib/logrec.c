@@ -355,6 +355,7 @@ static int open_segment(struct logrec *lr, char *err, size_t errlen)
 		if (fd >= 0) {
 			lr->fd = fd;
 			lr->written = 0;
+			lr->synced = 0;
 			lr->opened = ts.tv_sec;
 			return 0;
 		}
@@ -397,6 +398,11 @@ int logrec_flush(struct logrec *lr, char *err, size_t errlen)
 			done += (size_t)w;
 		}
 		lr->written += done;
+		if (lr->written - lr->synced >= LOGREC_SYNC_BYTES) {
+			sync_file_range(lr->fd, (off64_t)lr->synced, (off64_t)(lr->written - lr->synced),
+					SYNC_FILE_RANGE_WRITE);
+			lr->synced = lr->written;
+		}
 	}
 	lr->buf.len = 0; /* what could not be written is dropped, and reported */
 	return rc;

@@ -16,6 +16,7 @@ struct logrec {
 	char *dir;            /* owned; NULL: logging disabled */
 	int fd;               /* current segment, -1 if none */
 	size_t written;       /* bytes in the current segment */
+	size_t synced;        /* ... of which the kernel was asked to write out */
 	size_t max_file_size; /* default 1,000,000,000 */
 	double max_segment_duration; /* seconds, 0 = unlimited */
 	time_t opened;
@@ -41,6 +42,11 @@ void logrec_close(struct logrec *lr);
 /* Records are added to a buffer, written when it holds LOGREC_BUF_MAX
  * bytes, at logrec_flush and at logrec_close. */
 #define LOGREC_BUF_MAX (64u * 1024u)
+/* Every this many bytes written, the kernel is asked to start writing them
+ * out (sync_file_range, without waiting): so dirty log pages never pile
+ * up, to be written all at once 30 s later (the kernel's dirty expiry)
+ * while the spool waits for its flushes. */
+#define LOGREC_SYNC_BYTES (1024u * 1024u)
 /* The longest a record waits in the buffer of an attached logrec: a write
  * per this much time, not one per loop pass, and whole pages per write. */
 #define LOGREC_FLUSH_MS 100
