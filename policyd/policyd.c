@@ -305,15 +305,12 @@ static ssize_t read_some(struct evbuffer *in, int fd)
 		return -1;
 	}
 	struct iovec iov[2];
+	size_t want = READ_CHUNK;
 	for (int i = 0; i < nv; i++) {
 		iov[i].iov_base = v[i].iov_base;
-		iov[i].iov_len = v[i].iov_len;
+		iov[i].iov_len = v[i].iov_len < want ? v[i].iov_len : want;
+		want -= iov[i].iov_len;
 	}
-	size_t want = 0;
-	for (int i = 0; i < nv; i++)
-		want += iov[i].iov_len;
-	if (want > READ_CHUNK)
-		iov[nv - 1].iov_len -= want - READ_CHUNK;
 	ssize_t n = readv(fd, iov, nv);
 	size_t left = n > 0 ? (size_t)n : 0;
 	int used = 0;

@@ -601,21 +601,26 @@ START_TEST(test_seed002_toml_and_memoize)
 }
 END_TEST
 
+/* A smtp_server_mail_from handler for senders one@ and two@ that returns
+ * only once the other's has started (a file each in @DIR@/rv), or rejects
+ * after 20 s alone. */
+#define RENDEZVOUS_HANDLER \
+	"local function exists(p) local f = io.open(p) if f then f:close() return true end return false end\n" \
+	"kumo.on('smtp_server_mail_from', function(sender, conn_meta)\n" \
+	"  local me, other = '@DIR@/rv/' .. sender.user, '@DIR@/rv/' .. (sender.user == 'one' and 'two' or 'one')\n" \
+	"  io.open(me, 'w'):close()\n" \
+	"  local t = os.time()\n" \
+	"  while not exists(other) do\n" \
+	"    if os.time() - t > 20 then kumo.reject(451, '4.3.0 alone') end\n" \
+	"  end\n" \
+	"end)\n"
+
 /* Two hooks that each wait for the other can only both finish when two Lua
  * states run at once: a proof of parallel policy workers, with no timing
  * assertion (a single state would fall through the 20 s wait and reject). */
 START_TEST(test_lua_workers_run_in_parallel)
 {
-	struct harness_env *env = start_with(
-		"local function exists(p) local f = io.open(p) if f then f:close() return true end return false end\n"
-		"kumo.on('smtp_server_mail_from', function(sender, conn_meta)\n"
-		"  local me, other = '@DIR@/rv/' .. sender.user, '@DIR@/rv/' .. (sender.user == 'one' and 'two' or 'one')\n"
-		"  io.open(me, 'w'):close()\n"
-		"  local t = os.time()\n"
-		"  while not exists(other) do\n"
-		"    if os.time() - t > 20 then kumo.reject(451, '4.3.0 alone') end\n"
-		"  end\n"
-		"end)\n", NULL);
+	struct harness_env *env = start_with(RENDEZVOUS_HANDLER, NULL);
 	/* kumo-policyd may run as nobody: the rendezvous directory is open to it */
 	char *rv = harness_path(env, "rv");
 	ck_assert_int_eq(mkdir(rv, 0777), 0);
@@ -645,16 +650,7 @@ START_TEST(test_policyd_shares_one_read_between_workers)
 {
 	struct harness_env *env = harness_env_new();
 	char *tmpl = NULL;
-	if (asprintf(&tmpl, "%s%s", HARNESS_POLICY_TEMPLATE,
-		     "local function exists(p) local f = io.open(p) if f then f:close() return true end return false end\n"
-		     "kumo.on('smtp_server_mail_from', function(sender, conn_meta)\n"
-		     "  local me, other = '@DIR@/rv/' .. sender.user, '@DIR@/rv/' .. (sender.user == 'one' and 'two' or 'one')\n"
-		     "  io.open(me, 'w'):close()\n"
-		     "  local t = os.time()\n"
-		     "  while not exists(other) do\n"
-		     "    if os.time() - t > 20 then kumo.reject(451, '4.3.0 alone') end\n"
-		     "  end\n"
-		     "end)\n") < 0)
+	if (asprintf(&tmpl, "%s%s", HARNESS_POLICY_TEMPLATE, RENDEZVOUS_HANDLER) < 0)
 		abort();
 	harness_write_policy(env, tmpl, NULL);
 	free(tmpl);
