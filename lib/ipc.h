@@ -92,6 +92,9 @@
  */
 #ifndef KUMO_IPC_H
 #define KUMO_IPC_H
+#include "lib/hist.h"
+#include <stddef.h>
+#include <stdint.h>
 
 /* Inherited descriptors, fixed numbers. */
 #define FD_CONFIG      3   /* kumo-smtpd: memfd holding the config JSON */
@@ -104,7 +107,25 @@
  * shared by every kumo-smtpd through mmap.  A worker changes only its own
  * row (atomically); max_connections is checked against the sum of a
  * listener's column.  kumod zeroes a worker's row before restarting it, so
- * sessions of a dead worker stop counting. */
+ * sessions of a dead worker stop counting.
+ * After them (IPC_COMMIT_STATS_OFF) come the commit statistics, one
+ * struct ipc_commit_stats per worker, added to (atomically) by that
+ * worker's spool writer thread after each commit and summed by kumod for
+ * `kumoctl status`.  They count from kumod's start: a restarted worker goes
+ * on adding to its row. */
+struct ipc_commit_stats {
+	uint64_t commits;   /* group commits that stored messages */
+	uint64_t messages;  /* messages they stored */
+	uint64_t failed;    /* messages a commit could not store */
+	uint64_t us_total;  /* time spent in them, microseconds */
+	uint64_t us_hist[HIST_BUCKETS]; /* their durations (lib/hist.h) */
+};
+#define IPC_COUNTERS_LEN(workers, listeners) \
+	((size_t)(workers) * (size_t)((listeners) ? (listeners) : 1) * sizeof(uint64_t))
+#define IPC_COMMIT_STATS_OFF(workers, listeners) \
+	((IPC_COUNTERS_LEN(workers, listeners) + 63u) & ~(size_t)63u)
+#define IPC_SHARED_LEN(workers, listeners) \
+	(IPC_COMMIT_STATS_OFF(workers, listeners) + (size_t)(workers) * sizeof(struct ipc_commit_stats))
 
 /* kumo-smtpd's config JSON (FD_CONFIG):
  * {"policy_socket":"@kumomta-123-policyd", "listeners":[{...}, ...],

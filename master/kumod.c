@@ -753,7 +753,7 @@ int main(int argc, char **argv)
 
 	M.n_workers = (int)workers;
 	M.workers = xcalloc((size_t)M.n_workers, sizeof *M.workers);
-	size_t counters_len = (size_t)M.n_workers * (M.n_listen ? M.n_listen : 1) * sizeof(uint64_t);
+	size_t counters_len = IPC_SHARED_LEN(M.n_workers, M.n_listen);
 	M.counters_fd = memfd_create("kumod-counters", MFD_CLOEXEC);
 	if (M.counters_fd < 0 || ftruncate(M.counters_fd, (off_t)counters_len) != 0)
 		startup_fail("session counters: %s", strerror(errno));

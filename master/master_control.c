@@ -5,6 +5,7 @@
  * stranger: its uid is checked with SO_PEERCRED (our uid or root only) and
  * what it sends is bounded.  Entry point: control_open. */
 #include "master/master.h"
+#include "lib/ipc.h"
 #include "lib/frame.h"
 #include "lib/log.h"
 #include "lib/netaddr.h"
@@ -33,6 +34,35 @@ static void ctl_reply(struct bufferevent *bev, cJSON *reply)
 	cJSON_Delete(reply);
 }
 
+/* "spool_commits": the workers' group commits (lib/ipc.h), summed. */
+static void add_commit_stats(cJSON *r, const struct master *m)
+{
+	const struct ipc_commit_stats *st =
+		(const struct ipc_commit_stats *)((const char *)m->counters +
+						  IPC_COMMIT_STATS_OFF(m->n_workers, m->n_listen));
+	uint64_t commits = 0, messages = 0, failed = 0, us = 0, hist[HIST_BUCKETS] = { 0 };
+	for (int w = 0; w < m->n_workers; w++) {
+		commits += __atomic_load_n(&st[w].commits, __ATOMIC_RELAXED);
+		messages += __atomic_load_n(&st[w].messages, __ATOMIC_RELAXED);
+		failed += __atomic_load_n(&st[w].failed, __ATOMIC_RELAXED);
+		us += __atomic_load_n(&st[w].us_total, __ATOMIC_RELAXED);
+		for (unsigned b = 0; b < HIST_BUCKETS; b++)
+			hist[b] += __atomic_load_n(&st[w].us_hist[b], __ATOMIC_RELAXED);
+	}
+	cJSON *c = cJSON_AddObjectToObject(r, "spool_commits");
+	cJSON_AddNumberToObject(c, "commits", (double)commits);
+	cJSON_AddNumberToObject(c, "messages", (double)messages);
+	cJSON_AddNumberToObject(c, "failed", (double)failed);
+	cJSON_AddNumberToObject(c, "messages_per_commit",
+				commits ? (double)(messages * 100 / commits) / 100.0 : 0);
+	cJSON_AddNumberToObject(c, "mean_ms", commits ? (double)(us / commits) / 1000.0 : 0);
+	static const struct { const char *name; double q; } qs[] = {
+		{ "p50_ms", 0.5 }, { "p90_ms", 0.9 }, { "p99_ms", 0.99 }, { "p999_ms", 0.999 },
+	};
+	for (size_t i = 0; i < sizeof qs / sizeof qs[0]; i++)
+		cJSON_AddNumberToObject(c, qs[i].name, (double)hist_quantile(hist, qs[i].q) / 1000.0);
+}
+
 static cJSON *status_doc(struct master *m)
 {
 	cJSON *r = cJSON_CreateObject();
@@ -49,6 +79,8 @@ static cJSON *status_doc(struct master *m)
 	for (size_t i = 0; m->counters && i < (size_t)m->n_workers * m->n_listen; i++)
 		sessions += __atomic_load_n(&m->counters[i], __ATOMIC_RELAXED);
 	cJSON_AddNumberToObject(r, "sessions", (double)sessions);
+	if (m->counters)
+		add_commit_stats(r, m);
 	cJSON_AddNumberToObject(r, "qmgr_pid", m->qmgr.pid);
 	char err[300];
 	cJSON *q = m->stopping ? NULL : master_qmgr_request(m, "summary", 2000, err, sizeof err);

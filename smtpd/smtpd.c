@@ -146,10 +146,14 @@ int main(int argc, char **argv)
 	smtpd->n_workers = cJSON_IsNumber(nw) ? (int)nw->valuedouble : 1;
 	if (smtpd->worker >= smtpd->n_workers)
 		log_fatal("worker %d of %d", smtpd->worker, smtpd->n_workers);
-	size_t clen = (size_t)smtpd->n_workers * (smtpd->n_listeners ? smtpd->n_listeners : 1) * sizeof(uint64_t);
+	size_t clen = IPC_SHARED_LEN(smtpd->n_workers, smtpd->n_listeners);
 	smtpd->counters = mmap(NULL, clen, PROT_READ | PROT_WRITE, MAP_SHARED, FD_COUNTERS, 0);
 	if (smtpd->counters == MAP_FAILED)
 		log_fatal("session counters on descriptor %d: %s", FD_COUNTERS, strerror(errno));
+	spool_writer_set_stats(smtpd->writer,
+			       (struct ipc_commit_stats *)((char *)smtpd->counters +
+							   IPC_COMMIT_STATS_OFF(smtpd->n_workers, smtpd->n_listeners)) +
+				       smtpd->worker);
 	close(FD_COUNTERS);
 	tls_setup(cJSON_GetObjectItemCaseSensitive(conf, "tls_self_signed"),
 		  cJSON_GetObjectItemCaseSensitive(conf, "tls_vault"));

@@ -148,6 +148,9 @@ struct spool_job {
 };
 struct spool_writer;
 struct spool_writer *spool_writer_new(struct event_base *base, struct spool *spool);
+/* Where the writer counts its commits from now on (lib/ipc.h); NULL: nowhere. */
+struct ipc_commit_stats;
+void spool_writer_set_stats(struct spool_writer *w, struct ipc_commit_stats *stats);
 void spool_writer_submit(struct spool_writer *w, struct spool_job *job);
 void spool_writer_free(struct spool_writer *w);  /* finishes queued jobs first */
 

@@ -6,9 +6,13 @@
  * commit has stored all of the job, the thread sends it on the client's
  * socket itself, without waiting for the loop to be woken and get to the
  * callback (which then writes only what the socket did not take).
- * Entry points: spool_writer_new, spool_writer_submit, spool_writer_free.
+ * Each commit is counted in the worker's row of the shared commit
+ * statistics (lib/ipc.h), which `kumoctl status` sums.
+ * Entry points: spool_writer_new, spool_writer_set_stats,
+ * spool_writer_submit, spool_writer_free.
  * Storage errors are reported per item in the job. */
 #include "smtpd/smtpd.h"
+#include "lib/ipc.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
@@ -31,7 +35,31 @@ struct spool_writer {
 	bool stop;
 	int pipe_fd[2];
 	struct event *notify;
+	struct ipc_commit_stats *stats;          /* shared (lib/ipc.h), or NULL */
 };
+
+static uint64_t mono_us(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
+}
+
+/* Adds one commit to the shared statistics (with w->mu held). */
+static void count_commit(struct spool_writer *w, size_t stored, size_t failed, uint64_t us)
+{
+	struct ipc_commit_stats *st = w->stats;
+	if (!st)
+		return;
+	if (stored) {
+		__atomic_add_fetch(&st->commits, 1, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&st->messages, stored, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&st->us_total, us, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&st->us_hist[hist_bucket(us)], 1, __ATOMIC_RELAXED);
+	}
+	if (failed)
+		__atomic_add_fetch(&st->failed, failed, __ATOMIC_RELAXED);
+}
 
 static void *writer_main(void *arg)
 {
@@ -62,7 +90,10 @@ static void *writer_main(void *arg)
 		for (struct spool_job *j = batch; j; j = j->next)
 			for (size_t i = 0; i < j->n; i++)
 				items[k++] = j->items[i];
+		uint64_t t0 = mono_us();
 		spool_commit(w->spool, items, total);
+		uint64_t took = mono_us() - t0;
+		size_t failed = 0;
 		k = 0;
 		for (struct spool_job *j = batch; j; j = j->next) {
 			j->failed = 0;
@@ -70,6 +101,7 @@ static void *writer_main(void *arg)
 				j->items[i] = items[k++];
 				j->failed += j->items[i].result != 0;
 			}
+			failed += j->failed;
 			if (j->early && !j->failed) {
 				/* stored: the client hears it now */
 				ssize_t w;
@@ -82,6 +114,7 @@ static void *writer_main(void *arg)
 		free(items);
 
 		pthread_mutex_lock(&w->mu);
+		count_commit(w, total - failed, failed, took);
 		struct spool_job *last = batch;
 		while (last->next)
 			last = last->next;
@@ -135,6 +168,13 @@ struct spool_writer *spool_writer_new(struct event_base *base, struct spool *spo
 	if (pthread_create(&w->thread, NULL, writer_main, w) != 0)
 		log_fatal("spool writer: cannot start thread");
 	return w;
+}
+
+void spool_writer_set_stats(struct spool_writer *w, struct ipc_commit_stats *stats)
+{
+	pthread_mutex_lock(&w->mu);
+	w->stats = stats;
+	pthread_mutex_unlock(&w->mu);
 }
 
 void spool_writer_submit(struct spool_writer *w, struct spool_job *job)

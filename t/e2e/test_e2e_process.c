@@ -9,6 +9,7 @@
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -247,6 +248,71 @@ START_TEST(test_worker_restart)
     char ids[1][33];
     smtpc_transaction(c, "a@example.com", rcpts, "Subject: w\r\n\r\nnew worker\r\n", ids);
     smtpc_close(c);
+    harness_env_free(env);
+}
+END_TEST
+
+/* The "spool_commits" object of `kumoctl status` (the caller frees it). */
+static cJSON *commit_stats(struct harness_env *env)
+{
+    char *out = NULL;
+    ck_assert_int_eq(harness_kumoctl(env, "status", &out), 0);
+    cJSON *doc = cJSON_Parse(out);
+    ck_assert_msg(doc != NULL, "kumoctl status is not JSON: %s", out);
+    cJSON *c = cJSON_DetachItemFromObjectCaseSensitive(doc, "spool_commits");
+    ck_assert_msg(cJSON_IsObject(c), "kumoctl status has no spool_commits: %s", out);
+    cJSON_Delete(doc);
+    free(out);
+    return c;
+}
+
+static double stat_num(const cJSON *c, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, key);
+    ck_assert_msg(cJSON_IsNumber(v), "spool_commits.%s is not a number", key);
+    return v->valuedouble;
+}
+
+/* kumoctl status sums the workers' group commits; one session sending one
+ * message at a time makes one commit per message, and a worker restarted
+ * after SIGKILL goes on adding to the sums. */
+START_TEST(test_status_counts_commits)
+{
+    struct harness_env *env = harness_env_new();
+    harness_start_default(env, NULL);
+    cJSON *c = commit_stats(env);
+    ck_assert(stat_num(c, "commits") == 0 && stat_num(c, "messages") == 0);
+    ck_assert(stat_num(c, "p50_ms") == 0 && stat_num(c, "mean_ms") == 0);
+    cJSON_Delete(c);
+
+    struct smtpc *s = session(env);
+    const char *rcpts[] = { "b@example.net", NULL };
+    char ids[1][33];
+    for (int i = 0; i < 5; i++)
+        smtpc_transaction(s, "a@example.com", rcpts, "Subject: c\r\n\r\ncount me\r\n", ids);
+    smtpc_close(s);
+    c = commit_stats(env);
+    ck_assert_int_eq((int)stat_num(c, "messages"), 5);
+    ck_assert_int_eq((int)stat_num(c, "commits"), 5);
+    ck_assert(stat_num(c, "messages_per_commit") == 1);
+    ck_assert(stat_num(c, "failed") == 0);
+    double p50 = stat_num(c, "p50_ms"), p99 = stat_num(c, "p99_ms"), p999 = stat_num(c, "p999_ms");
+    ck_assert_msg(p50 > 0 && p50 <= p99 && p99 <= p999 && stat_num(c, "mean_ms") > 0,
+                  "p50 %g p99 %g p99.9 %g", p50, p99, p999);
+    cJSON_Delete(c);
+
+    pid_t old[16], now[16];
+    ck_assert_int_eq(wait_children(env->pid, "kumo-smtpd", 2, NULL, 0, old, 10), 2);
+    for (int i = 0; i < 2; i++)
+        kill(old[i], SIGKILL);
+    ck_assert_int_eq(wait_children(env->pid, "kumo-smtpd", 2, old, 2, now, 30), 2);
+    double end = harness_now_s() + 20;
+    while (!try_transaction(env) && harness_now_s() < end)
+        harness_pause_ms(200);
+    c = commit_stats(env);
+    ck_assert_msg(stat_num(c, "messages") >= 6, "messages %g after the restart",
+                  stat_num(c, "messages"));
+    cJSON_Delete(c);
     harness_env_free(env);
 }
 END_TEST
@@ -603,6 +669,7 @@ static Suite *process_suite(void)
     tcase_add_test(tc, test_sigterm_inflight_transaction);
     tcase_add_test(tc, test_worker_restart);
     tcase_add_test(tc, test_policyd_restart);
+    tcase_add_test(tc, test_status_counts_commits);
     suite_add_tcase(s, tc);
     tc = harness_tcase("startup");
     tcase_add_test(tc, test_startup_missing_policy);
