@@ -79,8 +79,6 @@ static cJSON *status_doc(struct master *m)
 	for (size_t i = 0; m->counters && i < (size_t)m->n_workers * m->n_listen; i++)
 		sessions += __atomic_load_n(&m->counters[i], __ATOMIC_RELAXED);
 	cJSON_AddNumberToObject(r, "sessions", (double)sessions);
-	if (m->counters)
-		add_commit_stats(r, m);
 	cJSON_AddNumberToObject(r, "qmgr_pid", m->qmgr.pid);
 	char err[300];
 	cJSON *q = m->stopping ? NULL : master_qmgr_request(m, "summary", 2000, err, sizeof err);
@@ -96,6 +94,8 @@ static cJSON *status_doc(struct master *m)
 		cJSON_AddNullToObject(r, "queue");
 	}
 	cJSON_Delete(q);
+	if (m->counters)
+		add_commit_stats(r, m);
 	cJSON_AddStringToObject(r, "policy", m->policy);
 	cJSON_AddBoolToObject(r, "stopping", m->stopping);
 	return r;
