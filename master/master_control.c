@@ -58,6 +58,7 @@ static void add_commit_stats(cJSON *r, const struct master *m)
 	cJSON_AddNumberToObject(c, "mean_ms", commits ? (double)(us / commits) / 1000.0 : 0);
 	static const struct { const char *name; double q; } qs[] = {
 		{ "p50_ms", 0.5 }, { "p90_ms", 0.9 }, { "p99_ms", 0.99 }, { "p999_ms", 0.999 },
+		{ "max_ms", 1.0 },
 	};
 	for (size_t i = 0; i < sizeof qs / sizeof qs[0]; i++)
 		cJSON_AddNumberToObject(c, qs[i].name, (double)hist_quantile(hist, qs[i].q) / 1000.0);
