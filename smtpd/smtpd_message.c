@@ -740,14 +740,27 @@ static char *stored_ids(const struct txn *t, size_t *n)
 	return ids;
 }
 
+/* A Reception record for each message of the transaction that was stored
+ * (or sent to the null queue); gone: the client left before its reply. */
+static void log_receptions(struct session *s, bool gone)
+{
+	const struct txn *t = s->txn;
+	for (size_t i = 0; i < t->n_batches; i++) {
+		const struct batch *b = &t->batches[i];
+		if (b->iovcnt < 0)
+			continue; /* failed to store */
+		log_reception(s, b);
+		if (gone && !b->discard)
+			log_info("session %s: message %s stored after the client disconnected",
+				 s->session_id, b->id);
+	}
+}
+
 static void finish(struct session *s, size_t failed, bool nospace)
 {
-	struct txn *t = s->txn;
 	size_t ok;
-	char *ids = stored_ids(t, &ok);
-	for (size_t i = 0; i < t->n_batches; i++)
-		if (t->batches[i].iovcnt >= 0)
-			log_reception(s, &t->batches[i]);
+	char *ids = stored_ids(s->txn, &ok);
+	log_receptions(s, false);
 	txn_reset(s);
 	if (ok == 0) {
 		if (nospace)
@@ -838,14 +851,7 @@ static void spool_finished(struct spool_job *job, void *ctx)
 	if (s->state == SS_DEAD) {
 		/* the client left before its reply; what was stored stays
 		 * stored, is logged as received, and is relayed */
-		for (size_t i = 0; i < t->n_batches; i++) {
-			if (t->batches[i].iovcnt < 0)
-				continue;
-			log_reception(s, &t->batches[i]);
-			if (!t->batches[i].discard)
-				log_info("session %s: message %s stored after the client disconnected",
-					 s->session_id, t->batches[i].id);
-		}
+		log_receptions(s, true);
 		session_free(s);
 		return;
 	}
