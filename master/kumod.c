@@ -688,7 +688,7 @@ int main(int argc, char **argv)
 		startup_fail("%s", err);
 	if (spool_lock(&spool, err, sizeof err) != 0)
 		startup_fail("%s", err);
-	log_info("spool: %s", spool.flush_mode);
+	log_info("spool: %s", spool_commit_mode(&spool));
 	struct logrec lr;
 	const cJSON *logs = cJSON_GetObjectItemCaseSensitive(config, "logs");
 	if (logrec_open(&lr, logs, err, sizeof err) != 0)

@@ -1,9 +1,10 @@
 /* qmgr_ctl: the queue manager's socket (FD_QMGR_LISTEN, lib/ipc.h), for
  * the smtpd workers and kumod.  lib/frame.h frames:
  *   {"op":"new","msgs":[{"id","seg","loc":"<data offset> <length> <crc>
- *        <meta offset> <length> <crc> <stamp>","meta":{...}},...]}
- *        smtpd: spooled, no reply; loc holds seven decimal numbers, one
- *        space apart; meta, when present, is the spooled meta record
+ *        <meta offset> <length> <crc> <stamp> <inline>","meta":{...}},...]}
+ *        smtpd: spooled, no reply; loc holds eight decimal numbers, one
+ *        space apart (inline: 1 when the data offset is in the meta
+ *        file, else 0); meta, when present, is the spooled meta record
  *        itself (without it, it is read back from the segment)
  *   {"id":N,"op":"inject","msgs":[{"id","meta","size"},...]} and then,
  *        right after the frame, the messages' bytes back to back (size
@@ -132,10 +133,10 @@ static const char *notice_loc(const cJSON *m, struct spool_loc *loc)
 	if (!cJSON_IsString(id) || !spool_id_valid(id->valuestring) || !cJSON_IsString(seg) ||
 	    !cJSON_IsString(l))
 		return NULL;
-	/* seven decimal numbers, one space between them, nothing else */
-	uint64_t v[7];
+	/* eight decimal numbers, one space between them, nothing else */
+	uint64_t v[8];
 	const char *p = l->valuestring;
-	for (int i = 0; i < 7; i++) {
+	for (int i = 0; i < 8; i++) {
 		if (i && *p++ != ' ')
 			return NULL;
 		if (*p < '0' || *p > '9')
@@ -152,7 +153,7 @@ static const char *notice_loc(const cJSON *m, struct spool_loc *loc)
 		return NULL;
 	memset(loc, 0, sizeof *loc);
 	loc->seg = spool_seg_get(&Q->spool, seg->valuestring);
-	if (!loc->seg || v[2] > UINT32_MAX || v[4] > UINT32_MAX || v[5] > UINT32_MAX)
+	if (!loc->seg || v[2] > UINT32_MAX || v[4] > UINT32_MAX || v[5] > UINT32_MAX || v[7] > 1)
 		return NULL;
 	loc->data_off = (uint64_t)v[0];
 	loc->data_len = (uint64_t)v[1];
@@ -161,6 +162,7 @@ static const char *notice_loc(const cJSON *m, struct spool_loc *loc)
 	loc->meta_len = (uint32_t)v[4];
 	loc->meta_crc = (uint32_t)v[5];
 	loc->stamp = (uint64_t)v[6];
+	loc->data_in_meta = v[7] == 1;
 	return id->valuestring;
 }
 

@@ -223,10 +223,10 @@ void qmgr_notify(struct qmgr_client *qc, const struct spool_item *const *items, 
 		jbuf_add(&b, it->seg_name, SPOOL_SEG_NAME_LEN);
 		jbuf_add(&b, "\",\"loc\":\"", 9);
 		uint64_t v[] = { l->data_off, l->data_len, l->data_crc, l->meta_off, l->meta_len, l->meta_crc,
-				 l->stamp };
-		/* one string of seven decimal numbers: the queue manager reads
-		 * it with strtoull, not as seven JSON numbers (strtod) */
-		for (size_t k = 0; k < 7; k++) {
+				 l->stamp, l->data_in_meta };
+		/* one string of eight decimal numbers: the queue manager reads
+		 * it with strtoull, not as eight JSON numbers (strtod) */
+		for (size_t k = 0; k < 8; k++) {
 			char d[24], *e = d + sizeof d, *p = e;
 			uint64_t u = v[k];
 			do

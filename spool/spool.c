@@ -32,10 +32,12 @@
 /* A record, little-endian:
  *    0  u32  magic "KSR1"          4  u8 type, then 3 zero bytes
  *    8  u32  meta text length     12  u32 CRC-32C of the message bytes (MSG)
- *   16  u64  data offset          24  u64 data length (SEAL: how many MSG records)
+ *   16  u64  data offset          24  u64 data length (SEAL: how many messages)
  *   32  u64  stamp, microseconds  40  32 bytes: the message id (none in SEAL)
  *   72  u32  CRC-32C of bytes 0-71
  *   76  the meta text, then a u32 CRC-32C of it.
+ * An INLINE record is a MSG record followed by the message bytes, in the
+ * same file: its data offset is where they start, just after the meta CRC.
  * DONE and META records (journal) name their message by id and data offset. */
 
 #define REC_MAGIC 0x3152534bu  /* "KSR1" */
@@ -43,7 +45,7 @@
 #define REC_MIN (REC_HDR + 4u) /* with an empty meta text and its CRC */
 #define META_MAX (16u * 1024u * 1024u)
 
-enum { REC_MSG = 1, REC_SEAL = 2, REC_DONE = 3, REC_META = 4 };
+enum { REC_MSG = 1, REC_SEAL = 2, REC_DONE = 3, REC_META = 4, REC_INLINE = 5 };
 
 struct rec {
 	int type;
@@ -140,17 +142,22 @@ static enum parse rec_get(const unsigned char *buf, size_t len, size_t off, stru
 	r->stamp = get64(p + 32);
 	memcpy(r->id, p + 40, SPOOL_ID_LEN);
 	r->id[SPOOL_ID_LEN] = '\0';
-	if (r->type < REC_MSG || r->type > REC_META || r->meta_len > META_MAX)
+	if (r->type < REC_MSG || r->type > REC_INLINE || r->meta_len > META_MAX)
 		return P_BAD;
-	if ((r->type == REC_MSG || r->type == REC_DONE || r->type == REC_META) && !spool_id_valid(r->id))
+	if (r->type != REC_SEAL && !spool_id_valid(r->id))
+		return P_BAD;
+	size_t end = off + REC_MIN + r->meta_len;
+	if (r->type == REC_INLINE && (r->data_off != end || r->data_len > SIZE_MAX - end))
 		return P_BAD;
 	if ((uint64_t)r->meta_len + REC_MIN > left)
 		return P_TORN;
+	if (r->type == REC_INLINE && end + r->data_len > len)
+		return P_TORN;  /* the file ends inside the message's bytes */
 	r->off = off;
 	r->meta_off = off + REC_HDR;
 	r->meta_crc = get32(p + REC_HDR + r->meta_len);
 	r->meta_ok = crc32c(0, p + REC_HDR, r->meta_len) == r->meta_crc;
-	*next = off + REC_MIN + r->meta_len;
+	*next = r->type == REC_INLINE ? end + (size_t)r->data_len : end;
 	return P_OK;
 }
 
@@ -163,6 +170,7 @@ struct spool_seg {
 	uint64_t created_us;
 	int data_fd, meta_fd, jrn_fd;  /* -1 until needed */
 	bool writing;          /* this process appends to it */
+	bool inline_data;      /* no data file (writer: spool->inline_data) */
 	bool sealed_hint;      /* its writer moved on, or is gone */
 	bool ndone_known;
 	size_t ndone;          /* DONE records in its journal */
@@ -293,6 +301,73 @@ static unsigned char *slurp_at(int dirfd, const char *name, size_t *len)
 	close(fd);
 	*len = got;
 	return buf;
+}
+
+/* A meta file read for its records (in chunks of SLURP_CHUNK): the bytes
+ * of an INLINE record's message larger than SLURP_SKIP are not read, but
+ * for the last one; the buffer holds zeros there.  From a record that
+ * rec_get does not take on, everything is read, so what the callers do
+ * with damage sees the file as it is. */
+#define SLURP_CHUNK (256u * 1024u)
+#define SLURP_SKIP (64u * 1024u)
+
+struct slurp {
+	int fd;
+	unsigned char *buf;
+	size_t size, have;
+};
+
+static void slurp_upto(struct slurp *sl, size_t n)
+{
+	if (n > sl->size)
+		n = sl->size;
+	while (sl->have < n) {
+		size_t want = n - sl->have < SLURP_CHUNK ? SLURP_CHUNK : n - sl->have;
+		if (want > sl->size - sl->have)
+			want = sl->size - sl->have;
+		ssize_t r = pread(sl->fd, sl->buf + sl->have, want, (off_t)sl->have);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			sl->size = sl->have; /* shorter than it was: what there is */
+			break;
+		}
+		sl->have += (size_t)r;
+	}
+}
+
+static unsigned char *slurp_records(int dirfd, const char *name, size_t *len)
+{
+	struct slurp sl = { .fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC) };
+	if (sl.fd < 0)
+		return NULL;
+	struct stat st;
+	if (fstat(sl.fd, &st) != 0) {
+		int e = errno;
+		close(sl.fd);
+		errno = e;
+		return NULL;
+	}
+	sl.size = (size_t)st.st_size;
+	sl.buf = xcalloc(1, sl.size + 1);
+	size_t off = 0, next;
+	struct rec r;
+	for (;;) {
+		slurp_upto(&sl, off + REC_HDR);
+		if (sl.have < off + REC_HDR || get32(sl.buf + off + 8) > META_MAX)
+			break;
+		slurp_upto(&sl, off + REC_MIN + get32(sl.buf + off + 8));
+		/* sl.size as the length: rec_get reads no message bytes */
+		if (rec_get(sl.buf, sl.size, off, &r, &next) != P_OK)
+			break;
+		if (r.type == REC_INLINE && r.data_len > SLURP_SKIP && sl.have < next - 1)
+			sl.have = next - 1; /* zeros stand for the bytes but the last */
+		off = next;
+	}
+	slurp_upto(&sl, sl.size);
+	close(sl.fd);
+	*len = sl.size;
+	return sl.buf;
 }
 
 static int write_all(int fd, const void *buf, size_t len, uint64_t off)
@@ -552,7 +627,17 @@ int spool_open(struct spool *s, const char *data_path, const char *meta_path,
 		return -1;
 	}
 	s->one_flush = one_flush_ok(s, s->flush_mode, sizeof s->flush_mode);
+	struct stat ds, ms;
+	s->inline_data = fstat(s->data_dirfd, &ds) == 0 && fstat(s->meta_dirfd, &ms) == 0 &&
+			 ds.st_dev == ms.st_dev;
 	return 0;
+}
+
+const char *spool_commit_mode(const struct spool *s)
+{
+	return s->inline_data ? "one write and one flush per commit: data and meta on one device;"
+				" message bytes kept in the meta segments"
+			      : s->flush_mode;
 }
 
 /* Appends a SEAL record (the number of messages in data_len) to our segment;
@@ -573,7 +658,7 @@ static void seal_cur(struct spool *s)
 	int cut = 0;
 	if (g->meta_prep > g->meta_size)
 		cut |= ftruncate(g->meta_fd, (off_t)g->meta_size);
-	if (g->data_prep > g->data_size)
+	if (g->data_fd >= 0 && g->data_prep > g->data_size)
 		cut |= ftruncate(g->data_fd, (off_t)g->data_size);
 	(void)cut;
 	g->writing = false;
@@ -628,8 +713,9 @@ int spool_lock(struct spool *s, char *err, size_t errlen)
 
 /* ---- writing ---------------------------------------------------------------- */
 
-/* A new segment for this process: both files created, their directory
- * entries flushed before anything in them is acknowledged. */
+/* A new segment for this process: its files (the meta file alone with
+ * inline_data) created, their directory entries flushed before anything in
+ * them is acknowledged. */
 static int seg_create(struct spool *s, char *err, size_t errlen)
 {
 	uint64_t t = now_us();
@@ -638,29 +724,38 @@ static int seg_create(struct spool *s, char *err, size_t errlen)
 	s->last_name_us = t;
 	char name[SPOOL_SEG_NAME_LEN + 1];
 	snprintf(name, sizeof name, "%016" PRIx64 "%08x", t, (unsigned)getpid());
-	int dfd = openat(s->data_dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (dfd < 0) {
-		snprintf(err, errlen, "create data segment %s: %s", name, strerror(errno));
-		return -1;
+	bool inl = s->inline_data;
+	int dfd = -1;
+	if (!inl) {
+		dfd = openat(s->data_dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (dfd < 0) {
+			snprintf(err, errlen, "create data segment %s: %s", name, strerror(errno));
+			return -1;
+		}
 	}
 	int mfd = openat(s->meta_dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (mfd < 0) {
 		snprintf(err, errlen, "create meta segment %s: %s", name, strerror(errno));
-		close(dfd);
-		unlinkat(s->data_dirfd, name, 0);
+		if (!inl) {
+			close(dfd);
+			unlinkat(s->data_dirfd, name, 0);
+		}
 		return -1;
 	}
-	if (fsync(s->data_dirfd) != 0 || fsync(s->meta_dirfd) != 0) {
+	if ((!inl && fsync(s->data_dirfd) != 0) || fsync(s->meta_dirfd) != 0) {
 		snprintf(err, errlen, "flush spool directory: %s", strerror(errno));
-		close(dfd);
+		if (!inl) {
+			close(dfd);
+			unlinkat(s->data_dirfd, name, 0);
+		}
 		close(mfd);
-		unlinkat(s->data_dirfd, name, 0);
 		unlinkat(s->meta_dirfd, name, 0);
 		return -1;
 	}
 	struct spool_seg *g = seg_new(s, name);
 	g->data_fd = dfd;
 	g->meta_fd = mfd;
+	g->inline_data = inl;
 	g->writing = true;
 	g->ndone_known = true; /* no journal yet */
 	s->cur = g;
@@ -723,7 +818,116 @@ void spool_prepare(struct spool *s)
 {
 	struct spool_seg *g = s->cur;
 	if (g && !s->commit_failed)
-		prepare(g, g->data_size + PREP_AHEAD, g->meta_size + PREP_AHEAD);
+		prepare(g, g->inline_data ? 0 : g->data_size + PREP_AHEAD, g->meta_size + PREP_AHEAD);
+}
+
+/* Fills it->loc for a message of segment g whose bytes start at data_off
+ * and whose meta text at meta_off. */
+static void item_loc(struct spool_seg *g, struct spool_item *it, uint64_t data_off, uint64_t meta_off,
+		     uint64_t stamp)
+{
+	struct spool_loc *l = &it->loc;
+	memset(l, 0, sizeof *l);
+	for (int k = 0; k < it->data_cnt; k++) {
+		l->data_crc = crc32c(l->data_crc, it->data[k].iov_base, it->data[k].iov_len);
+		l->data_len += it->data[k].iov_len;
+	}
+	l->seg = g;
+	l->data_off = data_off;
+	l->stamp = stamp;
+	l->meta_off = meta_off;
+	l->meta_len = (uint32_t)it->meta_len;
+	l->meta_crc = crc32c(0, it->meta, it->meta_len);
+	l->data_in_meta = g->inline_data;
+	memcpy(it->seg_name, g->name, sizeof it->seg_name);
+}
+
+static void committed(struct spool *s, size_t n)
+{
+	s->cur->msgs += n;
+	s->commit_failed = false;
+	if (!s->prepare_later)
+		spool_prepare(s);
+}
+
+/* Nothing of a failed batch may count: the segment's files are cut back to
+ * where it began.  If that fails too, the segment is sealed (another one
+ * takes the next commit). */
+static void commit_undo(struct spool *s, uint64_t d0, uint64_t m0)
+{
+	struct spool_seg *g = s->cur;
+	g->data_prep = g->meta_prep = 0; /* cut off below */
+	if (ftruncate(g->meta_fd, (off_t)m0) != 0 ||
+	    (g->data_fd >= 0 && ftruncate(g->data_fd, (off_t)d0) != 0)) {
+		g->meta_size = m0;
+		seal_cur(s);
+	}
+}
+
+static size_t commit_failed(struct spool *s, struct spool_item *items, size_t n, const char *why)
+{
+	s->commit_failed = true;
+	for (size_t i = 0; i < n; i++) {
+		items[i].result = -1;
+		snprintf(items[i].err, sizeof items[i].err, "%s", why);
+	}
+	return n;
+}
+
+/* A commit to a segment without a data file: each record, then the bytes
+ * of its message, all in one gathered write to the meta file, then its
+ * fdatasync (within the prepared part it writes the new bytes and flushes
+ * the disk, nothing else).  A crash during the write can leave whole
+ * records whose bytes are partly zeros; the scan drops them (dead_commit),
+ * and they were never acknowledged. */
+static size_t commit_inline(struct spool *s, struct spool_item *items, size_t n)
+{
+	struct spool_seg *g = s->cur;
+	uint64_t m0 = g->meta_size, m = m0, stamp = now_us();
+	unsigned char *buf = NULL;
+	size_t len = 0, cap = 0;
+	size_t *rec_end = xcalloc(n, sizeof *rec_end);
+	int nv = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct spool_item *it = &items[i];
+		uint64_t data_off = m + REC_MIN + it->meta_len;
+		item_loc(g, it, data_off, m + REC_HDR, stamp);
+		rec_put(&buf, &len, &cap, REC_INLINE, it->id, data_off, it->loc.data_len, it->loc.data_crc,
+			stamp, it->meta, it->meta_len);
+		rec_end[i] = len;
+		m = data_off + it->loc.data_len;
+		nv += 1 + it->data_cnt;
+	}
+	/* buf is complete (rec_put may have moved it): now the gather list */
+	struct iovec *all = xcalloc((size_t)nv, sizeof *all);
+	nv = 0;
+	for (size_t i = 0; i < n; i++) {
+		size_t from = i ? rec_end[i - 1] : 0;
+		all[nv++] = (struct iovec){ .iov_base = buf + from, .iov_len = rec_end[i] - from };
+		for (int k = 0; k < items[i].data_cnt; k++)
+			all[nv++] = items[i].data[k];
+	}
+	char why[160];
+	int err = writev_all(g->meta_fd, all, nv, m0) != 0 ? errno : 0;
+	free(all);
+	free(buf);
+	free(rec_end);
+	if (err) {
+		snprintf(why, sizeof why, "write segment %s: %s", g->name, strerror(err));
+	} else {
+		s->commit_flushes++;
+		if (fdatasync(g->meta_fd) != 0) {
+			err = errno;
+			snprintf(why, sizeof why, "flush segment %s: %s", g->name, strerror(err));
+		}
+	}
+	if (err) {
+		commit_undo(s, 0, m0);
+		return commit_failed(s, items, n, why);
+	}
+	g->meta_size = m;
+	committed(s, n);
+	return 0;
 }
 
 size_t spool_commit(struct spool *s, struct spool_item *items, size_t n)
@@ -741,12 +945,14 @@ size_t spool_commit(struct spool *s, struct spool_item *items, size_t n)
 			seal_cur(s);
 		return 0;
 	}
-	if (g && (g->data_size >= SPOOL_SEG_MAX_BYTES || g->msgs + n > SPOOL_SEG_MAX_MSGS ||
+	if (g && (g->data_size + g->meta_size >= SPOOL_SEG_MAX_BYTES || g->msgs + n > SPOOL_SEG_MAX_MSGS ||
 		  (double)(now_us() - g->created_us) / 1e6 >= SPOOL_SEG_MAX_AGE))
 		seal_cur(s);
 	if (!s->cur && seg_create(s, why, sizeof why) != 0)
-		goto fail;
+		return commit_failed(s, items, n, why);
 	g = s->cur;
+	if (g->inline_data)
+		return commit_inline(s, items, n);
 	uint64_t d0 = g->data_size, m0 = g->meta_size, d = d0, stamp = now_us();
 	unsigned char *buf = NULL;
 	size_t len = 0, cap = 0;
@@ -758,26 +964,13 @@ size_t spool_commit(struct spool *s, struct spool_item *items, size_t n)
 	nv = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct spool_item *it = &items[i];
-		uint32_t crc = 0;
-		uint64_t dlen = 0;
-		for (int k = 0; k < it->data_cnt; k++) {
-			crc = crc32c(crc, it->data[k].iov_base, it->data[k].iov_len);
-			dlen += it->data[k].iov_len;
+		for (int k = 0; k < it->data_cnt; k++)
 			all[nv++] = it->data[k];
-		}
 		struct spool_loc *l = &it->loc;
-		memset(l, 0, sizeof *l);
-		l->seg = g;
-		l->data_off = d;
-		l->data_len = dlen;
-		l->data_crc = crc;
-		l->stamp = stamp;
-		l->meta_off = m0 + len + REC_HDR;
-		l->meta_len = (uint32_t)it->meta_len;
-		l->meta_crc = crc32c(0, it->meta, it->meta_len);
-		memcpy(it->seg_name, g->name, sizeof it->seg_name);
-		rec_put(&buf, &len, &cap, REC_MSG, it->id, d, dlen, crc, stamp, it->meta, it->meta_len);
-		d += dlen;
+		item_loc(g, it, d, m0 + len + REC_HDR, stamp);
+		rec_put(&buf, &len, &cap, REC_MSG, it->id, d, l->data_len, l->data_crc, stamp, it->meta,
+			it->meta_len);
+		d += l->data_len;
 	}
 	int werr = writev_all(g->data_fd, all, nv, d0) != 0 ? errno : 0;
 	free(all);
@@ -826,26 +1019,11 @@ size_t spool_commit(struct spool *s, struct spool_item *items, size_t n)
 	}
 	g->data_size = d;
 	g->meta_size = m0 + len;
-	g->msgs += n;
-	s->commit_failed = false;
-	if (!s->prepare_later)
-		spool_prepare(s);
+	committed(s, n);
 	return 0;
 undo:
-	/* Nothing of this batch may count: cut both files back.  If that
-	 * fails too, leave the segment (sealed) and start another. */
-	g->data_prep = g->meta_prep = 0; /* cut off below */
-	if (ftruncate(g->meta_fd, (off_t)m0) != 0 || ftruncate(g->data_fd, (off_t)d0) != 0) {
-		g->meta_size = m0;
-		seal_cur(s);
-	}
-fail:
-	s->commit_failed = true;
-	for (size_t i = 0; i < n; i++) {
-		items[i].result = -1;
-		snprintf(items[i].err, sizeof items[i].err, "%s", why);
-	}
-	return n;
+	commit_undo(s, d0, m0);
+	return commit_failed(s, items, n, why);
 }
 
 /* ---- reading ---------------------------------------------------------------- */
@@ -894,7 +1072,7 @@ static int read_range(int fd, uint64_t off, size_t len, uint32_t crc, char **out
 int spool_read_data(struct spool *s, const struct spool_loc *loc, char **out, size_t *len,
 		    char *err, size_t errlen)
 {
-	int fd = seg_fd(s, loc->seg, true, err, errlen);
+	int fd = seg_fd(s, loc->seg, !loc->data_in_meta, err, errlen);
 	if (fd < 0 || read_range(fd, loc->data_off, (size_t)loc->data_len, loc->data_crc, out,
 				 "message data", loc->seg->name, err, errlen) != 0)
 		return -1;
@@ -922,16 +1100,25 @@ int spool_read_meta(struct spool *s, const struct spool_loc *loc, char **out, si
 
 char *spool_data_path(const struct spool *s, const struct spool_loc *loc)
 {
-	return xasprintf("%s/seg/%s", s->data_path, loc->seg->name);
+	return xasprintf("%s/seg/%s", loc->data_in_meta ? s->meta_path : s->data_path, loc->seg->name);
 }
 
 /* ---- the queue manager's journal ------------------------------------------- */
 
+/* What a held message keeps of its segment's bytes file: its bytes, and
+ * inline its record too (an estimate once its meta was replaced). */
+static uint64_t live_bytes(const struct spool_loc *loc)
+{
+	return loc->data_len + (loc->data_in_meta ? REC_MIN + loc->meta_len : 0);
+}
+
 void spool_hold(struct spool *s, const struct spool_loc *loc)
 {
 	(void)s;
+	if (loc->data_in_meta)
+		loc->seg->inline_data = true; /* its bytes are in its meta file */
 	loc->seg->held++;
-	loc->seg->live_bytes += loc->data_len;
+	loc->seg->live_bytes += live_bytes(loc);
 }
 
 int spool_update_meta(struct spool *s, struct spool_loc *loc, const char *id, const char *meta,
@@ -972,10 +1159,10 @@ static bool seg_sealed(struct spool *s, struct spool_seg *g, size_t *msgs)
 	if (g->pid == getpid() || kill(g->pid, 0) == 0 || errno != ESRCH)
 		return false;
 	size_t len;
-	unsigned char *buf = slurp_at(s->meta_dirfd, g->name, &len);
+	unsigned char *buf = slurp_records(s->meta_dirfd, g->name, &len);
 	size_t off = 0;
 	while (buf && rec_get(buf, len, off, &r, &next) == P_OK) {
-		*msgs += r.type == REC_MSG;
+		*msgs += r.type == REC_MSG || r.type == REC_INLINE;
 		off = next;
 	}
 	free(buf);
@@ -988,7 +1175,7 @@ bool spool_seg_sparse(struct spool *s, struct spool_seg *g)
 		return false;
 	size_t msgs;
 	char err[200];
-	int fd = seg_fd(s, g, true, err, sizeof err);
+	int fd = seg_fd(s, g, !g->inline_data, err, sizeof err);
 	struct stat st;
 	if (fd < 0 || fstat(fd, &st) != 0 || !seg_sealed(s, g, &msgs))
 		return false;
@@ -1031,7 +1218,8 @@ int spool_done(struct spool *s, const struct spool_loc *loc, const char *id, cha
 		return -1;
 	g->ndone++;
 	g->released++;
-	g->live_bytes -= g->live_bytes < loc->data_len ? g->live_bytes : loc->data_len;
+	uint64_t live = live_bytes(loc);
+	g->live_bytes -= g->live_bytes < live ? g->live_bytes : live;
 	if (g->sealed_hint && g->released >= g->held)
 		try_remove(s, g);
 	return 0;
@@ -1247,10 +1435,33 @@ static void scan_seg_tail(struct spool *s, struct spool_seg *g, const unsigned c
 	}
 }
 
+/* Whether the bytes of INLINE record r are all there: their CRC, where
+ * slurp_records read them.  Of a large message it did not read, only the
+ * last byte is looked at first: a commit fills the file in order, so with
+ * that byte written (a message ends with CRLF, and the prepared zeros are
+ * not) the rest is; a zero there means reading them all. */
+static bool inline_bytes_there(struct spool *s, struct spool_seg *g, const unsigned char *buf,
+			       const struct rec *r)
+{
+	if (r->data_len == 0)
+		return true;
+	if (r->data_len <= SLURP_SKIP)
+		return crc32c(0, buf + r->data_off, (size_t)r->data_len) == r->data_crc;
+	if (buf[r->data_off + r->data_len - 1] != 0)
+		return true;
+	char err[8], *bytes = NULL;
+	struct spool_loc loc = { .seg = g, .data_off = r->data_off, .data_len = r->data_len,
+				 .data_crc = r->data_crc, .data_in_meta = true };
+	size_t len;
+	bool ok = spool_read_data(s, &loc, &bytes, &len, err, sizeof err) == 0;
+	free(bytes);
+	return ok;
+}
+
 static void load_seg(struct spool *s, struct spool_seg *g, struct entries *e, struct scan_ctx *sc)
 {
 	size_t len = 0, off = 0, next;
-	unsigned char *buf = slurp_at(s->meta_dirfd, g->name, &len);
+	unsigned char *buf = slurp_records(s->meta_dirfd, g->name, &len);
 	if (!buf)
 		return;
 	g->listed_size = len;
@@ -1299,10 +1510,18 @@ static void load_seg(struct spool *s, struct spool_seg *g, struct entries *e, st
 			sealed = true;
 			continue;
 		}
-		if (r.type != REC_MSG)
+		if (r.type != REC_MSG && r.type != REC_INLINE)
 			continue;
-		if (r.data_off + r.data_len > data_end)
+		if (r.type == REC_INLINE) {
+			g->inline_data = true;
+			/* a listing may read a commit's write while it is under
+			 * way: a message whose bytes are not all there yet is
+			 * for a later listing (the scan: dead_commit) */
+			if (!sc && !inline_bytes_there(s, g, buf, &r))
+				continue;
+		} else if (r.data_off + r.data_len > data_end) {
 			data_end = r.data_off + r.data_len;
+		}
 		if (e->n == e->cap) {
 			e->cap = e->cap ? e->cap * 2 : 256;
 			e->v = xrealloc(e->v, e->cap * sizeof *e->v);
@@ -1312,7 +1531,8 @@ static void load_seg(struct spool *s, struct spool_seg *g, struct entries *e, st
 		memcpy(x->id, r.id, sizeof x->id);
 		x->loc = (struct spool_loc){ .seg = g, .data_off = r.data_off, .data_len = r.data_len,
 					    .meta_off = r.meta_off, .stamp = r.stamp, .data_crc = r.data_crc,
-					    .meta_len = r.meta_len, .meta_crc = r.meta_crc };
+					    .meta_len = r.meta_len, .meta_crc = r.meta_crc,
+					    .data_in_meta = r.type == REC_INLINE };
 		if (!r.meta_ok)
 			x->loc.meta_crc = ~r.meta_crc; /* read_meta fails: damaged */
 	}
@@ -1471,7 +1691,7 @@ static void quarantine_msg(struct spool *s, struct entry *x, const char *why, st
 {
 	struct spool_seg *g = x->loc.seg;
 	char *buf = xmalloc((size_t)x->loc.data_len + 1);
-	int fd = seg_fd(s, g, true, (char[8]){ 0 }, 8);
+	int fd = seg_fd(s, g, !x->loc.data_in_meta, (char[8]){ 0 }, 8);
 	ssize_t r = fd >= 0 ? pread(fd, buf, (size_t)x->loc.data_len, (off_t)x->loc.data_off) : -1;
 	quarantine_write(s, true, x->id, buf, r > 0 ? (size_t)r : 0);
 	free(buf);
@@ -1500,7 +1720,7 @@ static void quarantine_msg(struct spool *s, struct entry *x, const char *why, st
 static bool dead_commit(struct spool *s, const struct spool_loc *loc)
 {
 	char err[8];
-	int fd = seg_fd(s, loc->seg, true, err, sizeof err);
+	int fd = seg_fd(s, loc->seg, !loc->data_in_meta, err, sizeof err);
 	if (fd < 0 || loc->data_len == 0)
 		return false;
 	uint64_t end = loc->data_off + loc->data_len, from = (end - 1) & ~(uint64_t)4095;

@@ -11,13 +11,18 @@
  *                         left) and META (its meta replaced) records.
  * Every record is a 76-byte header (with its own CRC-32C) and the meta text
  * with its CRC-32C, so a reader can tell a whole record from a torn one.
+ * When data and meta are on one device (inline_data, see spool_open) a
+ * segment has no data file: each message's bytes follow its record in the
+ * meta file (an INLINE record), so that a commit is one write.
  *
  * Each writer process appends to its own segment.  A commit appends every
- * message of a batch to both files and flushes them (fdatasync), so many
- * messages share the flushes (group commit) and no file is created per
- * message.  Where the file system allows it (see spool_open), the data
- * file's bytes are only written out and the meta file's fdatasync flushes
- * the disk for both: one disk flush per commit instead of two.  A segment is rolled at SPOOL_SEG_MAX_BYTES,
+ * message of a batch and flushes (fdatasync), so many messages share the
+ * flushes (group commit) and no file is created per message.  With
+ * inline_data a commit is one gathered write and one fdatasync.  Otherwise
+ * it writes both files; where the file system allows it (see spool_open),
+ * the data file's bytes are only written out and the meta file's fdatasync
+ * flushes the disk for both: one disk flush per commit instead of two.  A
+ * segment is rolled at SPOOL_SEG_MAX_BYTES,
  * SPOOL_SEG_MAX_MSGS or SPOOL_SEG_MAX_AGE seconds, and removed (all three
  * files) once it is sealed and every message in it is done.
  * Nothing here logs; errors come back in err buffers. */
@@ -49,6 +54,7 @@ struct spool {
 	uint64_t last_name_us;   /* keeps this writer's segment names increasing */
 	bool prepare_later;      /* the caller runs spool_prepare after answering */
 	bool commit_failed;      /* the last commit failed: spool_prepare does nothing */
+	bool inline_data;        /* new segments keep the bytes in the meta file */
 	bool one_flush;          /* commits may flush the disk once (spool_open) */
 	char flush_mode[160];    /* why one_flush is set or not, for the log */
 	uint64_t commit_flushes; /* fdatasync calls made by commits */
@@ -62,6 +68,7 @@ struct spool_loc {
 	uint64_t stamp;           /* microseconds; the newest record of an id wins */
 	uint32_t data_crc, meta_len, meta_crc;
 	bool meta_in_journal;
+	bool data_in_meta;        /* an INLINE record: data_off is in the meta file */
 };
 
 /* A new UUID v1 style id: 32 lowercase hex digits, time-ordered, unique
@@ -73,12 +80,17 @@ bool spool_id_valid(const char *id);
 
 /* Creates the directories (seg/, new/, quarantine/) as needed, checks they
  * are writable, opens them.  0 or -1 with a reason naming the path.
- * Sets one_flush when one disk flush can make a commit durable: data and
- * meta on one device, of a file system that overwrites allocated blocks in
+ * Sets inline_data when data and meta are on one device (one file per
+ * segment then does what two would, with one write per commit), and else
+ * one_flush when one disk flush can make a commit durable: data and meta
+ * on one device, of a file system that overwrites allocated blocks in
  * place and does not journal file data (ext2/3/4 without data=journal or
- * chattr +j, XFS); flush_mode says which, or why not. */
+ * chattr +j, XFS); flush_mode says which, or why not.  A caller may clear
+ * inline_data before the first commit (two files per segment). */
 int spool_open(struct spool *s, const char *data_path, const char *meta_path,
 	       char *err, size_t errlen);
+/* How commits go, for the log: inline_data, or else flush_mode. */
+const char *spool_commit_mode(const struct spool *s);
 /* Seals this process's segment (if any) and closes everything. */
 void spool_close(struct spool *s);
 /* Takes an exclusive lock on <meta_path>/lock (pid written inside).
@@ -123,7 +135,8 @@ int spool_read_data(struct spool *s, const struct spool_loc *loc, char **out, si
 		    char *err, size_t errlen);
 int spool_read_meta(struct spool *s, const struct spool_loc *loc, char **out, size_t *len,
 		    char *err, size_t errlen);
-/* The data file of loc's segment (for readers that pread at data_off). */
+/* The file holding loc's bytes (for readers that pread at data_off): the
+ * data file of its segment, or its meta file for an INLINE record. */
 char *spool_data_path(const struct spool *s, const struct spool_loc *loc);
 
 /* Replaces the meta of a held message (a META journal record, flushed);

@@ -1068,7 +1068,7 @@ int harness_spool_lookup_in(const char *data, const char *meta, const char *id, 
         return 0;
     if (lk.hit) {
         const char *name = spool_seg_name(lk.loc.seg);
-        out->data_path = xasprintf("%s/seg/%s", data, name);
+        out->data_path = spool_data_path(&sp, &lk.loc);
         out->meta_path = xasprintf("%s/seg/%s%s", meta, name, lk.loc.meta_in_journal ? ".j" : "");
         out->data_off = lk.loc.data_off;
         out->meta_off = lk.loc.meta_off;

@@ -22,19 +22,31 @@
 #include "spool/spool.h"
 
 /* What the tests know of the record layout (see spool.c): a 76-byte header
- * -- "KSR1", the type at 4 (2 = SEAL), the message count of a SEAL at 24
- * (64-bit little endian), the header's CRC-32C at 72 -- then the meta text
- * and its CRC-32C.  A SEAL has no meta text: 80 bytes. */
+ * -- "KSR1", the type at 4 (2 = SEAL, 5 = INLINE), the meta length at 8,
+ * the data length (or a SEAL's message count) at 24 (64-bit little endian),
+ * the header's CRC-32C at 72 -- then the meta text and its CRC-32C, and in
+ * an INLINE record the message bytes.  A SEAL has no meta text: 80 bytes. */
 #define REC_HDR 76
 #define REC_MIN 80
 #define REC_SEAL 2
+#define REC_INLINE 5
 
 static char dir[64];
+/* The "store" case runs with two files per segment (inline_data cleared
+ * after spool_open), the "inline" case with one (the default on one
+ * device, as /tmp/<dir>/data and /tmp/<dir>/meta are). */
+static bool inline_mode;
 
 static void setup(void)
 {
 	snprintf(dir, sizeof dir, "/tmp/kumo-spool-XXXXXX");
 	ck_assert_ptr_nonnull(mkdtemp(dir));
+}
+
+static void setup_inline(void)
+{
+	setup();
+	inline_mode = true;
 }
 
 static void teardown(void)
@@ -68,7 +80,12 @@ static int try_open(struct spool *s)
 	char d[128], m[128], err[256];
 	snprintf(d, sizeof d, "%s/data", dir);
 	snprintf(m, sizeof m, "%s/meta", dir);
-	return spool_open(s, d, m, err, sizeof err);
+	int rc = spool_open(s, d, m, err, sizeof err);
+	if (rc == 0) {
+		ck_assert(s->inline_data);
+		s->inline_data = inline_mode;
+	}
+	return rc;
 }
 
 static void open_spool(struct spool *s)
@@ -77,6 +94,8 @@ static void open_spool(struct spool *s)
 	snprintf(d, sizeof d, "%s/data", dir);
 	snprintf(m, sizeof m, "%s/meta", dir);
 	ck_assert_msg(spool_open(s, d, m, err, sizeof err) == 0, "%s", err);
+	ck_assert(s->inline_data);
+	s->inline_data = inline_mode;
 }
 
 static bool is_seg_name(const char *n)
@@ -105,6 +124,20 @@ static bool exists(const char *path)
 {
 	struct stat st;
 	return stat(path, &st) == 0;
+}
+
+/* The file holding the segment's message bytes: its data file, or with
+ * inline_data its meta file. */
+static void bytes_path(char *buf, size_t len, const char *name)
+{
+	seg_path(buf, len, inline_mode ? "meta" : "data", name, "");
+}
+
+/* A count of a segment's files (meta, data, journal) as the two-file
+ * layout has them, in the layout under test (no data file inline). */
+static int files(int two_file_count)
+{
+	return inline_mode && two_file_count > 0 ? two_file_count - 1 : two_file_count;
 }
 
 /* How many of the segment's three files are there. */
@@ -213,7 +246,7 @@ static off_t records_end(const char *path)
 	unsigned char *b = (unsigned char *)slurp(path, &len);
 	size_t off = 0;
 	while (off + REC_MIN <= len && memcmp(b + off, "KSR1", 4) == 0)
-		off += REC_MIN + le32(b + off + 8);
+		off += REC_MIN + le32(b + off + 8) + (b[off + 4] == REC_INLINE ? le64(b + off + 24) : 0);
 	free(b);
 	return (off_t)off;
 }
@@ -645,13 +678,20 @@ START_TEST(commit_then_list)
 	for (size_t i = 0; i < N; i++) {
 		ck_assert_str_eq(it[i].seg_name, name);
 		ck_assert_ptr_eq(it[i].loc.seg, it[0].loc.seg);
+		ck_assert(it[i].loc.data_in_meta == inline_mode);
+		/* two files: back to back; inline: each after its record,
+		 * which is the header, the meta text and its CRC */
 		if (i)
-			ck_assert_uint_eq(it[i].loc.data_off, it[i - 1].loc.data_off + it[i - 1].loc.data_len);
+			ck_assert_uint_eq(it[i].loc.data_off, it[i - 1].loc.data_off + it[i - 1].loc.data_len +
+					  (inline_mode ? REC_MIN + it[i].loc.meta_len : 0));
+		if (inline_mode)
+			ck_assert_uint_eq(it[i].loc.data_off, it[i].loc.meta_off + it[i].loc.meta_len + 4);
 		check_read(&w, &it[i].loc, &m[i]);
 	}
-	/* the bytes really are back to back in <data>/seg/<name> */
+	/* the bytes really are there, in <data>/seg/<name> or inline in
+	 * <meta>/seg/<name> */
 	char want[256];
-	seg_path(want, sizeof want, "data", name, "");
+	bytes_path(want, sizeof want, name);
 	char *dp = spool_data_path(&w, &it[5].loc);
 	ck_assert_str_eq(dp, want);
 	free(dp);
@@ -667,7 +707,7 @@ START_TEST(commit_then_list)
 	ck_assert(memcmp(whole + it[5].loc.data_off, one, dlen) == 0);
 	free(whole);
 	free(one);
-	ck_assert_int_eq(seg_files(name), 2); /* no journal yet */
+	ck_assert_int_eq(seg_files(name), files(2)); /* no journal yet */
 
 	open_spool(&r);
 	struct hits h;
@@ -813,7 +853,7 @@ START_TEST(seg_get_by_name)
 	ck_assert_uint_eq(h.n, 1);
 	ck_assert_ptr_eq(h.v[0].loc.seg, g); /* the same segment, not a copy */
 	char want[256];
-	seg_path(want, sizeof want, "data", it[0].seg_name, "");
+	bytes_path(want, sizeof want, it[0].seg_name);
 	char *dp = spool_data_path(&r, &h.v[0].loc);
 	ck_assert_str_eq(dp, want);
 	free(dp);
@@ -892,7 +932,7 @@ START_TEST(done_then_segment_removed)
 	hold_and_done_all(&r, &h);
 	hits_free(&h);
 	/* the writer has not sealed it: everything stays */
-	ck_assert_int_eq(seg_files(name), 3);
+	ck_assert_int_eq(seg_files(name), files(3));
 	list(&r, &h);
 	ck_assert_uint_eq(h.n, 0);
 	hits_free(&h);
@@ -901,14 +941,14 @@ START_TEST(done_then_segment_removed)
 	ck_assert_uint_eq(h.n, 0);
 	hits_free(&h);
 	spool_close(&r2);
-	ck_assert_int_eq(seg_files(name), 3);
+	ck_assert_int_eq(seg_files(name), files(3));
 
 	spool_close(&w);
 	uint64_t count = 0;
 	ck_assert(ends_with_seal(name, &count));
 	ck_assert_uint_eq(count, N);
 	ck_assert_uint_eq(spool_reap(&r), 1);
-	ck_assert_int_eq(seg_files(name), 0);
+	ck_assert_int_eq(seg_files(name), files(0));
 	ck_assert_int_eq(dir_count("meta/seg"), 0);
 	ck_assert_int_eq(dir_count("data/seg"), 0);
 	ck_assert_uint_eq(spool_reap(&r), 0);
@@ -1114,11 +1154,11 @@ START_TEST(roll_at_max_msgs)
 	hits_free(&h);
 	hold_and_done_all(&r, &h1);
 	hits_free(&h1);
-	ck_assert_int_eq(seg_files(name1), 0);
-	ck_assert_int_eq(seg_files(name2), 2);
+	ck_assert_int_eq(seg_files(name1), files(0));
+	ck_assert_int_eq(seg_files(name2), files(2));
 	hold_and_done_all(&r, &h2);
 	hits_free(&h2);
-	ck_assert_int_eq(seg_files(name2), 3);
+	ck_assert_int_eq(seg_files(name2), files(3));
 	spool_close(&w);
 	ck_assert(ends_with_seal(name2, &count));
 	ck_assert_uint_eq(count, B);
@@ -1319,13 +1359,13 @@ START_TEST(unsealed_segment_of_a_gone_writer_is_reaped)
 	hold_and_done_all(&r, &h);
 	hits_free(&h);
 	ck_assert_uint_eq(spool_reap(&r), 0); /* the writer still runs */
-	ck_assert_int_eq(seg_files(name), 3);
+	ck_assert_int_eq(seg_files(name), files(3));
 	close(rel); /* let it go, without a SEAL */
 	wait_exit0(pid);
 	uint64_t count;
 	ck_assert(!ends_with_seal(name, &count));
 	ck_assert_uint_eq(spool_reap(&r), 1);
-	ck_assert_int_eq(seg_files(name), 0);
+	ck_assert_int_eq(seg_files(name), files(0));
 	ck_assert_int_eq(dir_count("meta/seg"), 0);
 	ck_assert_int_eq(dir_count("data/seg"), 0);
 	spool_close(&r);
@@ -1392,10 +1432,13 @@ START_TEST(scan_seals_a_dead_writers_segment)
 	/* the zeros the writer had prepared past its data are cut too */
 	char dp[256];
 	seg_path(dp, sizeof dp, "data", name, "");
-	ck_assert_int_eq(file_size(dp), (off_t)data_end);
+	if (inline_mode)
+		ck_assert(!exists(dp));
+	else
+		ck_assert_int_eq(file_size(dp), (off_t)data_end);
 	hold_and_done_all(&r, &h);
 	hits_free(&h);
-	ck_assert_int_eq(seg_files(name), 0);
+	ck_assert_int_eq(seg_files(name), files(0));
 	ck_assert_uint_eq(spool_reap(&r), 0);
 	spool_close(&r);
 	msgs_free(m, N);
@@ -1420,13 +1463,18 @@ START_TEST(scan_quarantines_damage_and_sweeps)
 	const char *name = it[0].seg_name;
 	spool_close(&w);
 	char dp[256], mp[256], qp[256];
-	seg_path(dp, sizeof dp, "data", name, "");
+	bytes_path(dp, sizeof dp, name);
 	seg_path(mp, sizeof mp, "meta", name, "");
 	/* m0: a byte of its data; m1: a byte of its meta text; m6 (the last
-	 * in the data file): cut short */
+	 * in the data file): cut short.  Inline, a file that ends inside a
+	 * message's bytes is a torn commit (scan_drops_a_dead_commit): there
+	 * m6 has its fifth byte changed instead. */
 	flip_byte(dp, (off_t)(it[0].loc.data_off + it[0].loc.data_len / 2));
 	flip_byte(mp, (off_t)(it[1].loc.meta_off + 3));
-	ck_assert_int_eq(truncate(dp, (off_t)(it[6].loc.data_off + 5)), 0);
+	if (inline_mode)
+		flip_byte(dp, (off_t)(it[6].loc.data_off + 4));
+	else
+		ck_assert_int_eq(truncate(dp, (off_t)(it[6].loc.data_off + 5)), 0);
 	off_t msize = file_size(mp);
 	unsigned char rec[30];
 	read_at(mp, 0, rec, sizeof rec);
@@ -1481,7 +1529,7 @@ START_TEST(scan_quarantines_damage_and_sweeps)
 	snprintf(qp, sizeof qp, "%s/meta/quarantine/%s", dir, m[1].id);
 	ck_assert_int_eq(file_size(qp), (off_t)strlen(m[1].meta));
 	snprintf(qp, sizeof qp, "%s/data/quarantine/%s", dir, m[6].id);
-	ck_assert_int_eq(file_size(qp), 5);
+	ck_assert_int_eq(file_size(qp), inline_mode ? (off_t)it[6].loc.data_len : 5);
 	snprintf(qp, sizeof qp, "%s/meta/quarantine/%s", dir, m[6].id);
 	ck_assert(exists(qp));
 	ck_assert_int_eq(dir_count("data/quarantine"), 3);
@@ -1507,7 +1555,7 @@ START_TEST(scan_quarantines_damage_and_sweeps)
 	/* the survivors done, the segment goes; the quarantine stays */
 	hold_and_done_all(&r, &h);
 	hits_free(&h);
-	ck_assert_int_eq(seg_files(name), 0);
+	ck_assert_int_eq(seg_files(name), files(0));
 	ck_assert_int_eq(dir_count("data/quarantine"), 3);
 	spool_close(&r);
 	msgs_free(m, N);
@@ -1550,8 +1598,18 @@ START_TEST(scan_drops_a_torn_tail)
 	size_t len = row->len ? row->len : REC_MIN + strlen(m[0].meta) - 1;
 	unsigned char *tail = calloc(1, len);
 	ck_assert_ptr_nonnull(tail);
-	if (row->kind == 0)
+	if (row->kind == 0) {
 		read_at(mp, 0, tail, len);
+		if (inline_mode && len >= REC_HDR) {
+			/* a torn INLINE header says where its own bytes start */
+			uint64_t at = (uint64_t)msize + REC_MIN + le32(tail + 8);
+			for (int i = 0; i < 8; i++)
+				tail[16 + i] = (unsigned char)(at >> (8 * i));
+			uint32_t c = crc32c(0, tail, 72);
+			for (int i = 0; i < 4; i++)
+				tail[72 + i] = (unsigned char)(c >> (8 * i));
+		}
+	}
 	else if (row->kind == 2)
 		for (size_t i = 0; i < len; i++)
 			tail[i] = (unsigned char)(0x5a + i);
@@ -1619,14 +1677,18 @@ struct dead_row {
 			* after the 4 KiB page boundary in it; 4: cut inside the last one */
 	int dropped;   /* messages dropped silently as a dead commit */
 	int damaged;   /* quarantined with a warning */
+	/* inline, where the bytes and the cuts are in the meta file: the
+	 * messages lost, the sweeps (a dead commit, or a torn tail however
+	 * many records it cuts) and the quarantined */
+	int lost_inline, swept_inline, damaged_inline;
 };
 
 static const struct dead_row dead_rows[] = {
-	{ "the last message's bytes are zeros", 0, 1, 0 },
-	{ "the data file ends where the second commit starts", 1, 2, 0 },
-	{ "zeros from inside the bytes' only page", 2, 0, 1 },
-	{ "zeros from the page boundary inside the bytes", 3, 1, 0 },
-	{ "the data file ends inside the last message", 4, 0, 1 },
+	{ "the last message's bytes are zeros", 0, 1, 0, 1, 1, 0 },
+	{ "the data file ends where the second commit starts", 1, 2, 0, 2, 1, 0 },
+	{ "zeros from inside the bytes' only page", 2, 0, 1, 1, 0, 1 },
+	{ "zeros from the page boundary inside the bytes", 3, 1, 0, 1, 1, 0 },
+	{ "the data file ends inside the last message", 4, 0, 1, 1, 1, 0 },
 };
 
 START_TEST(scan_drops_a_dead_commit)
@@ -1654,7 +1716,7 @@ START_TEST(scan_drops_a_dead_commit)
 	memcpy(name, it[0].seg_name, sizeof name);
 	spool_close(&w);
 	char dp[256];
-	seg_path(dp, sizeof dp, "data", name, "");
+	bytes_path(dp, sizeof dp, name);
 	const struct spool_loc *last = &it[N - 1].loc;
 	uint64_t end = last->data_off + last->data_len;
 	switch (row->kind) {
@@ -1683,15 +1745,20 @@ START_TEST(scan_drops_a_dead_commit)
 	struct scan_log lg;
 	struct spool_scan_stats st;
 	scan(&lg, &st);
-	int lost = row->dropped + row->damaged;
+	int lost = row->dropped + row->damaged, swept = row->dropped, damaged = row->damaged;
+	if (inline_mode) {
+		lost = row->lost_inline;
+		swept = row->swept_inline;
+		damaged = row->damaged_inline;
+	}
 	ck_assert_msg(st.found == (size_t)(N - lost), "%s: found %zu", row->what, st.found);
-	ck_assert_uint_eq(st.quarantined, (size_t)row->damaged);
-	ck_assert_uint_eq(st.swept, (size_t)row->dropped);
-	ck_assert_uint_eq(lg.nwarn, (size_t)row->damaged);
+	ck_assert_uint_eq(st.quarantined, (size_t)damaged);
+	ck_assert_uint_eq(st.swept, (size_t)swept);
+	ck_assert_uint_eq(lg.nwarn, (size_t)damaged);
 	for (int i = 0; i < N; i++)
 		ck_assert_msg(in_log(lg.found, lg.nfound, m[i].id) == (i < N - lost), "%s: message %d", row->what, i);
-	ck_assert_int_eq(dir_count("data/quarantine"), row->damaged);
-	ck_assert_int_eq(dir_count("meta/quarantine"), row->damaged);
+	ck_assert_int_eq(dir_count("data/quarantine"), damaged);
+	ck_assert_int_eq(dir_count("meta/quarantine"), damaged);
 	/* marked done: a second scan finds the rest and nothing else */
 	scan(&lg, &st);
 	ck_assert_uint_eq(st.found, (size_t)(N - lost));
@@ -1828,7 +1895,7 @@ START_TEST(duplicate_id_newest_wins)
 	hold_and_done_all(&r, &hy);
 	hits_free(&hy);
 	hits_free(&h);
-	ck_assert_int_eq(seg_files(na), 0);
+	ck_assert_int_eq(seg_files(na), files(0));
 	list(&r, &h);
 	ck_assert_uint_eq(h.n, 1);
 	check_listed(&r, &h, &mb[0]);
@@ -2002,6 +2069,83 @@ START_TEST(one_flush_inside_the_prepared_part)
 }
 END_TEST
 
+/* Inline, a listing can read a commit's write while it is under way: a
+ * whole record whose bytes are not all there yet (here: zeros) is not
+ * reported, the records after it are, and a later listing reports it once
+ * its bytes are there. */
+START_TEST(list_inline_waits_for_the_bytes)
+{
+	struct spool w, r;
+	open_spool(&w);
+	ck_assert(w.inline_data);
+	struct msg m[3];
+	struct spool_item it[3];
+	msgs_make(m, 3, "inflight");
+	commit_msgs(&w, m, it, 3);
+	char p[256];
+	seg_path(p, sizeof p, "meta", it[0].seg_name, "");
+	const struct spool_loc *l = &it[1].loc;
+	char *saved = malloc((size_t)l->data_len);
+	ck_assert_ptr_nonnull(saved);
+	read_at(p, (off_t)l->data_off, saved, (size_t)l->data_len);
+	zero_range(p, (off_t)(l->data_off + l->data_len / 2), (size_t)(l->data_len - l->data_len / 2));
+	open_spool(&r);
+	struct hits h;
+	list(&r, &h);
+	ck_assert_uint_eq(h.n, 2);
+	check_listed(&r, &h, &m[0]);
+	check_listed(&r, &h, &m[2]);
+	ck_assert_ptr_null(hit_of(&h, m[1].id));
+	hits_free(&h);
+	int fd = open(p, O_WRONLY);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(pwrite(fd, saved, (size_t)l->data_len, (off_t)l->data_off), (ssize_t)l->data_len);
+	close(fd);
+	free(saved);
+	list(&r, &h);
+	ck_assert_uint_eq(h.n, 3);
+	for (int i = 0; i < 3; i++)
+		check_listed(&r, &h, &m[i]);
+	hits_free(&h);
+	spool_close(&r);
+	spool_close(&w);
+	msgs_free(m, 3);
+}
+END_TEST
+
+/* Inline, every commit is one write and one flush, whatever its size and
+ * whether its segment is new; spool_commit_mode says so. */
+START_TEST(inline_commit_is_one_flush)
+{
+	struct spool w;
+	open_spool(&w);
+	ck_assert(w.inline_data);
+	ck_assert(strncmp(spool_commit_mode(&w), "one write and one flush per commit", 34) == 0);
+	enum { N = 4 };
+	struct msg m[N];
+	struct spool_item it[N];
+	msgs_make(m, N, "inl");
+	free(m[2].body);
+	m[2].body_len = 300 * 1024; /* past what is prepared */
+	m[2].body = calloc(1, m[2].body_len);
+	ck_assert_ptr_nonnull(m[2].body);
+	memcpy(m[2].body + m[2].body_len - 2, "\r\n", 2);
+	m[2].iov[2] = (struct iovec){ m[2].body, m[2].body_len };
+	for (size_t i = 0; i < N; i++) {
+		uint64_t f = w.commit_flushes;
+		commit_msgs(&w, &m[i], &it[i], 1);
+		ck_assert_uint_eq(w.commit_flushes - f, 1);
+		ck_assert(it[i].loc.data_in_meta);
+	}
+	for (size_t i = 0; i < N; i++)
+		check_read(&w, &it[i].loc, &m[i]);
+	ck_assert_int_eq(dir_count("data/seg"), 0);
+	ck_assert_int_eq(dir_count("meta/seg"), 1);
+	spool_close(&w);
+	msgs_free(m, N);
+}
+END_TEST
+
 /* Data and meta on different file systems: two flushes, and the log line
  * says why.  (/dev/shm is a tmpfs; skipped where there is none.) */
 START_TEST(two_flushes_across_devices)
@@ -2015,7 +2159,9 @@ START_TEST(two_flushes_across_devices)
 	struct spool w;
 	ck_assert_msg(spool_open(&w, d, m, err, sizeof err) == 0, "%s", err);
 	ck_assert(!w.one_flush);
+	ck_assert(!w.inline_data);
 	ck_assert_str_eq(w.flush_mode, "two flushes per commit: data and meta are on different devices");
+	ck_assert_str_eq(spool_commit_mode(&w), w.flush_mode);
 	spool_close(&w);
 	char cmd[160];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", m);
@@ -2036,10 +2182,12 @@ START_TEST(failed_commit_leaves_nothing)
 	commit_msgs(&w, m, it, 3);
 	const char *name = it[0].seg_name;
 	char dp[256], mp[256];
-	seg_path(dp, sizeof dp, "data", name, "");
+	bytes_path(dp, sizeof dp, name);
 	seg_path(mp, sizeof mp, "meta", name, "");
-	/* where the data and the records end (zeros are prepared past both) */
+	/* where the data and the records end (zeros are prepared past both;
+	 * inline, both are the meta file) */
 	off_t dsize = (off_t)(it[2].loc.data_off + it[2].loc.data_len), msize = records_end(mp);
+	ck_assert(!inline_mode || dsize == msize);
 	rlim_t limit = (rlim_t)(dsize > msize ? dsize : msize) + 64;
 	static char bigbody[8000], bigmeta[8000];
 	memset(bigbody, 'b', sizeof bigbody);
@@ -2062,7 +2210,7 @@ START_TEST(failed_commit_leaves_nothing)
 	ck_assert_uint_eq(failed, 3);
 	for (int i = 0; i < 3; i++) {
 		ck_assert_int_eq(f[i].result, -1);
-		ck_assert_msg(strstr(f[i].err, "data") != NULL, "err: %s", f[i].err);
+		ck_assert_msg(strstr(f[i].err, inline_mode ? "write segment" : "data") != NULL, "err: %s", f[i].err);
 	}
 	ck_assert_int_eq(file_size(dp), dsize);
 	ck_assert_int_eq(file_size(mp), msize);
@@ -2082,7 +2230,8 @@ START_TEST(failed_commit_leaves_nothing)
 	ck_assert_uint_eq(failed, 3);
 	for (int i = 0; i < 3; i++) {
 		ck_assert_int_eq(f[i].result, -1);
-		ck_assert_msg(strstr(f[i].err, "meta") != NULL, "err: %s", f[i].err);
+		ck_assert_msg(strstr(f[i].err, inline_mode ? "write segment" : "meta") != NULL, "err: %s",
+			      f[i].err);
 	}
 	ck_assert_int_eq(file_size(dp), dsize);
 	ck_assert_int_eq(file_size(mp), msize);
@@ -2090,7 +2239,7 @@ START_TEST(failed_commit_leaves_nothing)
 	/* and the next commit goes on in the same segment */
 	commit_msgs(&w, &m[9], &it[9], 3);
 	ck_assert_str_eq(it[9].seg_name, name);
-	ck_assert_uint_eq(it[9].loc.data_off, (uint64_t)dsize);
+	ck_assert_uint_eq(it[9].loc.data_off, (uint64_t)dsize + (inline_mode ? REC_MIN + it[9].loc.meta_len : 0));
 	open_spool(&r);
 	struct hits h;
 	list(&r, &h);
@@ -2145,6 +2294,37 @@ int main(void)
 	tcase_add_test(tc, one_flush_inside_the_prepared_part);
 	tcase_add_test(tc, two_flushes_across_devices);
 	suite_add_tcase(s, tc);
+	/* the same behaviour with the message bytes in the meta file */
+	TCase *ti = tcase_create("inline");
+	tcase_add_checked_fixture(ti, setup_inline, teardown);
+	tcase_set_timeout(ti, 60);
+	tcase_add_test(ti, commit_then_list);
+	tcase_add_test(ti, odd_items_round_trip);
+	tcase_add_test(ti, seg_get_by_name);
+	tcase_add_test(ti, list_skips_a_torn_tail_and_changes_nothing);
+	tcase_add_test(ti, done_then_segment_removed);
+	tcase_add_test(ti, update_meta_replaces_meta);
+	tcase_add_test(ti, damaged_meta_record_is_passed_over);
+	tcase_add_test(ti, roll_at_max_msgs);
+	tcase_add_test(ti, roll_at_max_bytes);
+	tcase_add_test(ti, roll_at_max_age_and_idle_seal);
+	tcase_add_test(ti, processes_write_their_own_segments);
+	tcase_add_test(ti, list_changed_reads_only_what_grew);
+	tcase_add_test(ti, unsealed_segment_of_a_gone_writer_is_reaped);
+	tcase_add_test(ti, scan_seals_a_dead_writers_segment);
+	tcase_add_test(ti, scan_quarantines_damage_and_sweeps);
+	tcase_add_loop_test(ti, scan_drops_a_torn_tail, 0, (int)(sizeof tail_rows / sizeof tail_rows[0]));
+	tcase_add_loop_test(ti, scan_drops_a_dead_commit, 0, (int)(sizeof dead_rows / sizeof dead_rows[0]));
+	tcase_add_test(ti, scan_damaged_last_header);
+	tcase_add_test(ti, scan_damaged_header_keeps_later_messages);
+	tcase_add_test(ti, duplicate_id_newest_wins);
+	tcase_add_test(ti, duplicate_id_in_one_segment_survives_scan);
+	tcase_add_test(ti, rewrite_in_own_segment_survives_restart);
+	tcase_add_test(ti, any_sparse_follows_the_held_messages);
+	tcase_add_test(ti, failed_commit_leaves_nothing);
+	tcase_add_test(ti, inline_commit_is_one_flush);
+	tcase_add_test(ti, list_inline_waits_for_the_bytes);
+	suite_add_tcase(s, ti);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
 	int failed = srunner_ntests_failed(sr);
