@@ -2257,17 +2257,9 @@ START_TEST(failed_commit_leaves_nothing)
 }
 END_TEST
 
-int main(void)
+/* The cases that hold in either layout of a segment. */
+static void add_layout_tests(TCase *tc)
 {
-	Suite *s = suite_create("spool");
-	TCase *tc = tcase_create("store");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_set_timeout(tc, 60);
-	tcase_add_test(tc, ids_are_unique_ordered_and_dated);
-	tcase_add_test(tc, ids_differ_after_fork);
-	tcase_add_test(tc, list_changed_reads_only_what_grew);
-	tcase_add_test(tc, lock_is_exclusive);
-	tcase_add_test(tc, unwritable_path_fails);
 	tcase_add_test(tc, commit_then_list);
 	tcase_add_test(tc, odd_items_round_trip);
 	tcase_add_test(tc, seg_get_by_name);
@@ -2279,6 +2271,7 @@ int main(void)
 	tcase_add_test(tc, roll_at_max_bytes);
 	tcase_add_test(tc, roll_at_max_age_and_idle_seal);
 	tcase_add_test(tc, processes_write_their_own_segments);
+	tcase_add_test(tc, list_changed_reads_only_what_grew);
 	tcase_add_test(tc, unsealed_segment_of_a_gone_writer_is_reaped);
 	tcase_add_test(tc, scan_seals_a_dead_writers_segment);
 	tcase_add_test(tc, scan_quarantines_damage_and_sweeps);
@@ -2291,6 +2284,19 @@ int main(void)
 	tcase_add_test(tc, rewrite_in_own_segment_survives_restart);
 	tcase_add_test(tc, any_sparse_follows_the_held_messages);
 	tcase_add_test(tc, failed_commit_leaves_nothing);
+}
+
+int main(void)
+{
+	Suite *s = suite_create("spool");
+	TCase *tc = tcase_create("store");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, ids_are_unique_ordered_and_dated);
+	tcase_add_test(tc, ids_differ_after_fork);
+	tcase_add_test(tc, lock_is_exclusive);
+	tcase_add_test(tc, unwritable_path_fails);
+	add_layout_tests(tc);
 	tcase_add_test(tc, one_flush_inside_the_prepared_part);
 	tcase_add_test(tc, two_flushes_across_devices);
 	suite_add_tcase(s, tc);
@@ -2298,30 +2304,7 @@ int main(void)
 	TCase *ti = tcase_create("inline");
 	tcase_add_checked_fixture(ti, setup_inline, teardown);
 	tcase_set_timeout(ti, 60);
-	tcase_add_test(ti, commit_then_list);
-	tcase_add_test(ti, odd_items_round_trip);
-	tcase_add_test(ti, seg_get_by_name);
-	tcase_add_test(ti, list_skips_a_torn_tail_and_changes_nothing);
-	tcase_add_test(ti, done_then_segment_removed);
-	tcase_add_test(ti, update_meta_replaces_meta);
-	tcase_add_test(ti, damaged_meta_record_is_passed_over);
-	tcase_add_test(ti, roll_at_max_msgs);
-	tcase_add_test(ti, roll_at_max_bytes);
-	tcase_add_test(ti, roll_at_max_age_and_idle_seal);
-	tcase_add_test(ti, processes_write_their_own_segments);
-	tcase_add_test(ti, list_changed_reads_only_what_grew);
-	tcase_add_test(ti, unsealed_segment_of_a_gone_writer_is_reaped);
-	tcase_add_test(ti, scan_seals_a_dead_writers_segment);
-	tcase_add_test(ti, scan_quarantines_damage_and_sweeps);
-	tcase_add_loop_test(ti, scan_drops_a_torn_tail, 0, (int)(sizeof tail_rows / sizeof tail_rows[0]));
-	tcase_add_loop_test(ti, scan_drops_a_dead_commit, 0, (int)(sizeof dead_rows / sizeof dead_rows[0]));
-	tcase_add_test(ti, scan_damaged_last_header);
-	tcase_add_test(ti, scan_damaged_header_keeps_later_messages);
-	tcase_add_test(ti, duplicate_id_newest_wins);
-	tcase_add_test(ti, duplicate_id_in_one_segment_survives_scan);
-	tcase_add_test(ti, rewrite_in_own_segment_survives_restart);
-	tcase_add_test(ti, any_sparse_follows_the_held_messages);
-	tcase_add_test(ti, failed_commit_leaves_nothing);
+	add_layout_tests(ti);
 	tcase_add_test(ti, inline_commit_is_one_flush);
 	tcase_add_test(ti, list_inline_waits_for_the_bytes);
 	suite_add_tcase(s, ti);
