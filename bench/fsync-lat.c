@@ -2,13 +2,16 @@
  * spool commit sees it, measured in a given directory (issue 7 compares the
  * p99 SMTP latency with it).
  *
- *   fsync-lat --dir DIR [--count N] [--size BYTES]
+ *   fsync-lat --dir DIR [--count N] [--size BYTES] [--gap-us US]
  *
  * Creates a temporary file in DIR, then N times appends BYTES (default 1024)
  * and calls fdatasync, timing write plus fdatasync; the file grows, so each
- * sync also commits the size change, as a new spool file does.  The file
+ * sync also commits the size change, as a new spool file does.  With
+ * --gap-us, it sleeps US microseconds after each sync (default 0: back to
+ * back), as the flushes of a server paced at 1e6/US commits a second are
+ * spaced: a disk that idles in between may answer more slowly.  The file
  * is removed at the end.  Output, one line on stdout:
- *   fsync_n=N fsync_p50_ms= fsync_p99_ms= fsync_max_ms= dir=DIR
+ *   fsync_n=N fsync_p50_ms= fsync_p99_ms= fsync_max_ms= gap_us=US dir=DIR
  * Exit 0, or 1 when a write or sync fails, 2 for a usage error. */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,6 +26,7 @@
 
 #define MAX_COUNT 1000000UL
 #define MAX_BYTES (1024UL * 1024)
+#define MAX_GAP_US 1000000UL
 
 static uint64_t now_ns(void)
 {
@@ -69,11 +73,12 @@ int main(int argc, char **argv)
 		{ "dir", required_argument, NULL, 'd' },
 		{ "count", required_argument, NULL, 'n' },
 		{ "size", required_argument, NULL, 's' },
+		{ "gap-us", required_argument, NULL, 'g' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *dir = NULL;
-	unsigned long count = 1000, size = 1024;
+	unsigned long count = 1000, size = 1024, gap_us = 0;
 	int c;
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		switch (c) {
@@ -86,16 +91,20 @@ int main(int argc, char **argv)
 			if (parse_ulong("size", optarg, 1, MAX_BYTES, &size) < 0)
 				return 2;
 			break;
+		case 'g':
+			if (parse_ulong("gap-us", optarg, 0, MAX_GAP_US, &gap_us) < 0)
+				return 2;
+			break;
 		case 'h':
-			printf("usage: fsync-lat --dir DIR [--count N (1000)] [--size BYTES (1024)]\n");
+			printf("usage: fsync-lat --dir DIR [--count N (1000)] [--size BYTES (1024)] [--gap-us US (0)]\n");
 			return 0;
 		default:
-			fprintf(stderr, "usage: fsync-lat --dir DIR [--count N] [--size BYTES]\n");
+			fprintf(stderr, "usage: fsync-lat --dir DIR [--count N] [--size BYTES] [--gap-us US]\n");
 			return 2;
 		}
 	}
 	if (!dir || optind != argc) {
-		fprintf(stderr, "usage: fsync-lat --dir DIR [--count N] [--size BYTES]\n");
+		fprintf(stderr, "usage: fsync-lat --dir DIR [--count N] [--size BYTES] [--gap-us US]\n");
 		return 2;
 	}
 
@@ -134,14 +143,19 @@ int main(int argc, char **argv)
 			break;
 		}
 		lat[i] = now_ns() - t0;
+		if (gap_us) {
+			struct timespec gap = { (time_t)(gap_us / 1000000), (long)(gap_us % 1000000) * 1000 };
+			while (nanosleep(&gap, &gap) != 0 && errno == EINTR)
+				;
+		}
 	}
 	close(fd);
 	unlink(path);
 	if (status == 0) {
 		qsort(lat, count, sizeof *lat, cmp_u64);
-		printf("fsync_n=%lu fsync_p50_ms=%.3f fsync_p99_ms=%.3f fsync_max_ms=%.3f dir=%s\n",
+		printf("fsync_n=%lu fsync_p50_ms=%.3f fsync_p99_ms=%.3f fsync_max_ms=%.3f gap_us=%lu dir=%s\n",
 		       count, pct_ms(lat, count, 0.50), pct_ms(lat, count, 0.99),
-		       (double)lat[count - 1] / 1e6, dir);
+		       (double)lat[count - 1] / 1e6, gap_us, dir);
 	}
 	free(lat);
 	free(buf);
