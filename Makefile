@@ -252,14 +252,14 @@ clean:
 #   make bench        build, then bench/run: kumod against Postfix's smtp-sink
 #   make bench-cg     build, then bench/cg-count for the no-hook and the
 #                     every-hook policy: user-space instructions per message
-#   make bench-deps   install postfix (for smtp-sink, never started as a
-#                     service) and valgrind as root; otherwise print the
-#                     commands to run
+#   make bench-deps   install postfix (for smtp-sink) as root, never started as a
+#                     service; otherwise print the commands to run
+#   make bench-cg-deps  install valgrind (for bench-cg) as root; likewise
 # Results are written up by hand in bench/RESULTS.md; never timed assertions.
 BENCH_BINS := $(BUILD)/bench/smtp-load $(BUILD)/bench/fsync-lat
 BENCH_DEBCONF := postfix postfix/main_mailer_type select No configuration
 
-.PHONY: bench bench-cg bench-deps bench-progs
+.PHONY: bench bench-cg bench-cg-deps bench-deps bench-progs
 
 bench-progs: $(PROGS) $(BENCH_BINS)
 
@@ -272,15 +272,7 @@ $(BUILD)/bench/fsync-lat: $(BUILD)/bench/fsync-lat.o
 # policy-rc.d answering 101 keeps the package's maintainer scripts from
 # starting postfix; a policy-rc.d already present is put back afterwards.
 bench-deps:
-	@if ! command -v valgrind >/dev/null; then \
-	  if [ "$$(id -u)" != 0 ]; then \
-	    echo "make bench-deps: valgrind missing; run as root: apt-get install -y valgrind"; exit 1; \
-	  fi; \
-	  echo "make bench-deps: installing valgrind"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind || \
-	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind; } || exit 1; \
-	fi; \
-	if [ -x /usr/sbin/smtp-sink ]; then exit 0; fi; \
+	@if [ -x /usr/sbin/smtp-sink ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 	  echo "make bench-deps: /usr/sbin/smtp-sink missing; run as root:"; \
 	  echo "  echo '$(BENCH_DEBCONF)' | debconf-set-selections"; \
@@ -302,7 +294,16 @@ bench-deps:
 bench: all bench-deps
 	@MAKE="$(MAKE)" BUILD="$(BUILD)" BIN="$(BIN)" ./bench/run
 
-bench-cg: bench-progs bench-deps
+bench-cg-deps:
+	@if command -v valgrind >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "make bench-cg-deps: valgrind missing; run as root: apt-get install -y valgrind"; exit 1; \
+	fi; \
+	echo "make bench-cg-deps: installing valgrind"; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind; }
+
+bench-cg: bench-progs bench-cg-deps
 	@for p in bench/policy-durable.lua bench/policy-hooks.lua; do \
 	  BUILD="$(BUILD)" BIN="$(BIN)" ./bench/cg-count --policy $$p || exit 1; \
 	done
