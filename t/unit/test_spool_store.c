@@ -454,6 +454,18 @@ static struct hit *check_listed(struct spool *s, struct hits *h, const struct ms
 	return x;
 }
 
+/* A listing of s has exactly the n messages of m, each as check_listed
+ * wants it. */
+static void expect_listing(struct spool *s, const struct msg *m, size_t n)
+{
+	struct hits h;
+	list(s, &h);
+	ck_assert_uint_eq(h.n, n);
+	for (size_t i = 0; i < n; i++)
+		check_listed(s, &h, &m[i]);
+	hits_free(&h);
+}
+
 /* Holds and finishes every listed message, as the queue manager does. */
 static void hold_and_done_all(struct spool *s, struct hits *h)
 {
@@ -885,20 +897,11 @@ START_TEST(list_skips_a_torn_tail_and_changes_nothing)
 	off_t size = file_size(p);
 	append_bytes(p, head, sizeof head); /* a whole header, its meta cut */
 	open_spool(&r);
-	struct hits h;
-	list(&r, &h);
-	ck_assert_uint_eq(h.n, 3);
-	for (int i = 0; i < 3; i++)
-		check_listed(&r, &h, &m[i]);
-	hits_free(&h);
+	expect_listing(&r, m, 3);
 	ck_assert_int_eq(file_size(p), size + (off_t)sizeof head);
 	commit_msgs(&w, &m[3], &it[3], 1);
 	ck_assert_str_eq(it[3].seg_name, it[0].seg_name);
-	list(&r, &h);
-	ck_assert_uint_eq(h.n, 4);
-	for (int i = 0; i < 4; i++)
-		check_listed(&r, &h, &m[i]);
-	hits_free(&h);
+	expect_listing(&r, m, 4);
 	spool_close(&r);
 	spool_close(&w);
 	msgs_free(m, 4);
@@ -2102,11 +2105,7 @@ START_TEST(list_inline_waits_for_the_bytes)
 	ck_assert_int_eq(pwrite(fd, saved, (size_t)l->data_len, (off_t)l->data_off), (ssize_t)l->data_len);
 	close(fd);
 	free(saved);
-	list(&r, &h);
-	ck_assert_uint_eq(h.n, 3);
-	for (int i = 0; i < 3; i++)
-		check_listed(&r, &h, &m[i]);
-	hits_free(&h);
+	expect_listing(&r, m, 3);
 	spool_close(&r);
 	spool_close(&w);
 	msgs_free(m, 3);
