@@ -2,9 +2,20 @@
  * the bytes, building cJSON nodes as cJSON's parser links them (a list's
  * first child's prev is its last).  Entry point: jsonr_parse.
  *
- * Nodes and strings are allocated with xmalloc and freed by cJSON_Delete
- * with free(): the only cJSON hooks set in this tree are {xmalloc, free}
- * (policyd), and the default ones are malloc and free. */
+ * Nodes are allocated with xmalloc and freed by cJSON_Delete with free():
+ * the only cJSON hooks set in this tree are {xmalloc, free} (policyd), and
+ * the default ones are malloc and free.  To spare the allocator (a frame
+ * is read per policy call and per queue manager notice, and its strings
+ * were most of its blocks):
+ *  - a string value lives in its node's block, after the node, which is
+ *    marked cJSON_IsReference so that cJSON_Delete frees the block only;
+ *    cJSON_Duplicate copies such a string (and drops the mark);
+ *  - a key is interned: one copy per process, never freed, shared by every
+ *    node with that key and marked cJSON_StringIsConst, so that neither
+ *    cJSON_Delete nor cJSON_Duplicate (which shares const keys) frees or
+ *    copies it.  The table is bounded (INTERN_MAX keys of up to
+ *    INTERN_KEY_MAX bytes); past it, and for a key with escapes, the key
+ *    is a block of its own as cJSON's parser makes it. */
 #include "lib/jsonr.h"
 #include "lib/jsonw.h"
 #include "lib/xalloc.h"
@@ -72,6 +83,66 @@ static cJSON *node(int type)
 	memset(c, 0, sizeof *c);
 	c->type = type;
 	return c;
+}
+
+/* A string node with room for len bytes and a NUL in its own block. */
+static cJSON *string_node(size_t len)
+{
+	cJSON *c = xmalloc(sizeof *c + len + 1);
+	memset(c, 0, sizeof *c);
+	c->type = cJSON_String | cJSON_IsReference;
+	c->valuestring = (char *)(c + 1);
+	return c;
+}
+
+/* ---- interned keys ---- */
+
+#define INTERN_SLOTS 4096       /* a power of two */
+#define INTERN_MAX 2048         /* keys kept, at most: half the slots */
+#define INTERN_KEY_MAX 64       /* bytes of the longest key kept */
+
+static const char *intern_slot[INTERN_SLOTS]; /* atomic; never cleared */
+static unsigned intern_count;                 /* atomic */
+
+static uint32_t bytes_hash(const unsigned char *p, size_t n)
+{
+	uint32_t h = 2166136261u;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ p[i]) * 16777619u;
+	return h;
+}
+
+/* The one copy of the key p[0..n), which has no NUL, made on first sight;
+ * NULL when it is too long or the table is full.  Lock-free: a slot, once
+ * set, keeps its key, and two threads adding the same key race on the
+ * slot's compare-and-swap, the loser taking the winner's copy. */
+static const char *intern(const unsigned char *p, size_t n)
+{
+	if (n > INTERN_KEY_MAX)
+		return NULL;
+	char *mine = NULL;
+	for (uint32_t i = bytes_hash(p, n) & (INTERN_SLOTS - 1);; i = (i + 1) & (INTERN_SLOTS - 1)) {
+		const char *k = __atomic_load_n(&intern_slot[i], __ATOMIC_ACQUIRE);
+		if (!k) {
+			if (!mine) {
+				if (__atomic_load_n(&intern_count, __ATOMIC_RELAXED) >= INTERN_MAX)
+					return NULL;
+				mine = xmalloc(n + 1);
+				memcpy(mine, p, n);
+				mine[n] = '\0';
+			}
+			if (__atomic_compare_exchange_n(&intern_slot[i], &k, mine, false, __ATOMIC_ACQ_REL,
+							__ATOMIC_ACQUIRE)) {
+				__atomic_fetch_add(&intern_count, 1, __ATOMIC_RELAXED);
+				return mine;
+			}
+			/* another thread took the slot: k is its key */
+		}
+		if (strncmp(k, (const char *)p, n) == 0 && k[n] == '\0') {
+			free(mine);
+			return k;
+		}
+	}
 }
 
 /* ---- strings ---- */
@@ -160,21 +231,19 @@ static bool unescape(const unsigned char *s, const unsigned char *end, char *out
 	return true;
 }
 
-/* The string whose opening quote r->p has just passed, as a new C string;
- * r->p ends past its closing quote. */
-static char *read_string(struct rd *r)
+/* The string whose opening quote r->p has just passed: its bytes run to
+ * *close (its closing quote), and *plain says whether they have no escape.
+ * NULL (r->err set) when it has no closing quote or has a control byte. */
+static const unsigned char *scan_string(struct rd *r, const unsigned char **close, bool *plain)
 {
 	const unsigned char *s = (const unsigned char *)r->p, *e = (const unsigned char *)r->end;
 	const unsigned char *q = s + json_plain_run(s, e); /* no escapes */
 	if (q < e && *q == '"') {
-		size_t n = (size_t)(q - s);
-		char *out = xmalloc(n + 1);
-		memcpy(out, s, n);
-		out[n] = '\0';
-		r->p = (const char *)q + 1;
-		return out;
+		*close = q;
+		*plain = true;
+		return s;
 	}
-	/* escapes: find the closing quote, then decode */
+	/* escapes: find the closing quote */
 	const unsigned char *t = q;
 	while (t < e && *t != '"') {
 		if (*t < 0x20) {
@@ -189,15 +258,74 @@ static char *read_string(struct rd *r)
 		r->p = (const char *)(s - 1);
 		return fail(r, "a string without its closing quote");
 	}
-	char *out = xmalloc((size_t)(t - s) + 1);
-	memcpy(out, s, (size_t)(q - s));
-	if (!unescape(q, t, out + (q - s))) {
-		free(out);
-		r->p = (const char *)(s - 1);
-		return fail(r, "a bad escape in the string");
+	*close = t;
+	*plain = false;
+	return s;
+}
+
+/* Writes the string s..close (as scan_string found it) to out, which has
+ * room for close - s bytes and a NUL, and moves r->p past its closing
+ * quote; false (r->err set) on a bad escape. */
+static bool put_string(struct rd *r, const unsigned char *s, const unsigned char *close, bool plain,
+		       char *out)
+{
+	size_t n = (size_t)(close - s);
+	if (plain) {
+		memcpy(out, s, n);
+		out[n] = '\0';
+	} else {
+		size_t run = json_plain_run(s, close);
+		memcpy(out, s, run);
+		if (!unescape(s + run, close, out + run)) {
+			r->p = (const char *)(s - 1);
+			fail(r, "a bad escape in the string");
+			return false;
+		}
 	}
-	r->p = (const char *)t + 1;
+	r->p = (const char *)close + 1;
+	return true;
+}
+
+/* A key whose opening quote r->p has just passed, and whether it is an
+ * interned one (see the top of this file); r->p ends past its quote. */
+static char *read_key(struct rd *r, bool *interned)
+{
+	const unsigned char *close;
+	bool plain;
+	const unsigned char *s = scan_string(r, &close, &plain);
+	if (!s)
+		return NULL;
+	if (plain) {
+		const char *k = intern(s, (size_t)(close - s));
+		if (k) {
+			r->p = (const char *)close + 1;
+			*interned = true;
+			return (char *)k;
+		}
+	}
+	*interned = false;
+	char *out = xmalloc((size_t)(close - s) + 1);
+	if (!put_string(r, s, close, plain, out)) {
+		free(out);
+		return NULL;
+	}
 	return out;
+}
+
+/* A string value whose opening quote r->p has just passed, as a node. */
+static cJSON *read_string_node(struct rd *r)
+{
+	const unsigned char *close;
+	bool plain;
+	const unsigned char *s = scan_string(r, &close, &plain);
+	if (!s)
+		return NULL;
+	cJSON *c = string_node((size_t)(close - s));
+	if (!put_string(r, s, close, plain, c->valuestring)) {
+		free(c);
+		return NULL;
+	}
+	return c;
 }
 
 /* ---- numbers ---- */
@@ -298,13 +426,26 @@ static int cmp_key(const void *a, const void *b)
 }
 
 /* Whether object j has a key twice: up to KEYS_HASHED keys by their hashes
- * first (a string comparison only when two match), above that sorted. */
+ * first (a string comparison only when two match), above that sorted.
+ * When every key is interned, two are the same key only if they are the
+ * same pointer, and no key is hashed. */
 #define KEYS_HASHED 64
 static bool dup_key(const cJSON *j)
 {
 	uint32_t h[KEYS_HASHED];
 	size_t n = 0;
 	const cJSON *c = j->child;
+	for (; c && n < KEYS_HASHED && (c->type & cJSON_StringIsConst); c = c->next)
+		n++;
+	if (!c) {
+		for (const cJSON *a = j->child; a; a = a->next)
+			for (const cJSON *b = a->next; b; b = b->next)
+				if (a->string == b->string)
+					return true;
+		return false;
+	}
+	n = 0;
+	c = j->child;
 	for (; c && n < KEYS_HASHED; c = c->next)
 		h[n++] = key_hash(c->string);
 	if (!c) {
@@ -348,17 +489,19 @@ static cJSON *read_container(struct rd *r, bool obj)
 	}
 	for (;;) {
 		char *key = NULL;
+		bool interned = false;
 		if (obj) {
 			if (r->p == r->end || *r->p != '"') {
 				fail(r, "not a key");
 				goto bad;
 			}
 			r->p++;
-			if (!(key = read_string(r)))
+			if (!(key = read_key(r, &interned)))
 				goto bad;
 			skip_ws(r);
 			if (r->p == r->end || *r->p != ':') {
-				free(key);
+				if (!interned)
+					free(key);
 				fail(r, "no ':' after a key");
 				goto bad;
 			}
@@ -367,10 +510,13 @@ static cJSON *read_container(struct rd *r, bool obj)
 		}
 		cJSON *v = read_value(r);
 		if (!v) {
-			free(key);
+			if (!interned)
+				free(key);
 			goto bad;
 		}
 		v->string = key;
+		if (interned)
+			v->type |= cJSON_StringIsConst;
 		if (last) {
 			last->next = v;
 			v->prev = last;
@@ -424,15 +570,9 @@ static cJSON *read_value(struct rd *r)
 	case '[':
 		r->p++;
 		return read_container(r, false);
-	case '"': {
+	case '"':
 		r->p++;
-		char *s = read_string(r);
-		if (!s)
-			return NULL;
-		cJSON *c = node(cJSON_String);
-		c->valuestring = s;
-		return c;
-	}
+		return read_string_node(r);
 	case 't': return literal(r, "true", 4, cJSON_True);
 	case 'f': return literal(r, "false", 5, cJSON_False);
 	case 'n': return literal(r, "null", 4, cJSON_NULL);

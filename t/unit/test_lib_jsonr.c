@@ -5,7 +5,13 @@
  *  - what it decodes: escapes, surrogate pairs, numbers at the edges;
  *  - what it refuses, and the reason it gives, for a table of bad texts;
  *  - depth: CJSON_NESTING_LIMIT levels pass, one more does not;
- *  - an object with a key twice, below and above the hashed key count. */
+ *  - an object with a key twice, below and above the hashed key count;
+ *  - blocks: string values in their node's block (cJSON_IsReference),
+ *    keys interned (cJSON_StringIsConst, one copy shared by every parse),
+ *    and trees that stay whole through cJSON_Duplicate, detaching,
+ *    re-keying and deleting the original (under ASan in `make check`);
+ *  - keys the table does not keep: long ones, escaped ones, and those past
+ *    its bound, each a block of its own. */
 #include "lib/jsonr.h"
 #include "lib/jsonw.h"
 
@@ -22,7 +28,7 @@
  * first child's prev is the last, each other's the one before). */
 static void same_tree(const cJSON *a, const cJSON *b, const char *text)
 {
-	ck_assert_msg(a->type == b->type, "%s: type %d, cJSON %d", text, a->type, b->type);
+	ck_assert_msg((a->type & 0xFF) == (b->type & 0xFF), "%s: type %d, cJSON %d", text, a->type, b->type);
 	ck_assert_msg((a->string == NULL) == (b->string == NULL), "%s: key presence", text);
 	if (a->string)
 		ck_assert_str_eq(a->string, b->string);
@@ -239,6 +245,10 @@ static const struct bad_case bad[] = {
 	{ "{\"a\":1}\x0b", "control byte 0x0b" },
 	{ "{\"k\":1,\"k\":2}", "a key appears twice in one object" },
 	{ "{\"m\":[{\"x\":{},\"x\":[]}]}", "a key appears twice" },
+	/* the same key interned once and escaped once (its own block) */
+	{ "{\"x\":1,\"\\u0078\":2}", "a key appears twice" },
+	{ "{\"kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk\":1,"
+	  "\"kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk\":2}", "a key appears twice" },
 };
 
 START_TEST(test_refused)
@@ -317,6 +327,117 @@ START_TEST(test_duplicate_keys)
 }
 END_TEST
 
+/* The key of object o's member named k, and that member. */
+static const cJSON *member(const cJSON *o, const char *k)
+{
+	const cJSON *m = cJSON_GetObjectItemCaseSensitive(o, k);
+	ck_assert_msg(m != NULL, "no member %s", k);
+	return m;
+}
+
+START_TEST(test_blocks)
+{
+	const char *text = "{\"event\":\"smtp_server_mail_from\",\"meta\":{\"bench_rcpt\":\"a@b.example\","
+			   "\"n\":1},\"args\":[\"x\",\"y\\\"z\"]}";
+	char err[160];
+	cJSON *a = parse(text, err, sizeof err), *b = parse(text, err, sizeof err);
+	ck_assert_ptr_nonnull(a);
+	ck_assert_ptr_nonnull(b);
+	const cJSON *ev = member(a, "event"), *ev2 = member(b, "event");
+	/* one copy of each key, shared by both documents */
+	ck_assert(ev->type & cJSON_StringIsConst);
+	ck_assert_ptr_eq(ev->string, ev2->string);
+	ck_assert_ptr_eq(member(member(a, "meta"), "bench_rcpt")->string,
+			 member(member(b, "meta"), "bench_rcpt")->string);
+	/* the string value right after its node, escaped or not */
+	ck_assert(ev->type & cJSON_IsReference);
+	ck_assert(cJSON_IsString(ev));
+	ck_assert_ptr_eq(ev->valuestring, (const char *)(ev + 1));
+	const cJSON *yz = cJSON_GetArrayItem(member(a, "args"), 1);
+	ck_assert(yz->type & cJSON_IsReference);
+	ck_assert_str_eq(yz->valuestring, "y\"z");
+	ck_assert_str_eq(cJSON_GetStringValue(ev), "smtp_server_mail_from");
+	/* what callers do with them: copy, then free the original */
+	cJSON *dup = cJSON_Duplicate(a, 1);
+	cJSON_Delete(a);
+	ck_assert_str_eq(member(dup, "event")->valuestring, "smtp_server_mail_from");
+	ck_assert(!(member(dup, "event")->type & cJSON_IsReference));
+	ck_assert_str_eq(member(member(dup, "meta"), "bench_rcpt")->valuestring, "a@b.example");
+	/* move a member to another object under a new key, and back */
+	cJSON *meta = cJSON_DetachItemFromObjectCaseSensitive(b, "meta");
+	cJSON *other = cJSON_CreateObject();
+	cJSON_AddItemToObject(other, "conn_meta", meta);
+	ck_assert(!(meta->type & cJSON_StringIsConst));
+	ck_assert_str_eq(meta->string, "conn_meta");
+	cJSON *rcpt = cJSON_DetachItemFromObjectCaseSensitive(meta, "bench_rcpt");
+	cJSON_AddItemToObject(b, "rcpt", rcpt);
+	ck_assert_str_eq(member(b, "rcpt")->valuestring, "a@b.example");
+	char *printed = cJSON_PrintUnformatted(dup);
+	ck_assert_str_eq(printed, "{\"event\":\"smtp_server_mail_from\",\"meta\":{\"bench_rcpt\":"
+				  "\"a@b.example\",\"n\":1},\"args\":[\"x\",\"y\\\"z\"]}");
+	free(printed);
+	cJSON_Delete(other);
+	cJSON_Delete(b);
+	cJSON_Delete(dup);
+}
+END_TEST
+
+START_TEST(test_keys_not_interned)
+{
+	char longkey[200], text[400], err[160];
+	memset(longkey, 'k', 65);
+	longkey[65] = '\0';
+	snprintf(text, sizeof text, "{\"%s\":1,\"%.64s\":2,\"esc\\u0041ped\":3}", longkey, longkey);
+	cJSON *a = parse(text, err, sizeof err);
+	ck_assert_msg(a != NULL, "%s", err);
+	const cJSON *m = a->child;
+	ck_assert_uint_eq(strlen(m->string), 65);             /* over the longest kept */
+	ck_assert(!(m->type & cJSON_StringIsConst));
+	ck_assert_uint_eq(strlen(m->next->string), 64);       /* the longest kept */
+	ck_assert(m->next->type & cJSON_StringIsConst);
+	ck_assert_str_eq(m->next->next->string, "escAped");   /* escapes: its own block */
+	ck_assert(!(m->next->next->type & cJSON_StringIsConst));
+	cJSON_Delete(a);
+}
+END_TEST
+
+/* More distinct keys than the table keeps (2048): every document still
+ * reads as cJSON reads it, the keys past the bound in blocks of their own,
+ * and keys kept before the table filled are still shared. */
+START_TEST(test_intern_bound)
+{
+	char err[160];
+	cJSON *first = parse("{\"early\":1}", err, sizeof err);
+	ck_assert(first->child->type & cJSON_StringIsConst);
+	struct jbuf b = { 0 };
+	jbuf_add(&b, "{", 1);
+	for (int i = 0; i < 3000; i++) {
+		char k[32];
+		snprintf(k, sizeof k, "%s\"key%d\":%d", i ? "," : "", i, i);
+		jbuf_add(&b, k, strlen(k));
+	}
+	jbuf_add(&b, "}", 1);
+	cJSON *big = jsonr_parse(b.p, b.len, err, sizeof err);
+	ck_assert_msg(big != NULL, "%s", err);
+	cJSON *want = cJSON_ParseWithLength(b.p, b.len);
+	same_tree(big, want, "3000 keys");
+	int kept = 0, own = 0;
+	for (const cJSON *c = big->child; c; c = c->next)
+		(c->type & cJSON_StringIsConst) ? kept++ : own++;
+	ck_assert_int_ge(kept, 2000);
+	ck_assert_int_le(kept, 2048);
+	ck_assert_int_eq(kept + own, 3000);
+	cJSON *again = parse("{\"early\":2,\"never seen\":3}", err, sizeof err);
+	ck_assert_ptr_eq(again->child->string, first->child->string);
+	ck_assert(!(again->child->next->type & cJSON_StringIsConst));
+	cJSON_Delete(again);
+	cJSON_Delete(want);
+	cJSON_Delete(big);
+	cJSON_Delete(first);
+	jbuf_free(&b);
+}
+END_TEST
+
 static Suite *jsonr_suite(void)
 {
 	Suite *s = suite_create("lib_jsonr");
@@ -328,6 +449,9 @@ static Suite *jsonr_suite(void)
 	tcase_add_test(tc, test_nul_byte);
 	tcase_add_test(tc, test_depth);
 	tcase_add_test(tc, test_duplicate_keys);
+	tcase_add_test(tc, test_blocks);
+	tcase_add_test(tc, test_keys_not_interned);
+	tcase_add_test(tc, test_intern_bound);
 	suite_add_tcase(s, tc);
 	return s;
 }
