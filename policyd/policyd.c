@@ -23,6 +23,7 @@
  * decides); a malformed frame closes that connection with a warning;
  * SIGTERM/SIGINT -> exit 0. */
 #include "policyd/policyd.h"
+#include "lib/jadd.h"
 #include "lib/frame.h"
 #include "lib/ipc.h"
 #include "lib/log.h"
@@ -428,7 +429,7 @@ static cJSON *next_request(struct pool *p, int index, unsigned long *client)
 static void reply_ready(unsigned long client, const cJSON *req, const cJSON *reply)
 {
 	cJSON_DeleteItemFromObjectCaseSensitive((cJSON *)reply, "generation");
-	cJSON_AddNumberToObject((cJSON *)reply, "generation",
+	jadd_number((cJSON *)reply, "generation",
 				__atomic_load_n(&generation, __ATOMIC_RELAXED));
 	if (client_send(client, reply) < 0) {
 		cJSON *small = cJSON_CreateObject();
@@ -436,9 +437,9 @@ static void reply_ready(unsigned long client, const cJSON *req, const cJSON *rep
 		if (!small)
 			abort();
 		if (id)
-			cJSON_AddItemToObject(small, "id", cJSON_Duplicate(id, 1));
-		cJSON_AddBoolToObject(small, "ok", 0);
-		cJSON_AddStringToObject(small, "error", "reply too large");
+			jadd_item(small, "id", cJSON_Duplicate(id, 1));
+		jadd_bool(small, "ok", 0);
+		jadd_string(small, "error", "reply too large");
 		log_warn("client %lu: reply too large", client);
 		client_send(client, small);
 		cJSON_Delete(small);
@@ -512,9 +513,9 @@ static char *fetch_file(unsigned long client, const cJSON *req, char *err, size_
 	if (!ask)
 		abort();
 	const cJSON *rid = cJSON_GetObjectItemCaseSensitive(req, "id");
-	cJSON_AddNumberToObject(ask, "id", (double)f.id);
-	cJSON_AddStringToObject(ask, "op", "msg_file");
-	cJSON_AddItemToObject(ask, "req", rid ? cJSON_Duplicate(rid, 1) : cJSON_CreateNull());
+	jadd_number(ask, "id", (double)f.id);
+	jadd_string(ask, "op", "msg_file");
+	jadd_item(ask, "req", rid ? cJSON_Duplicate(rid, 1) : cJSON_CreateNull());
 	client_send(client, ask);
 	cJSON_Delete(ask);
 
@@ -598,15 +599,15 @@ static cJSON *reload(const cJSON *req)
 	cJSON *reply = cJSON_CreateObject();
 	const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
 	if (id)
-		cJSON_AddItemToObject(reply, "id", cJSON_Duplicate(id, 1));
+		jadd_item(reply, "id", cJSON_Duplicate(id, 1));
 	/* a broken policy's workers never start: until pool_free, they would
 	 * take requests from the shared sockets and answer them with its error */
 	struct pool *fresh = pool_new(loop, policy_path, lua_workers_n, &ops, false, err, sizeof err);
 	if (err[0]) {
 		pool_free(fresh);
 		log_warn("reload: the policy failed to load; the old one keeps serving: %s", err);
-		cJSON_AddBoolToObject(reply, "ok", 0);
-		cJSON_AddStringToObject(reply, "error", err);
+		jadd_bool(reply, "ok", 0);
+		jadd_string(reply, "error", err);
 		return reply;
 	}
 	struct pool *old = pool;
@@ -614,8 +615,8 @@ static cJSON *reload(const cJSON *req)
 	unsigned g = __atomic_add_fetch(&generation, 1, __ATOMIC_RELAXED);
 	pool_retire(old);
 	log_info("reload: policy %s loaded (generation %u)", policy_path, g);
-	cJSON_AddBoolToObject(reply, "ok", 1);
-	cJSON_AddNumberToObject(reply, "generation", g);
+	jadd_bool(reply, "ok", 1);
+	jadd_number(reply, "generation", g);
 	return reply;
 }
 

@@ -11,6 +11,7 @@
  * Entry point: policy_config_register.  Bad parameters raise a Lua error
  * "<function>: <reason>" with the caller's file:line in front. */
 #include "policyd/policyd.h"
+#include "lib/jadd.h"
 #include "lib/cidr.h"
 #include "lib/duration.h"
 #include "lib/log.h"
@@ -196,9 +197,9 @@ static int l_define_spool(lua_State *L)
 		return luaL_error(L, "define_spool: spool '%s' is already defined", n);
 	}
 	if (!cJSON_GetObjectItemCaseSensitive(t, "kind"))
-		cJSON_AddStringToObject(t, "kind", "LocalDisk");
+		jadd_string(t, "kind", "LocalDisk");
 	if (!cJSON_GetObjectItemCaseSensitive(t, "flush"))
-		cJSON_AddBoolToObject(t, "flush", 0);
+		jadd_bool(t, "flush", 0);
 	cJSON_AddItemToObject(p->spools, name, t);
 	return 0;
 }

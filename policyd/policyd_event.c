@@ -13,6 +13,7 @@
  * out-of-memory error inside Lua only ends the request (all Lua work runs
  * under lua_cpcall, so the stack is left as it was found). */
 #include "policyd/policyd.h"
+#include "lib/jadd.h"
 #include "lib/xalloc.h"
 
 #include <stdarg.h>
@@ -37,8 +38,8 @@ static cJSON *fail(cJSON *reply, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	cJSON_AddBoolToObject(reply, "ok", 0);
-	cJSON_AddStringToObject(reply, "error", msg);
+	jadd_bool(reply, "ok", 0);
+	jadd_string(reply, "error", msg);
 	return reply;
 }
 
@@ -66,15 +67,15 @@ static cJSON *run_init(struct policy *p)
 		free(msg);
 		return r;
 	}
-	cJSON_AddBoolToObject(r, "ok", 1);
-	cJSON *config = need(cJSON_AddObjectToObject(r, "config"));
-	cJSON_AddItemToObject(config, "listeners", need(cJSON_Duplicate(p->listeners, 1)));
-	cJSON_AddItemToObject(config, "spools", need(cJSON_Duplicate(p->spools, 1)));
-	cJSON_AddItemToObject(config, "logs",
+	jadd_bool(r, "ok", 1);
+	cJSON *config = need(jadd_object(r, "config"));
+	jadd_item(config, "listeners", need(cJSON_Duplicate(p->listeners, 1)));
+	jadd_item(config, "spools", need(cJSON_Duplicate(p->spools, 1)));
+	jadd_item(config, "logs",
 			      need(p->logs ? cJSON_Duplicate(p->logs, 1) : cJSON_CreateNull()));
 	if (p->resolver)
-		cJSON_AddItemToObject(config, "resolver", need(cJSON_Duplicate(p->resolver, 1)));
-	cJSON_AddItemToObject(config, "handlers", need(cJSON_Duplicate(p->handler_names, 1)));
+		jadd_item(config, "resolver", need(cJSON_Duplicate(p->resolver, 1)));
+	jadd_item(config, "handlers", need(cJSON_Duplicate(p->handler_names, 1)));
 	return r;
 }
 
@@ -93,9 +94,9 @@ static cJSON *handle_hello(struct policy *p, cJSON *reply)
 {
 	if (p->load_error)
 		return fail(reply, "%s", p->load_error);
-	cJSON_AddBoolToObject(reply, "ok", 1);
-	cJSON_AddItemToObject(reply, "handlers", need(cJSON_Duplicate(p->handler_names, 1)));
-	cJSON_AddNumberToObject(reply, "generation", 0);
+	jadd_bool(reply, "ok", 1);
+	jadd_item(reply, "handlers", need(cJSON_Duplicate(p->handler_names, 1)));
+	jadd_number(reply, "generation", 0);
 	return reply;
 }
 
@@ -315,18 +316,18 @@ static cJSON *then_request(cJSON *req, cJSON *then, struct event_ctx *c)
 		/* with delta this reply has no use for the whole meta: moved */
 		cJSON *meta = c->delta ? cJSON_DetachItemFromObjectCaseSensitive(c->msg_after, "meta")
 				       : cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(was, "meta"), 1);
-		cJSON_AddItemToObject(m, "meta", meta ? meta : need(cJSON_CreateObject()));
+		jadd_item(m, "meta", meta ? meta : need(cJSON_CreateObject()));
 	}
 	cJSON *next = need(cJSON_CreateObject());
-	cJSON_AddItemToObject(next, "event", need(cJSON_Duplicate(event, 1)));
+	jadd_item(next, "event", need(cJSON_Duplicate(event, 1)));
 	if (args)
-		cJSON_AddItemToObject(next, "args", cJSON_DetachItemViaPointer(then, args));
+		jadd_item(next, "args", cJSON_DetachItemViaPointer(then, args));
 	cJSON *pos = cJSON_GetObjectItemCaseSensitive(then, "meta_pos");
 	if (pos)
-		cJSON_AddItemToObject(next, "meta_pos", cJSON_DetachItemViaPointer(then, pos));
+		jadd_item(next, "meta_pos", cJSON_DetachItemViaPointer(then, pos));
 	cJSON *after = cJSON_GetObjectItemCaseSensitive(then, "then");
 	if (after)
-		cJSON_AddItemToObject(next, "then", cJSON_DetachItemViaPointer(then, after));
+		jadd_item(next, "then", cJSON_DetachItemViaPointer(then, after));
 	/* the connection metadata as this handler left it (or as it came,
 	 * when this event had no conn_meta argument) */
 	cJSON *meta = c->meta_after;
@@ -337,7 +338,7 @@ static cJSON *then_request(cJSON *req, cJSON *then, struct event_ctx *c)
 	else
 		meta = cJSON_DetachItemFromObjectCaseSensitive(req, "meta");
 	if (meta)
-		cJSON_AddItemToObject(next, "meta", meta);
+		jadd_item(next, "meta", meta);
 	return next;
 }
 
@@ -353,7 +354,7 @@ static void meta_from_conn(const cJSON *meta, cJSON *args)
 		if (!cJSON_IsObject(m) || cJSON_GetObjectItemCaseSensitive(m, "meta") ||
 		    !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "meta_from_conn")))
 			continue;
-		cJSON_AddItemToObject(m, "meta", need(cJSON_IsObject(meta) ? cJSON_Duplicate(meta, 1)
+		jadd_item(m, "meta", need(cJSON_IsObject(meta) ? cJSON_Duplicate(meta, 1)
 									: cJSON_CreateObject()));
 	}
 }
@@ -420,30 +421,30 @@ static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply, int depth
 		fail(reply, "%s", c.error);
 		break;
 	case OUT_NOHANDLER:
-		cJSON_AddBoolToObject(reply, "ok", 1);
-		cJSON_AddStringToObject(reply, "result", "ok");
-		cJSON_AddNullToObject(reply, "ret");
-		cJSON_AddBoolToObject(reply, "nohandler", 1);
+		jadd_bool(reply, "ok", 1);
+		jadd_string(reply, "result", "ok");
+		jadd_null(reply, "ret");
+		jadd_bool(reply, "nohandler", 1);
 		break;
 	case OUT_ERROR:
-		cJSON_AddBoolToObject(reply, "ok", 1);
-		cJSON_AddStringToObject(reply, "result", "error");
-		cJSON_AddStringToObject(reply, "error", c.error ? c.error : "unknown error");
+		jadd_bool(reply, "ok", 1);
+		jadd_string(reply, "result", "error");
+		jadd_string(reply, "error", c.error ? c.error : "unknown error");
 		break;
 	case OUT_REJECT:
-		cJSON_AddBoolToObject(reply, "ok", 1);
-		cJSON_AddStringToObject(reply, "result", "reject");
-		cJSON_AddNumberToObject(reply, "code", c.code);
-		cJSON_AddStringToObject(reply, "text", c.text);
-		cJSON_AddStringToObject(reply, "mode", c.mode);
+		jadd_bool(reply, "ok", 1);
+		jadd_string(reply, "result", "reject");
+		jadd_number(reply, "code", c.code);
+		jadd_string(reply, "text", c.text);
+		jadd_string(reply, "mode", c.mode);
 		break;
 	case OUT_OK:
-		cJSON_AddBoolToObject(reply, "ok", 1);
-		cJSON_AddStringToObject(reply, "result", "ok");
-		cJSON_AddItemToObject(reply, "ret", c.ret ? c.ret : need(cJSON_CreateNull()));
+		jadd_bool(reply, "ok", 1);
+		jadd_string(reply, "result", "ok");
+		jadd_item(reply, "ret", c.ret ? c.ret : need(cJSON_CreateNull()));
 		c.ret = NULL;
 		if (c.ret2) {
-			cJSON_AddItemToObject(reply, "ret2", c.ret2);
+			jadd_item(reply, "ret2", c.ret2);
 			c.ret2 = NULL;
 		}
 		break;
@@ -454,23 +455,23 @@ static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply, int depth
 	 * the whole object, or with delta what was set in it */
 	if ((c.outcome == OUT_OK || c.outcome == OUT_REJECT) && c.meta_changed) {
 		if (!delta && c.meta_after) {
-			cJSON_AddItemToObject(reply, "meta", c.meta_after);
+			jadd_item(reply, "meta", c.meta_after);
 			c.meta_after = NULL;
 		} else if (delta && c.meta_delta) {  /* meta_after may be the next event's now */
-			cJSON_AddItemToObject(reply, "meta_set", c.meta_delta);
+			jadd_item(reply, "meta_set", c.meta_delta);
 			c.meta_delta = NULL;
 		}
 	}
 	if ((c.outcome == OUT_OK || c.outcome == OUT_REJECT) && c.msg_after) {
 		if (delta)  /* "meta" stayed for then_request; the reply has meta_set */
 			cJSON_DeleteItemFromObjectCaseSensitive(c.msg_after, "meta");
-		cJSON_AddItemToObject(reply, "msg", c.msg_after);
+		jadd_item(reply, "msg", c.msg_after);
 		c.msg_after = NULL;
 	}
 	ctx_clear(&c);
 	if (next) {
 		cJSON *r = need(cJSON_CreateObject());
-		cJSON_AddItemToObject(reply, "then", handle_event(p, next, r, depth + 1, delta));
+		jadd_item(reply, "then", handle_event(p, next, r, depth + 1, delta));
 		cJSON_Delete(next);
 	}
 	return reply;
@@ -482,7 +483,7 @@ cJSON *policy_handle(struct policy *p, cJSON *request)
 	const cJSON *id = cJSON_GetObjectItemCaseSensitive(request, "id");
 	if (!id)
 		return fail(reply, "bad request: missing id");
-	cJSON_AddItemToObject(reply, "id", need(cJSON_Duplicate(id, 1)));
+	jadd_item(reply, "id", need(cJSON_Duplicate(id, 1)));
 	const cJSON *op = cJSON_GetObjectItemCaseSensitive(request, "op");
 	if (!cJSON_IsString(op))
 		return fail(reply, "bad request: missing op");

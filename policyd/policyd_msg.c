@@ -23,6 +23,7 @@
  * is owned by the Message and freed by its __gc, so a Lua error in the
  * middle of a method leaks nothing. */
 #include "policyd/policyd.h"
+#include "lib/jadd.h"
 #include "lib/addr.h"
 #include "lib/xalloc.h"
 
@@ -868,30 +869,30 @@ cJSON *policy_msg_take(lua_State *L, int idx, bool delta, char *err, size_t errl
 	struct msg *m = ud->m;
 	ud->m = NULL;
 	cJSON *r = need(cJSON_CreateObject());
-	cJSON_AddItemToObject(r, "sender", need(cJSON_CreateString(m->sender)));
-	cJSON_AddItemToObject(r, "recipients", m->recipients);
+	jadd_item(r, "sender", need(cJSON_CreateString(m->sender)));
+	jadd_item(r, "recipients", m->recipients);
 	m->recipients = NULL;
 	cJSON *set = delta ? policy_meta_delta(m->meta, m->meta_names) : NULL;
-	cJSON_AddItemToObject(r, "meta", m->meta);
+	jadd_item(r, "meta", m->meta);
 	m->meta = NULL;
 	if (set)
-		cJSON_AddItemToObject(r, "meta_set", set);
+		jadd_item(r, "meta_set", set);
 	if (m->data_set || (m->hdr_changed && m->hdr_end < 0)) {
 		compose_mem(m, &m->tmp);
 		if (memchr(m->tmp.p, '\0', m->tmp.len))
 			return take_fail(r, m, err, errlen, "message");
-		cJSON_AddItemToObject(r, "data", need(cJSON_CreateString(m->tmp.p)));
+		jadd_item(r, "data", need(cJSON_CreateString(m->tmp.p)));
 	} else {
 		/* with delta, only a prefix that is not the one sent; "" when
 		 * the handler removed every line of the one sent */
 		bool said = m->prefix.len || (m->prefix_changed && m->prefix_sent);
 		if (delta ? said && m->prefix_changed : said)
-			cJSON_AddItemToObject(r, "prefix",
+			jadd_item(r, "prefix",
 					      need(cJSON_CreateString(m->prefix.len ? m->prefix.p : "")));
 		if (m->hdr_changed) {
 			if (memchr(m->hdr.p, '\0', m->hdr.len))
 				return take_fail(r, m, err, errlen, "header block");
-			cJSON_AddItemToObject(r, "headers", need(cJSON_CreateString(m->hdr.p)));
+			jadd_item(r, "headers", need(cJSON_CreateString(m->hdr.p)));
 		}
 	}
 	msg_free(m);

@@ -17,6 +17,7 @@
  * Only our own uid (or root) may connect (SO_PEERCRED); a bad frame closes
  * the connection.  Entry points: ctl_init, ctl_close. */
 #include "qmgr/qmgr.h"
+#include "lib/jadd.h"
 #include "lib/frame.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -60,7 +61,7 @@ static void reply(struct bufferevent *bev, cJSON *r, const cJSON *req)
 {
 	const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
 	if (cJSON_IsNumber(id))
-		cJSON_AddNumberToObject(r, "id", id->valuedouble);
+		jadd_number(r, "id", id->valuedouble);
 	frame_encode(bufferevent_get_output(bev), r);
 	cJSON_Delete(r);
 }
@@ -195,22 +196,22 @@ static void handle(struct bufferevent *bev, const cJSON *req)
 			if (inject_one(m, in, e, sizeof e) != 0 && !err[0])
 				snprintf(err, sizeof err, "%s", e);
 		}
-		cJSON_AddBoolToObject(r, "ok", !err[0]);
+		jadd_bool(r, "ok", !err[0]);
 		if (err[0]) {
 			log_warn("deferred_spool message refused: %s", err);
-			cJSON_AddStringToObject(r, "error", err);
+			jadd_string(r, "error", err);
 		}
 	} else if (strcmp(o, "summary") == 0) {
-		cJSON_AddBoolToObject(r, "ok", 1);
-		cJSON_AddItemToObject(r, "summary", qmgr_summary());
+		jadd_bool(r, "ok", 1);
+		jadd_item(r, "summary", qmgr_summary());
 	} else if (strcmp(o, "flush") == 0) {
 		size_t n;
 		qmgr_flush(&n);
-		cJSON_AddBoolToObject(r, "ok", 1);
-		cJSON_AddNumberToObject(r, "flushed", (double)n);
+		jadd_bool(r, "ok", 1);
+		jadd_number(r, "flushed", (double)n);
 	} else {
-		cJSON_AddBoolToObject(r, "ok", 0);
-		cJSON_AddStringToObject(r, "error", "unknown op");
+		jadd_bool(r, "ok", 0);
+		jadd_string(r, "error", "unknown op");
 	}
 	reply(bev, r, req);
 }

@@ -10,6 +10,7 @@
  * minute, doubling.
  * Entry points: inject_start, inject_busy. */
 #include "qmgr/qmgr.h"
+#include "lib/jadd.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
@@ -191,21 +192,21 @@ void inject_start(struct qmsg *m)
 	}
 	in->hdr_end = header_end(in->data, in->len);
 	cJSON *arg = cJSON_CreateObject();
-	cJSON *o = cJSON_AddObjectToObject(arg, "__msg");
-	cJSON_AddStringToObject(o, "id", m->id);
-	cJSON_AddStringToObject(o, "sender", m->sender);
-	cJSON *r = cJSON_AddArrayToObject(o, "recipients");
+	cJSON *o = jadd_object(arg, "__msg");
+	jadd_string(o, "id", m->id);
+	jadd_string(o, "sender", m->sender);
+	cJSON *r = jadd_array(o, "recipients");
 	for (size_t i = 0; i < m->n_rcpts; i++)
 		cJSON_AddItemToArray(r, cJSON_CreateString(m->rcpts[i]));
 	cJSON *meta = cJSON_GetObjectItemCaseSensitive(in->doc, "meta");
-	cJSON_AddItemToObject(o, "meta", meta ? cJSON_Duplicate(meta, 1) : cJSON_CreateObject());
+	jadd_item(o, "meta", meta ? cJSON_Duplicate(meta, 1) : cJSON_CreateObject());
 	/* the bytes by reference: the data segment, from the message's offset */
 	char *path = spool_data_path(&Q->spool, &m->loc);
-	cJSON_AddStringToObject(o, "path", path);
+	jadd_string(o, "path", path);
 	free(path);
-	cJSON_AddNumberToObject(o, "offset", (double)m->loc.data_off);
-	cJSON_AddNumberToObject(o, "size", (double)in->len);
-	cJSON_AddNumberToObject(o, "hdr_end", (double)in->hdr_end);
+	jadd_number(o, "offset", (double)m->loc.data_off);
+	jadd_number(o, "size", (double)in->len);
+	jadd_number(o, "hdr_end", (double)in->hdr_end);
 	cJSON *args = cJSON_CreateArray();
 	cJSON_AddItemToArray(args, arg);
 	/* conn_meta, synthesized from the message meta */

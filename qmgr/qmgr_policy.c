@@ -5,6 +5,7 @@
  * callback gets the error text; it always runs from the event loop.
  * Entry points: qpolicy_new, qpolicy_call, qpolicy_cancel, qpolicy_free. */
 #include "qmgr/qmgr.h"
+#include "lib/jadd.h"
 #include "lib/frame.h"
 #include "lib/log.h"
 #include "lib/netaddr.h"
@@ -189,13 +190,13 @@ uint64_t qpolicy_call_meta(struct qpolicy *p, const char *event, cJSON *args, in
 	c->next = p->calls;
 	p->calls = c;
 	cJSON *req = cJSON_CreateObject();
-	cJSON_AddNumberToObject(req, "id", (double)c->id);
-	cJSON_AddStringToObject(req, "op", "event");
-	cJSON_AddStringToObject(req, "event", event);
-	cJSON_AddItemToObject(req, "args", args);
+	jadd_number(req, "id", (double)c->id);
+	jadd_string(req, "op", "event");
+	jadd_string(req, "event", event);
+	jadd_item(req, "args", args);
 	if (meta) {
-		cJSON_AddNumberToObject(req, "meta_pos", meta_pos);
-		cJSON_AddItemToObject(req, "meta", meta);
+		jadd_number(req, "meta_pos", meta_pos);
+		jadd_item(req, "meta", meta);
 	}
 	if (ensure_connected(p) != 0) {
 		call_finish(c, NULL, "cannot connect to kumo-policyd");

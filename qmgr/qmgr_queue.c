@@ -11,6 +11,7 @@
  * failure or shutdown, when it is written to the spool.
  * Entry points are declared in qmgr.h. */
 #include "qmgr/qmgr.h"
+#include "lib/jadd.h"
 #include "lib/log.h"
 #include "lib/netaddr.h"
 #include "lib/xalloc.h"
@@ -500,8 +501,8 @@ void qmgr_record(const char *type, struct qmsg *m, char **rcpts, size_t n, struc
 	cJSON *extra = NULL;
 	if (c && c->c && smtp_client_tls_version(c->c)) {
 		extra = cJSON_CreateObject();
-		cJSON_AddStringToObject(extra, "tls_cipher", smtp_client_tls_cipher(c->c));
-		cJSON_AddStringToObject(extra, "tls_protocol_version", smtp_client_tls_version(c->c));
+		jadd_string(extra, "tls_cipher", smtp_client_tls_cipher(c->c));
+		jadd_string(extra, "tls_protocol_version", smtp_client_tls_version(c->c));
 		f.extra = extra;
 	}
 	char err[300];
@@ -1508,11 +1509,11 @@ cJSON *qmgr_summary(void)
 			if (!sq->count)
 				continue;
 			cJSON *o = cJSON_CreateObject();
-			cJSON_AddStringToObject(o, "name", sq->name);
-			cJSON_AddNumberToObject(o, "count", (double)sq->count);
-			cJSON_AddNumberToObject(o, "due", (double)sq->due.n);
+			jadd_string(o, "name", sq->name);
+			jadd_number(o, "count", (double)sq->count);
+			jadd_number(o, "due", (double)sq->due.n);
 			if (sq->rq)
-				cJSON_AddStringToObject(o, "site", sq->rq->name);
+				jadd_string(o, "site", sq->rq->name);
 			cJSON_AddItemToArray(qs, o);
 			due += sq->due.n;
 		}
@@ -1525,22 +1526,22 @@ cJSON *qmgr_summary(void)
 		if (!rq->ready.n && !rq->n_conns)
 			continue;
 		cJSON *o = cJSON_CreateObject();
-		cJSON_AddStringToObject(o, "name", rq->name);
-		cJSON_AddNumberToObject(o, "ready", (double)rq->ready.n);
-		cJSON_AddNumberToObject(o, "in_flight", busy);
-		cJSON_AddNumberToObject(o, "connections", rq->n_conns);
+		jadd_string(o, "name", rq->name);
+		jadd_number(o, "ready", (double)rq->ready.n);
+		jadd_number(o, "in_flight", busy);
+		jadd_number(o, "connections", rq->n_conns);
 		cJSON_AddItemToArray(rs, o);
 		ready += rq->ready.n;
 		conns += (size_t)rq->n_conns;
 	}
-	cJSON_AddNumberToObject(r, "messages", (double)Q->n_msgs);
-	cJSON_AddNumberToObject(r, "waiting", (double)Q->heap_n);
-	cJSON_AddNumberToObject(r, "due", (double)due);
-	cJSON_AddNumberToObject(r, "ready", (double)ready);
-	cJSON_AddNumberToObject(r, "in_flight", (double)Q->n_flight);
-	cJSON_AddNumberToObject(r, "connections", (double)conns);
-	cJSON_AddItemToObject(r, "queues", qs);
-	cJSON_AddItemToObject(r, "sites", rs);
+	jadd_number(r, "messages", (double)Q->n_msgs);
+	jadd_number(r, "waiting", (double)Q->heap_n);
+	jadd_number(r, "due", (double)due);
+	jadd_number(r, "ready", (double)ready);
+	jadd_number(r, "in_flight", (double)Q->n_flight);
+	jadd_number(r, "connections", (double)conns);
+	jadd_item(r, "queues", qs);
+	jadd_item(r, "sites", rs);
 	return r;
 }
 

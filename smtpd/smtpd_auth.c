@@ -4,6 +4,7 @@
  * handler every attempt fails.  Only after STARTTLS.  A successful AUTH
  * sets authn_id/authz_id in the connection meta and lets the client relay. */
 #include "smtpd/smtpd.h"
+#include "lib/jadd.h"
 #include "lib/base64.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -28,8 +29,8 @@ static void auth_done(void *arg, const cJSON *reply, const char *error)
 			s->authenticated = true;
 			cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "authn_id");
 			cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "authz_id");
-			cJSON_AddStringToObject(s->meta, "authn_id", c->authc);
-			cJSON_AddStringToObject(s->meta, "authz_id", c->authz);
+			jadd_string(s->meta, "authn_id", c->authc);
+			jadd_string(s->meta, "authz_id", c->authz);
 			reply_ok(s, 235, "2.7.0 AUTH OK!");
 		} else if (cJSON_IsFalse(ret) || cJSON_IsNull(ret) || !ret) {
 			log_info("session %s: AUTH PLAIN for '%.100s' refused", s->session_id, c->authc);

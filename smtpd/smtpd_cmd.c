@@ -4,6 +4,7 @@
  * data_input (bytes while in DATA).  Every handler ends by calling
  * session_reply, whose continuation resumes the pump. */
 #include "smtpd/smtpd.h"
+#include "lib/jadd.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
@@ -58,7 +59,7 @@ void txn_reset(struct session *s)
 cJSON *addr_arg(const struct smtp_addr *a)
 {
 	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "__addr", a->email ? a->email : "");
+	jadd_string(o, "__addr", a->email ? a->email : "");
 	return o;
 }
 
@@ -77,7 +78,7 @@ static void ehlo_finish(struct session *s, const char *domain, bool esmtp, const
 	free(s->ehlo_domain);
 	s->ehlo_domain = xstrdup(domain);
 	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "ehlo_domain");
-	cJSON_AddStringToObject(s->meta, "ehlo_domain", domain);
+	jadd_string(s->meta, "ehlo_domain", domain);
 	if (!esmtp) {
 		replyf(s, 250, "Hello %s!", domain);
 		return;

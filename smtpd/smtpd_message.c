@@ -15,6 +15,7 @@
  * here without copying the body.  A rejection in any hook
  * rejects the whole transaction before anything is stored. */
 #include "smtpd/smtpd.h"
+#include "lib/jadd.h"
 #include "lib/base64.h"
 #include "lib/jsonw.h"
 #include "lib/log.h"
@@ -212,25 +213,25 @@ static int write_msg_file(struct txn *t, char *err, size_t errlen)
 static cJSON *msg_arg(struct txn *t, const struct batch *b, bool meta_from_conn)
 {
 	cJSON *o = cJSON_CreateObject();
-	cJSON *m = cJSON_AddObjectToObject(o, "__msg");
-	cJSON_AddStringToObject(m, "id", b->id);
-	cJSON_AddStringToObject(m, "sender", b->sender);
+	cJSON *m = jadd_object(o, "__msg");
+	jadd_string(m, "id", b->id);
+	jadd_string(m, "sender", b->sender);
 	/* printed at once by policy_call, not kept: the batch's own, by
 	 * reference.  No meta: the message that the event before continues
 	 * (lib/ipc.h "then"). */
-	cJSON_AddItemToObject(m, "recipients", cJSON_CreateArrayReference(b->recipients->child));
+	jadd_item(m, "recipients", cJSON_CreateArrayReference(b->recipients->child));
 	if (meta_from_conn)
-		cJSON_AddBoolToObject(m, "meta_from_conn", 1);
+		jadd_bool(m, "meta_from_conn", 1);
 	else if (b->meta)
-		cJSON_AddItemToObject(m, "meta", cJSON_CreateObjectReference(b->meta->child));
+		jadd_item(m, "meta", cJSON_CreateObjectReference(b->meta->child));
 	if (t->msg_path)
-		cJSON_AddStringToObject(m, "path", t->msg_path);
+		jadd_string(m, "path", t->msg_path);
 	else
-		cJSON_AddBoolToObject(m, "fetch", 1); /* written when policyd asks */
-	cJSON_AddNumberToObject(m, "size", (double)evbuffer_get_length(t->body));
-	cJSON_AddNumberToObject(m, "hdr_end", (double)t->hdr_end);
+		jadd_bool(m, "fetch", 1); /* written when policyd asks */
+	jadd_number(m, "size", (double)evbuffer_get_length(t->body));
+	jadd_number(m, "hdr_end", (double)t->hdr_end);
 	if (b->prefix)
-		cJSON_AddStringToObject(m, "prefix", b->prefix);
+		jadd_string(m, "prefix", b->prefix);
 	return o;
 }
 
@@ -346,7 +347,7 @@ static void next_received(struct session *s)
 		 * kumo-qmgr runs smtp_server_message_deferred_inject later */
 		for (size_t i = 0; i < t->n_batches; i++) {
 			cJSON_DeleteItemFromObjectCaseSensitive(t->batches[i].meta, "queue");
-			cJSON_AddStringToObject(t->batches[i].meta, "queue", "deferred_smtp_inject.kumomta.internal");
+			jadd_string(t->batches[i].meta, "queue", "deferred_smtp_inject.kumomta.internal");
 		}
 		store(s);
 		return;
@@ -463,12 +464,12 @@ static char *supplemental_header(struct session *s, const struct batch *b)
 		if (i > 0 && strcmp(keys[i], keys[i - 1]) == 0)
 			continue;
 		if (strcmp(keys[i], "_@_") == 0) {
-			cJSON_AddStringToObject(o, "_@_", "\\_/");
+			jadd_string(o, "_@_", "\\_/");
 		} else if (strcmp(keys[i], "recipient") == 0) {
 			if (cJSON_GetArraySize(b->recipients) == 1)
-				cJSON_AddItemToObject(o, "recipient", cJSON_Duplicate(cJSON_GetArrayItem(b->recipients, 0), 1));
+				jadd_item(o, "recipient", cJSON_Duplicate(cJSON_GetArrayItem(b->recipients, 0), 1));
 			else
-				cJSON_AddItemToObject(o, "recipient", cJSON_Duplicate(b->recipients, 1));
+				jadd_item(o, "recipient", cJSON_Duplicate(b->recipients, 1));
 		} else {
 			const cJSON *v = cJSON_GetObjectItemCaseSensitive(b->meta, keys[i]);
 			cJSON_AddItemToObject(o, keys[i], v ? cJSON_Duplicate(v, 1) : cJSON_CreateNull());
@@ -709,11 +710,11 @@ static void log_reception(struct session *s, const struct batch *b)
 	cJSON *extra = NULL;
 	if (cJSON_IsString(tv) && cJSON_IsString(tc)) {
 		extra = cJSON_CreateObject();
-		cJSON_AddStringToObject(extra, "tls_protocol_version", tv->valuestring);
-		cJSON_AddStringToObject(extra, "tls_cipher", tc->valuestring);
+		jadd_string(extra, "tls_protocol_version", tv->valuestring);
+		jadd_string(extra, "tls_cipher", tc->valuestring);
 		const cJSON *sn = cJSON_GetObjectItemCaseSensitive(b->meta, "tls_peer_subject_name");
 		if (cJSON_IsArray(sn))
-			cJSON_AddItemToObject(extra, "tls_peer_subject_name", cJSON_Duplicate(sn, 1));
+			jadd_item(extra, "tls_peer_subject_name", cJSON_Duplicate(sn, 1));
 		f.extra = extra;
 	}
 	char err[200];
@@ -873,14 +874,14 @@ static void store(struct session *s)
 		if (b->discard)
 			continue;
 		cJSON *m = cJSON_CreateObject();
-		cJSON_AddStringToObject(m, "sender", b->sender);
+		jadd_string(m, "sender", b->sender);
 		if (cJSON_GetArraySize(b->recipients) == 1)
-			cJSON_AddStringToObject(m, "recipient", cJSON_GetArrayItem(b->recipients, 0)->valuestring);
+			jadd_string(m, "recipient", cJSON_GetArrayItem(b->recipients, 0)->valuestring);
 		else
-			cJSON_AddItemToObject(m, "recipient", cJSON_CreateArrayReference(b->recipients->child));
+			jadd_item(m, "recipient", cJSON_CreateArrayReference(b->recipients->child));
 		/* printed, not kept: the batch's own meta, by reference */
-		cJSON_AddItemToObject(m, "meta", cJSON_CreateObjectReference(b->meta->child));
-		cJSON_AddNullToObject(m, "schedule");
+		jadd_item(m, "meta", cJSON_CreateObjectReference(b->meta->child));
+		jadd_null(m, "schedule");
 		struct jbuf jb = { 0 };
 		jbuf_value(&jb, m);
 		jbuf_add(&jb, "\n", 1); /* one line */

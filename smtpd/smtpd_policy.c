@@ -13,6 +13,7 @@
  * disarmed around each.  Only what the socket does not take (or what waits
  * for the connection) is left to the bufferevent's write event. */
 #include "smtpd/smtpd.h"
+#include "lib/jadd.h"
 #include "lib/frame.h"
 #include "lib/log.h"
 #include "lib/netaddr.h"
@@ -221,7 +222,7 @@ static void answer_msg_file(struct policy_client *pc, const cJSON *doc)
 	const cJSON *req = cJSON_GetObjectItemCaseSensitive(doc, "req");
 	cJSON *r = cJSON_CreateObject();
 	if (id)
-		cJSON_AddItemToObject(r, "id", cJSON_Duplicate(id, 1));
+		jadd_item(r, "id", cJSON_Duplicate(id, 1));
 	struct pending *p = pending_find(pc, req);
 	char err[300];
 	const char *path = NULL;
@@ -231,11 +232,11 @@ static void answer_msg_file(struct policy_client *pc, const cJSON *doc)
 		snprintf(err, sizeof err, "the call has no message file");
 	else
 		path = p->file_cb(p->ctx, err, sizeof err);
-	cJSON_AddBoolToObject(r, "ok", path != NULL);
+	jadd_bool(r, "ok", path != NULL);
 	if (path)
-		cJSON_AddStringToObject(r, "path", path);
+		jadd_string(r, "path", path);
 	else
-		cJSON_AddStringToObject(r, "error", err);
+		jadd_string(r, "error", err);
 	pc_send(pc, r);
 	cJSON_Delete(r);
 }
@@ -290,9 +291,9 @@ cJSON *policy_reply_take(const cJSON *reply, const char *key)
 cJSON *policy_then(const char *event, cJSON *args, int meta_pos)
 {
 	cJSON *then = cJSON_CreateObject();
-	cJSON_AddStringToObject(then, "event", event);
-	cJSON_AddItemToObject(then, "args", args);
-	cJSON_AddNumberToObject(then, "meta_pos", meta_pos);
+	jadd_string(then, "event", event);
+	jadd_item(then, "args", args);
+	jadd_number(then, "meta_pos", meta_pos);
 	return then;
 }
 
@@ -439,21 +440,21 @@ static uint64_t send_request(struct policy_client *pc, const char *op, const cha
 		return p->id;
 	}
 	cJSON *req = cJSON_CreateObject();
-	cJSON_AddNumberToObject(req, "id", (double)p->id);
-	cJSON_AddStringToObject(req, "op", op);
+	jadd_number(req, "id", (double)p->id);
+	jadd_string(req, "op", op);
 	if (event) {
-		cJSON_AddStringToObject(req, "event", event);
+		jadd_string(req, "event", event);
 		/* changed metadata comes back as what was set ("meta_set") */
-		cJSON_AddBoolToObject(req, "delta", 1);
+		jadd_bool(req, "delta", 1);
 	}
 	if (args)
-		cJSON_AddItemToObject(req, "args", args);
+		jadd_item(req, "args", args);
 	if (meta_pos >= 0) {
-		cJSON_AddNumberToObject(req, "meta_pos", meta_pos);
+		jadd_number(req, "meta_pos", meta_pos);
 		cJSON_AddItemReferenceToObject(req, "meta", (cJSON *)meta); /* printed, not copied */
 	}
 	if (then)
-		cJSON_AddItemToObject(req, "then", then);
+		jadd_item(req, "then", then);
 	if (pc_send(pc, req) != 0) {
 		cJSON_Delete(req);
 		pending_finish(p, NULL, "policy request too large");

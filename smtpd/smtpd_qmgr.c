@@ -15,6 +15,7 @@
  * instead: never a 250 for a message nobody holds.
  * Entry points: qmgr_client_new, qmgr_notify, qmgr_inject, qmgr_client_free. */
 #include "smtpd/smtpd.h"
+#include "lib/jadd.h"
 #include "lib/frame.h"
 #include "lib/jsonw.h"
 #include "lib/log.h"
@@ -273,18 +274,18 @@ int qmgr_inject(struct qmgr_client *qc, struct spool_job *job)
 	in->job = job;
 	in->qc = qc;
 	cJSON *req = cJSON_CreateObject();
-	cJSON_AddNumberToObject(req, "id", (double)in->id);
-	cJSON_AddStringToObject(req, "op", "inject");
-	cJSON *msgs = cJSON_AddArrayToObject(req, "msgs");
+	jadd_number(req, "id", (double)in->id);
+	jadd_string(req, "op", "inject");
+	cJSON *msgs = jadd_array(req, "msgs");
 	for (size_t i = 0; i < job->n; i++) {
 		const struct spool_item *it = &job->items[i];
 		size_t len = 0;
 		for (int k = 0; k < it->data_cnt; k++)
 			len += it->data[k].iov_len;
 		cJSON *m = cJSON_CreateObject();
-		cJSON_AddStringToObject(m, "id", it->id);
-		cJSON_AddItemToObject(m, "meta", cJSON_CreateString(it->meta));
-		cJSON_AddNumberToObject(m, "size", (double)len);
+		jadd_string(m, "id", it->id);
+		jadd_item(m, "meta", cJSON_CreateString(it->meta));
+		jadd_number(m, "size", (double)len);
 		cJSON_AddItemToArray(msgs, m);
 	}
 	struct evbuffer *out = bufferevent_get_output(qc->bev);

@@ -7,6 +7,7 @@
  * reads no further command until the reply for the current one is written.
  * A session is freed only when nothing is in flight for it. */
 #include "smtpd/smtpd.h"
+#include "lib/jadd.h"
 #include "lib/log.h"
 #include "lib/netaddr.h"
 #include "lib/xalloc.h"
@@ -616,9 +617,9 @@ void session_accept(struct listener *l, int fd, struct sockaddr *sa, int salen)
 		session_technical_difficulties(s, err);
 		return;
 	}
-	cJSON_AddStringToObject(s->meta, "reception_protocol", "ESMTP");
-	cJSON_AddStringToObject(s->meta, "received_via", s->local_str);
-	cJSON_AddStringToObject(s->meta, "received_from", s->peer_str);
+	jadd_string(s->meta, "reception_protocol", "ESMTP");
+	jadd_string(s->meta, "received_via", s->local_str);
+	jadd_string(s->meta, "received_from", s->peer_str);
 	meta_from_params(s);
 	size_t wm = s->p.data_buffer_size > 65536 ? s->p.data_buffer_size : 65536;
 	bufferevent_setwatermark(s->bev, EV_READ, 0, wm);
@@ -645,7 +646,7 @@ static void meta_from_params(struct session *s)
 		cJSON_AddItemToObject(s->meta, m->string, cJSON_Duplicate(m, 1));
 	}
 	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "hostname");
-	cJSON_AddStringToObject(s->meta, "hostname", s->p.hostname);
+	jadd_string(s->meta, "hostname", s->p.hostname);
 }
 
 static void apply_meta_reply(struct session *s, const cJSON *reply)
@@ -784,8 +785,8 @@ void session_set_addresses(struct session *s, const struct sockaddr_storage *pee
 			   const struct sockaddr_storage *local)
 {
 	if (!cJSON_GetObjectItemCaseSensitive(s->meta, "orig_received_from")) {
-		cJSON_AddStringToObject(s->meta, "orig_received_from", s->peer_str);
-		cJSON_AddStringToObject(s->meta, "orig_received_via", s->local_str);
+		jadd_string(s->meta, "orig_received_from", s->peer_str);
+		jadd_string(s->meta, "orig_received_via", s->local_str);
 	}
 	s->peer = *peer;
 	s->local = *local;
@@ -796,8 +797,8 @@ void session_set_addresses(struct session *s, const struct sockaddr_storage *pee
 	cidr_from_sockaddr((struct sockaddr *)&s->local, &s->local_ip);
 	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "received_from");
 	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "received_via");
-	cJSON_AddStringToObject(s->meta, "received_from", s->peer_str);
-	cJSON_AddStringToObject(s->meta, "received_via", s->local_str);
+	jadd_string(s->meta, "received_from", s->peer_str);
+	jadd_string(s->meta, "received_via", s->local_str);
 }
 
 /* Parameters from scratch for the session's current addresses. */

@@ -12,6 +12,7 @@
  * is discarded, and the session forgets its EHLO and transaction.  A
  * failed handshake closes the connection. */
 #include "smtpd/smtpd.h"
+#include "lib/jadd.h"
 #include "lib/log.h"
 #include "lib/tls.h"
 #include "lib/vault.h"
@@ -286,14 +287,14 @@ static void handshake_event(struct bufferevent *bev, short what, void *arg)
 	SSL *ssl = bufferevent_openssl_get_ssl(bev);
 	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "tls_protocol_version");
 	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "tls_cipher");
-	cJSON_AddStringToObject(s->meta, "tls_protocol_version", SSL_get_version(ssl));
-	cJSON_AddStringToObject(s->meta, "tls_cipher", SSL_get_cipher_name(ssl));
+	jadd_string(s->meta, "tls_protocol_version", SSL_get_version(ssl));
+	jadd_string(s->meta, "tls_cipher", SSL_get_cipher_name(ssl));
 	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "tls_peer_subject_name");
 	X509 *peer = s->p.tls_required_client_ca ? SSL_get0_peer_certificate(ssl) : NULL;
 	if (peer) {
 		long vr = SSL_get_verify_result(ssl);
 		if (vr == X509_V_OK)
-			cJSON_AddItemToObject(s->meta, "tls_peer_subject_name", subject_names(peer));
+			jadd_item(s->meta, "tls_peer_subject_name", subject_names(peer));
 		else
 			log_debug("session %s: client certificate from %s not verified: %s", s->session_id,
 				  s->peer_str, X509_verify_cert_error_string(vr));
