@@ -65,7 +65,8 @@ START_TEST(long_strings)
 }
 END_TEST
 
-/* Strings are scanned eight bytes at a time for what needs an escape:
+/* Strings are scanned sixteen bytes at a time (SSE2), then eight, for what
+ * needs an escape:
  * each byte from 0x00 to 0xff at each position of strings of 1 to 40
  * bytes (next to runs of plain letters and of bytes of 0x80 and above)
  * prints as cJSON prints it. */
