@@ -284,7 +284,7 @@ static bool fetch_answer(unsigned long client, cJSON *answer);
 /* One frame from client c (read_mu held). */
 static void dispatch(struct client *c, cJSON *doc)
 {
-	const cJSON *op = cJSON_GetObjectItemCaseSensitive(doc, "op");
+	const cJSON *op = jget(doc, "op");
 	if (!op && fetch_answer(c->id, doc))
 		return;  /* smtpd's answer to a worker's msg_file */
 	if (cJSON_IsString(op) && strcmp(op->valuestring, "reload") == 0) {
@@ -433,7 +433,7 @@ static void reply_ready(unsigned long client, const cJSON *req, const cJSON *rep
 				__atomic_load_n(&generation, __ATOMIC_RELAXED));
 	if (client_send(client, reply) < 0) {
 		cJSON *small = cJSON_CreateObject();
-		const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
+		const cJSON *id = jget(req, "id");
 		if (!small)
 			abort();
 		if (id)
@@ -450,7 +450,7 @@ static void reply_ready(unsigned long client, const cJSON *req, const cJSON *rep
 
 static bool fetch_answer(unsigned long client, cJSON *answer)
 {
-	const cJSON *id = cJSON_GetObjectItemCaseSensitive(answer, "id");
+	const cJSON *id = jget(answer, "id");
 	if (!cJSON_IsNumber(id))
 		return false;
 	bool found = false;
@@ -512,7 +512,7 @@ static char *fetch_file(unsigned long client, const cJSON *req, char *err, size_
 	cJSON *ask = cJSON_CreateObject();
 	if (!ask)
 		abort();
-	const cJSON *rid = cJSON_GetObjectItemCaseSensitive(req, "id");
+	const cJSON *rid = jget(req, "id");
 	jadd_number(ask, "id", (double)f.id);
 	jadd_string(ask, "op", "msg_file");
 	jadd_item(ask, "req", rid ? cJSON_Duplicate(rid, 1) : cJSON_CreateNull());
@@ -567,9 +567,9 @@ static char *fetch_file(unsigned long client, const cJSON *req, char *err, size_
 
 	char *path = NULL;
 	if (f.answer) {
-		const cJSON *ok = cJSON_GetObjectItemCaseSensitive(f.answer, "ok");
-		const cJSON *pv = cJSON_GetObjectItemCaseSensitive(f.answer, "path");
-		const cJSON *e = cJSON_GetObjectItemCaseSensitive(f.answer, "error");
+		const cJSON *ok = jget(f.answer, "ok");
+		const cJSON *pv = jget(f.answer, "path");
+		const cJSON *e = jget(f.answer, "error");
 		if (cJSON_IsTrue(ok) && cJSON_IsString(pv) && pv->valuestring[0])
 			path = xstrdup(pv->valuestring);
 		else
@@ -597,7 +597,7 @@ static cJSON *reload(const cJSON *req)
 {
 	char err[512];
 	cJSON *reply = cJSON_CreateObject();
-	const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
+	const cJSON *id = jget(req, "id");
 	if (id)
 		jadd_item(reply, "id", cJSON_Duplicate(id, 1));
 	/* a broken policy's workers never start: until pool_free, they would

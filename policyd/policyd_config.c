@@ -184,8 +184,8 @@ static int l_define_spool(lua_State *L)
 {
 	struct policy *p = policy_from_lua(L);
 	cJSON *t = table_arg(L, "define_spool", spool_params);
-	const char *name = cJSON_GetObjectItemCaseSensitive(t, "name")->valuestring;
-	const char *path = cJSON_GetObjectItemCaseSensitive(t, "path")->valuestring;
+	const char *name = jget(t, "name")->valuestring;
+	const char *path = jget(t, "path")->valuestring;
 	if (!name[0] || !path[0]) {
 		cJSON_Delete(t);
 		return luaL_error(L, "define_spool: name and path must not be empty");
@@ -196,9 +196,9 @@ static int l_define_spool(lua_State *L)
 		cJSON_Delete(t);
 		return luaL_error(L, "define_spool: spool '%s' is already defined", n);
 	}
-	if (!cJSON_GetObjectItemCaseSensitive(t, "kind"))
+	if (!jget(t, "kind"))
 		jadd_string(t, "kind", "LocalDisk");
-	if (!cJSON_GetObjectItemCaseSensitive(t, "flush"))
+	if (!jget(t, "flush"))
 		jadd_bool(t, "flush", 0);
 	cJSON_AddItemToObject(p->spools, name, t);
 	return 0;
@@ -223,7 +223,7 @@ static int l_configure_local_logs(lua_State *L)
 {
 	struct policy *p = policy_from_lua(L);
 	cJSON *t = table_arg(L, "configure_local_logs", log_params);
-	if (!cJSON_GetObjectItemCaseSensitive(t, "log_dir")->valuestring[0]) {
+	if (!jget(t, "log_dir")->valuestring[0]) {
 		cJSON_Delete(t);
 		return luaL_error(L, "configure_local_logs: log_dir must not be empty");
 	}
@@ -256,7 +256,7 @@ static void check_cidr(const char *s, char *msg, size_t msglen)
 static int l_make_listener_domain(lua_State *L)
 {
 	cJSON *t = table_arg(L, "make_listener_domain", domain_params);
-	const cJSON *from = cJSON_GetObjectItemCaseSensitive(t, "relay_from");
+	const cJSON *from = jget(t, "relay_from");
 	char msg[300] = "";
 	if (cJSON_IsString(from)) {
 		check_cidr(from->valuestring, msg, sizeof msg);
@@ -364,17 +364,17 @@ static int l_make_queue_config(lua_State *L)
 	static const char *const durs[] = { "retry_interval", "max_retry_interval", "max_age", NULL };
 	for (int i = 0; durs[i] && !msg[0]; i++)
 		check_duration(t, durs[i], msg, sizeof msg);
-	const cJSON *proto = cJSON_GetObjectItemCaseSensitive(t, "protocol");
+	const cJSON *proto = jget(t, "protocol");
 	if (proto && !msg[0]) {
-		const cJSON *smtp = cJSON_GetObjectItemCaseSensitive(proto, "smtp");
+		const cJSON *smtp = jget(proto, "smtp");
 		if (!cJSON_IsObject(smtp) || cJSON_GetArraySize(proto) != 1) {
 			snprintf(msg, sizeof msg, "protocol: only { smtp = { mx_list = {...} } } is supported");
 		} else {
-			const cJSON *mx = cJSON_GetObjectItemCaseSensitive(smtp, "mx_list");
+			const cJSON *mx = jget(smtp, "mx_list");
 			if (!mx || !(cJSON_IsArray(mx) || (cJSON_IsObject(mx) && !mx->child)))
 				snprintf(msg, sizeof msg, "protocol.smtp.mx_list must be a list");
 			for (const cJSON *e = mx ? mx->child : NULL; e && !msg[0]; e = e->next) {
-				const cJSON *addr = cJSON_GetObjectItemCaseSensitive(e, "addr");
+				const cJSON *addr = jget(e, "addr");
 				if (!cJSON_IsString(e) && !(cJSON_IsObject(e) && cJSON_IsString(addr)))
 					snprintf(msg, sizeof msg,
 						 "protocol.smtp.mx_list: each entry is a host name, an address or "
@@ -406,7 +406,7 @@ static int l_make_egress_path(lua_State *L)
 				snprintf(msg, sizeof msg, "%s: %s", lists[i], why);
 		}
 	}
-	const cJSON *port = cJSON_GetObjectItemCaseSensitive(t, "smtp_port");
+	const cJSON *port = jget(t, "smtp_port");
 	if (port && !msg[0] && (port->valuedouble < 1 || port->valuedouble > 65535))
 		snprintf(msg, sizeof msg, "smtp_port must be 1..65535");
 	cJSON_Delete(t);
@@ -431,7 +431,7 @@ static int l_configure_resolver(lua_State *L)
 {
 	struct policy *p = policy_from_lua(L);
 	cJSON *t = table_arg(L, "dns.configure_resolver", resolver_params);
-	const cJSON *ns = cJSON_GetObjectItemCaseSensitive(t, "name_servers");
+	const cJSON *ns = jget(t, "name_servers");
 	if (!ns || !ns->child) {
 		cJSON_Delete(t);
 		return luaL_error(L, "dns.configure_resolver: name_servers must list at least one server");

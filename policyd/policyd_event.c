@@ -143,7 +143,7 @@ static void ctx_clear(struct event_ctx *c)
 /* The "__msg" object when the argument a is a message reference. */
 static cJSON *msg_ref(cJSON *a)
 {
-	return cJSON_IsObject(a) ? cJSON_GetObjectItemCaseSensitive(a, "__msg") : NULL;
+	return cJSON_IsObject(a) ? jget(a, "__msg") : NULL;
 }
 
 /* Pushes the handler arguments; returns how many, or -1 (OUT_BAD set).
@@ -295,37 +295,37 @@ static int event_protected(lua_State *L)
  * this reply, as it would without "then". */
 static cJSON *then_request(cJSON *req, cJSON *then, struct event_ctx *c)
 {
-	cJSON *args = cJSON_GetObjectItemCaseSensitive(then, "args");
-	const cJSON *event = cJSON_GetObjectItemCaseSensitive(then, "event");
+	cJSON *args = jget(then, "args");
+	const cJSON *event = jget(then, "event");
 	if (!cJSON_IsString(event) || (args && !cJSON_IsArray(args)))
 		return NULL;
 	for (cJSON *a = args ? args->child : NULL; a; a = a->next) {
 		cJSON *m = msg_ref(a);
-		if (!cJSON_IsObject(m) || cJSON_GetObjectItemCaseSensitive(m, "meta") ||
-		    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "meta_from_conn")))
+		if (!cJSON_IsObject(m) || jget(m, "meta") ||
+		    cJSON_IsTrue(jget(m, "meta_from_conn")))
 			continue;
 		const cJSON *was = c->msg_after;
-		if (!was || cJSON_GetObjectItemCaseSensitive(was, "data") ||
-		    cJSON_GetObjectItemCaseSensitive(was, "prefix") ||
-		    cJSON_GetObjectItemCaseSensitive(was, "headers") ||
-		    !cJSON_Compare(cJSON_GetObjectItemCaseSensitive(was, "sender"),
-				   cJSON_GetObjectItemCaseSensitive(m, "sender"), 1) ||
-		    !cJSON_Compare(cJSON_GetObjectItemCaseSensitive(was, "recipients"),
-				   cJSON_GetObjectItemCaseSensitive(m, "recipients"), 1))
+		if (!was || jget(was, "data") ||
+		    jget(was, "prefix") ||
+		    jget(was, "headers") ||
+		    !cJSON_Compare(jget(was, "sender"),
+				   jget(m, "sender"), 1) ||
+		    !cJSON_Compare(jget(was, "recipients"),
+				   jget(m, "recipients"), 1))
 			return NULL;
 		/* with delta this reply has no use for the whole meta: moved */
 		cJSON *meta = c->delta ? cJSON_DetachItemFromObjectCaseSensitive(c->msg_after, "meta")
-				       : cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(was, "meta"), 1);
+				       : cJSON_Duplicate(jget(was, "meta"), 1);
 		jadd_item(m, "meta", meta ? meta : need(cJSON_CreateObject()));
 	}
 	cJSON *next = need(cJSON_CreateObject());
 	jadd_item(next, "event", need(cJSON_Duplicate(event, 1)));
 	if (args)
 		jadd_item(next, "args", cJSON_DetachItemViaPointer(then, args));
-	cJSON *pos = cJSON_GetObjectItemCaseSensitive(then, "meta_pos");
+	cJSON *pos = jget(then, "meta_pos");
 	if (pos)
 		jadd_item(next, "meta_pos", cJSON_DetachItemViaPointer(then, pos));
-	cJSON *after = cJSON_GetObjectItemCaseSensitive(then, "then");
+	cJSON *after = jget(then, "then");
 	if (after)
 		jadd_item(next, "then", cJSON_DetachItemViaPointer(then, after));
 	/* the connection metadata as this handler left it (or as it came,
@@ -351,8 +351,8 @@ static void meta_from_conn(const cJSON *meta, cJSON *args)
 {
 	for (cJSON *a = args->child; a; a = a->next) {
 		cJSON *m = msg_ref(a);
-		if (!cJSON_IsObject(m) || cJSON_GetObjectItemCaseSensitive(m, "meta") ||
-		    !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "meta_from_conn")))
+		if (!cJSON_IsObject(m) || jget(m, "meta") ||
+		    !cJSON_IsTrue(jget(m, "meta_from_conn")))
 			continue;
 		jadd_item(m, "meta", need(cJSON_IsObject(meta) ? cJSON_Duplicate(meta, 1)
 									: cJSON_CreateObject()));
@@ -480,11 +480,11 @@ static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply, int depth
 cJSON *policy_handle(struct policy *p, cJSON *request)
 {
 	cJSON *reply = need(cJSON_CreateObject());
-	const cJSON *id = cJSON_GetObjectItemCaseSensitive(request, "id");
+	const cJSON *id = jget(request, "id");
 	if (!id)
 		return fail(reply, "bad request: missing id");
 	jadd_item(reply, "id", need(cJSON_Duplicate(id, 1)));
-	const cJSON *op = cJSON_GetObjectItemCaseSensitive(request, "op");
+	const cJSON *op = jget(request, "op");
 	if (!cJSON_IsString(op))
 		return fail(reply, "bad request: missing op");
 	if (strcmp(op->valuestring, "init") == 0)
@@ -493,7 +493,7 @@ cJSON *policy_handle(struct policy *p, cJSON *request)
 		return handle_hello(p, reply);
 	if (strcmp(op->valuestring, "event") == 0)
 		return handle_event(p, request, reply, 0,
-				    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(request, "delta")));
+				    cJSON_IsTrue(jget(request, "delta")));
 	char esc[120];
 	size_t n = strlen(op->valuestring);
 	snprintf(esc, sizeof esc, "%.100s%s", op->valuestring, n > 100 ? "..." : "");

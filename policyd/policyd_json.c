@@ -12,6 +12,7 @@
  * JSON -> Lua: object -> table, array -> 1..n table, null -> nil.
  * JSON text may carry C, C++ and shell style comments (as KumoMTA allows). */
 #include "policyd/policyd.h"
+#include "lib/jadd.h"
 #include "lib/toml.h"
 #include "lib/xalloc.h"
 
@@ -181,7 +182,7 @@ static int push(lua_State *L, const cJSON *j, int flags, int depth, char *err, s
 {
 	luaL_checkstack(L, 4, "JSON nested too deeply");
 	if (cJSON_IsObject(j)) {
-		const cJSON *addr = cJSON_GetObjectItemCaseSensitive(j, "__addr");
+		const cJSON *addr = jget(j, "__addr");
 		if ((flags & POLICY_JSON_ADDR) && cJSON_IsString(addr))
 			return policy_addr_push(L, addr->valuestring, err, errlen);
 		lua_createtable(L, 0, cJSON_GetArraySize(j));

@@ -9,6 +9,7 @@
  * policy_meta_get/policy_meta_set/policy_meta_obj_set, the same get/set on
  * any object, for the Message's metadata. */
 #include "policyd/policyd.h"
+#include "lib/jadd.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +33,7 @@ static struct lua_meta *check_meta(lua_State *L, int idx)
 
 int policy_meta_get(lua_State *L, const cJSON *obj, const char *name)
 {
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+	const cJSON *v = jfind(obj, name);
 	char err[200];
 	if (policy_json_push(L, v, 0, err, sizeof err) < 0)
 		return luaL_error(L, "get_meta: %s", err);
@@ -41,7 +42,7 @@ int policy_meta_get(lua_State *L, const cJSON *obj, const char *name)
 
 void policy_meta_obj_set(cJSON *obj, const char *name, cJSON *v)
 {
-	if (cJSON_GetObjectItemCaseSensitive(obj, name))
+	if (jfind(obj, name))
 		cJSON_ReplaceItemInObjectCaseSensitive(obj, name, v);
 	else
 		cJSON_AddItemToObject(obj, name, v);
@@ -77,7 +78,7 @@ cJSON *policy_meta_delta(const cJSON *obj, const cJSON *names)
 	if (!d)
 		abort();
 	for (const cJSON *n = names->child; n; n = n->next) {
-		const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, n->valuestring);
+		const cJSON *v = jfind(obj, n->valuestring);
 		cJSON *copy = v ? cJSON_Duplicate(v, 1) : NULL;
 		if (v && !copy)
 			abort();

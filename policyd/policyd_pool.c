@@ -16,6 +16,7 @@
  * Entry points: pool_new, pool_stopping, pool_retire, pool_free, pool_reap.
  * kumo.memoize caches are per Lua state. */
 #include "policyd/policyd.h"
+#include "lib/jadd.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
@@ -74,7 +75,7 @@ static void *worker_main(void *arg)
 		cJSON *req = p->ops->next(p, w->index, &client);
 		if (!req)
 			break;
-		const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");
+		const cJSON *op = jget(req, "op");
 		bool init = cJSON_IsString(op) && strcmp(op->valuestring, "init") == 0;
 		struct worker *on = init ? &p->workers[0] : w;
 		struct current cur = { p->ops, client, req };

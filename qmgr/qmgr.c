@@ -6,6 +6,7 @@
  * deliveries, in-memory messages are written to the spool, transactions in
  * flight have QMGR_STOP_GRACE seconds to finish, exit 0. */
 #include "qmgr/qmgr.h"
+#include "lib/jadd.h"
 #include "lib/conffd.h"
 #include "lib/ipc.h"
 #include "lib/log.h"
@@ -124,7 +125,7 @@ static char *resolver_servers(const cJSON *r, int *timeout_ms, int *tries)
 {
 	*timeout_ms = 0;
 	*tries = 0;
-	const cJSON *ns = cJSON_GetObjectItemCaseSensitive(r, "name_servers");
+	const cJSON *ns = jget(r, "name_servers");
 	if (!ns || !ns->child)
 		return NULL;
 	size_t len = 1;
@@ -139,8 +140,8 @@ static char *resolver_servers(const cJSON *r, int *timeout_ms, int *tries)
 		if (w > 0 && (size_t)w < len - used)
 			used += (size_t)w;
 	}
-	const cJSON *opts = cJSON_GetObjectItemCaseSensitive(r, "options");
-	const cJSON *att = cJSON_GetObjectItemCaseSensitive(opts, "attempts");
+	const cJSON *opts = jget(r, "options");
+	const cJSON *att = jget(opts, "attempts");
 	if (cJSON_IsNumber(att))
 		*tries = (int)att->valuedouble;
 	return csv;
@@ -166,24 +167,24 @@ int main(int argc, char **argv)
 	struct event *sigint = evsignal_new(Q->base, SIGINT, on_signal, NULL);
 	evsignal_add(sigterm, NULL);
 	evsignal_add(sigint, NULL);
-	const cJSON *lvl = cJSON_GetObjectItemCaseSensitive(conf, "log_level");
+	const cJSON *lvl = jget(conf, "log_level");
 	if (cJSON_IsString(lvl) && log_level_parse(lvl->valuestring) >= 0)
 		log_set_level((enum klog_level)log_level_parse(lvl->valuestring));
 	if (gethostname(Q->hostname, sizeof Q->hostname - 1) != 0 || !Q->hostname[0])
 		snprintf(Q->hostname, sizeof Q->hostname, "localhost");
 
-	const cJSON *spools = cJSON_GetObjectItemCaseSensitive(conf, "spools");
-	const cJSON *dp = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(spools, "data"), "path");
-	const cJSON *mp = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(spools, "meta"), "path");
+	const cJSON *spools = jget(conf, "spools");
+	const cJSON *dp = jget(jget(spools, "data"), "path");
+	const cJSON *mp = jget(jget(spools, "meta"), "path");
 	if (!cJSON_IsString(dp) || !cJSON_IsString(mp))
 		log_fatal("configuration lacks the data and meta spools");
 	if (spool_open(&Q->spool, dp->valuestring, mp->valuestring, err, sizeof err) != 0)
 		log_fatal("%s", err);
-	if (logrec_open(&Q->logs, cJSON_GetObjectItemCaseSensitive(conf, "logs"), err, sizeof err) != 0)
+	if (logrec_open(&Q->logs, jget(conf, "logs"), err, sizeof err) != 0)
 		log_fatal("%s", err);
 	logrec_attach(&Q->logs, Q->base);
 	int timeout_ms, tries;
-	char *servers = resolver_servers(cJSON_GetObjectItemCaseSensitive(conf, "resolver"), &timeout_ms, &tries);
+	char *servers = resolver_servers(jget(conf, "resolver"), &timeout_ms, &tries);
 	Q->dns = dns_new(Q->base, servers, timeout_ms, tries, err, sizeof err);
 	free(servers);
 	if (!Q->dns)
@@ -194,7 +195,7 @@ int main(int argc, char **argv)
 	Q->ssl_insecure = smtp_client_ssl_ctx(false, err, sizeof err);
 	if (!Q->ssl_insecure)
 		log_fatal("TLS: %s", err);
-	const cJSON *ps = cJSON_GetObjectItemCaseSensitive(conf, "policy_socket");
+	const cJSON *ps = jget(conf, "policy_socket");
 	Q->policy = qpolicy_new(Q->base, cJSON_IsString(ps) ? ps->valuestring : "");
 	cJSON_Delete(conf);
 

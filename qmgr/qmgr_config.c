@@ -3,6 +3,7 @@
  * by policyd), read into structs with KumoMTA's defaults; and the queue
  * name.  Pure functions: errors come back in err buffers. */
 #include "qmgr/qmgr.h"
+#include "lib/jadd.h"
 #include "lib/duration.h"
 #include "lib/xalloc.h"
 
@@ -48,12 +49,12 @@ int queue_config_parse(const cJSON *ret, struct queue_config *out, char *err, si
 		return -1;
 	if (out->retry_interval < 1)
 		out->retry_interval = 1;
-	const cJSON *pool = cJSON_GetObjectItemCaseSensitive(ret, "egress_pool");
+	const cJSON *pool = jget(ret, "egress_pool");
 	if (cJSON_IsString(pool))
 		out->egress_pool = xstrdup(pool->valuestring);
-	const cJSON *proto = cJSON_GetObjectItemCaseSensitive(ret, "protocol");
-	const cJSON *smtp = cJSON_GetObjectItemCaseSensitive(proto, "smtp");
-	const cJSON *mx = cJSON_GetObjectItemCaseSensitive(smtp, "mx_list");
+	const cJSON *proto = jget(ret, "protocol");
+	const cJSON *smtp = jget(proto, "smtp");
+	const cJSON *mx = jget(smtp, "mx_list");
 	if (proto && !is_list(mx)) {
 		snprintf(err, errlen, "protocol.smtp.mx_list must be a list");
 		queue_config_free(out);
@@ -65,8 +66,8 @@ int queue_config_parse(const cJSON *ret, struct queue_config *out, char *err, si
 	out->mx_list = xcalloc(n ? n : 1, sizeof *out->mx_list);
 	for (const cJSON *e = mx->child; e; e = e->next) {
 		struct mx_entry *m = &out->mx_list[out->n_mx];
-		const cJSON *name = cJSON_GetObjectItemCaseSensitive(e, "name");
-		const cJSON *addr = cJSON_GetObjectItemCaseSensitive(e, "addr");
+		const cJSON *name = jget(e, "name");
+		const cJSON *addr = jget(e, "addr");
 		if (cJSON_IsString(e)) {
 			m->name = xstrdup(e->valuestring);
 		} else if (cJSON_IsObject(e) && cJSON_IsString(addr)) {
@@ -133,32 +134,32 @@ int egress_path_parse(const cJSON *ret, struct egress_path *out, char *err, size
 		snprintf(err, errlen, "get_egress_path_config must return kumo.make_egress_path{...}");
 		goto fail;
 	}
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(ret, "smtp_port");
+	const cJSON *v = jget(ret, "smtp_port");
 	if (cJSON_IsNumber(v))
 		out->smtp_port = (int)v->valuedouble;
-	v = cJSON_GetObjectItemCaseSensitive(ret, "enable_tls");
+	v = jget(ret, "enable_tls");
 	if (cJSON_IsString(v) && tls_mode_parse(v->valuestring, &out->tls) != 0) {
 		snprintf(err, errlen, "enable_tls: unknown mode '%.60s'", v->valuestring);
 		goto fail;
 	}
-	v = cJSON_GetObjectItemCaseSensitive(ret, "connection_limit");
+	v = jget(ret, "connection_limit");
 	if (cJSON_IsNumber(v) && v->valuedouble >= 1)
 		out->connection_limit = (int)v->valuedouble;
 	else if (cJSON_IsString(v) && atoi(v->valuestring) >= 1)
 		out->connection_limit = atoi(v->valuestring);
-	v = cJSON_GetObjectItemCaseSensitive(ret, "max_deliveries_per_connection");
+	v = jget(ret, "max_deliveries_per_connection");
 	if (cJSON_IsNumber(v) && v->valuedouble >= 1)
 		out->max_deliveries_per_connection = (int)v->valuedouble;
-	v = cJSON_GetObjectItemCaseSensitive(ret, "ehlo_domain");
+	v = jget(ret, "ehlo_domain");
 	if (cJSON_IsString(v) && v->valuestring[0])
 		out->ehlo_domain = xstrdup(v->valuestring);
-	v = cJSON_GetObjectItemCaseSensitive(ret, "prohibited_hosts");
+	v = jget(ret, "prohibited_hosts");
 	if (v) {
 		free(out->prohibited);
 		if (parse_cidrs("prohibited_hosts", v, &out->prohibited, &out->n_prohibited, err, errlen) != 0)
 			goto fail;
 	}
-	v = cJSON_GetObjectItemCaseSensitive(ret, "skip_hosts");
+	v = jget(ret, "skip_hosts");
 	if (v && parse_cidrs("skip_hosts", v, &out->skip, &out->n_skip, err, errlen) != 0)
 		goto fail;
 	struct smtp_timeouts *t = &out->timeouts;

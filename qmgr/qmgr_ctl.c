@@ -59,7 +59,7 @@ static void client_drop(struct bufferevent *bev)
 
 static void reply(struct bufferevent *bev, cJSON *r, const cJSON *req)
 {
-	const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
+	const cJSON *id = jget(req, "id");
 	if (cJSON_IsNumber(id))
 		jadd_number(r, "id", id->valuedouble);
 	frame_encode(bufferevent_get_output(bev), r);
@@ -72,13 +72,13 @@ static void reply(struct bufferevent *bev, cJSON *r, const cJSON *req)
  * SIZE_MAX if its sizes are bad. */
 static size_t inject_bytes(const cJSON *req)
 {
-	const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");
+	const cJSON *op = jget(req, "op");
 	if (!cJSON_IsString(op) || strcmp(op->valuestring, "inject") != 0)
 		return 0;
 	size_t total = 0;
 	const cJSON *m;
-	cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(req, "msgs")) {
-		const cJSON *size = cJSON_GetObjectItemCaseSensitive(m, "size");
+	cJSON_ArrayForEach(m, jget(req, "msgs")) {
+		const cJSON *size = jget(m, "size");
 		if (!cJSON_IsNumber(size) || size->valuedouble < 0 || size->valuedouble > INJECT_BYTES_MAX ||
 		    size->valuedouble != (double)(size_t)size->valuedouble)
 			return SIZE_MAX;
@@ -93,9 +93,9 @@ static size_t inject_bytes(const cJSON *req)
  * taken from in (all of them, even when it is refused). */
 static int inject_one(const cJSON *m, struct evbuffer *in, char *err, size_t errlen)
 {
-	const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
-	const cJSON *meta = cJSON_GetObjectItemCaseSensitive(m, "meta");
-	size_t len = (size_t)cJSON_GetObjectItemCaseSensitive(m, "size")->valuedouble;
+	const cJSON *id = jget(m, "id");
+	const cJSON *meta = jget(m, "meta");
+	size_t len = (size_t)jget(m, "size")->valuedouble;
 	char *bytes = xmalloc(len + 1);
 	if (evbuffer_remove(in, bytes, len) != (int)len) {
 		free(bytes);
@@ -128,9 +128,9 @@ static int inject_one(const cJSON *m, struct evbuffer *in, char *err, size_t err
 /* A "new" notice's message: its id and location, or NULL if malformed. */
 static const char *notice_loc(const cJSON *m, struct spool_loc *loc)
 {
-	const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
-	const cJSON *seg = cJSON_GetObjectItemCaseSensitive(m, "seg");
-	const cJSON *l = cJSON_GetObjectItemCaseSensitive(m, "loc");
+	const cJSON *id = jget(m, "id");
+	const cJSON *seg = jget(m, "seg");
+	const cJSON *l = jget(m, "loc");
 	if (!cJSON_IsString(id) || !spool_id_valid(id->valuestring) || !cJSON_IsString(seg) ||
 	    !cJSON_IsString(l))
 		return NULL;
@@ -169,17 +169,17 @@ static const char *notice_loc(const cJSON *m, struct spool_loc *loc)
 
 static void handle(struct bufferevent *bev, const cJSON *req)
 {
-	const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");
+	const cJSON *op = jget(req, "op");
 	const char *o = cJSON_IsString(op) ? op->valuestring : "";
 	if (strcmp(o, "new") == 0) {
 		const cJSON *m;
-		cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(req, "msgs")) {
+		cJSON_ArrayForEach(m, jget(req, "msgs")) {
 			char err[300];
 			struct spool_loc loc;
 			const char *id = notice_loc(m, &loc);
 			if (!id)
 				log_warn("a bad notice of a new message; the spool listing will find it");
-			else if (qmgr_notice(id, &loc, cJSON_GetObjectItemCaseSensitive(m, "meta"), err,
+			else if (qmgr_notice(id, &loc, jget(m, "meta"), err,
 					     sizeof err) != 0)
 				log_warn("message %.40s: %s", id, err);
 		}
@@ -190,7 +190,7 @@ static void handle(struct bufferevent *bev, const cJSON *req)
 		char err[300] = "";
 		const cJSON *m;
 		struct evbuffer *in = bufferevent_get_input(bev);
-		cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(req, "msgs")) {
+		cJSON_ArrayForEach(m, jget(req, "msgs")) {
 			char e[300] = "";
 			/* every message's bytes are read, whatever happens */
 			if (inject_one(m, in, e, sizeof e) != 0 && !err[0])

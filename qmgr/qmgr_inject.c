@@ -56,10 +56,10 @@ static long header_end(const char *d, size_t len)
 static int apply(struct inj *in, const cJSON *msg, char *err, size_t errlen)
 {
 	struct qmsg *m = in->m;
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(msg, "sender");
+	const cJSON *v = jget(msg, "sender");
 	if (cJSON_IsString(v))
 		cJSON_ReplaceItemInObject(in->doc, "sender", cJSON_CreateString(v->valuestring));
-	v = cJSON_GetObjectItemCaseSensitive(msg, "recipients");
+	v = jget(msg, "recipients");
 	if (cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0) {
 		if (cJSON_GetArraySize(v) == 1 && !m->rcpt_array)
 			cJSON_ReplaceItemInObject(in->doc, "recipient",
@@ -67,19 +67,19 @@ static int apply(struct inj *in, const cJSON *msg, char *err, size_t errlen)
 		else
 			cJSON_ReplaceItemInObject(in->doc, "recipient", cJSON_Duplicate(v, 1));
 	}
-	v = cJSON_GetObjectItemCaseSensitive(msg, "meta");
+	v = jget(msg, "meta");
 	if (cJSON_IsObject(v))
 		cJSON_ReplaceItemInObject(in->doc, "meta", cJSON_Duplicate(v, 1));
 	/* out of the internal queue, unless the handler chose a queue */
-	cJSON *meta = cJSON_GetObjectItemCaseSensitive(in->doc, "meta");
-	const cJSON *q = cJSON_GetObjectItemCaseSensitive(meta, "queue");
+	cJSON *meta = jget(in->doc, "meta");
+	const cJSON *q = jget(meta, "queue");
 	if (cJSON_IsString(q) && strcmp(q->valuestring, QMGR_DEFERRED_INJECT) == 0)
 		cJSON_DeleteItemFromObjectCaseSensitive(meta, "queue");
 
 	/* the new bytes: data, or prefix + headers + the rest */
-	const cJSON *data = cJSON_GetObjectItemCaseSensitive(msg, "data");
-	const cJSON *prefix = cJSON_GetObjectItemCaseSensitive(msg, "prefix");
-	const cJSON *headers = cJSON_GetObjectItemCaseSensitive(msg, "headers");
+	const cJSON *data = jget(msg, "data");
+	const cJSON *prefix = jget(msg, "prefix");
+	const cJSON *headers = jget(msg, "headers");
 	struct iovec iov[3];
 	int cnt = 0;
 	if (cJSON_IsString(data)) {
@@ -133,10 +133,10 @@ static void done(void *arg, const cJSON *reply, const char *error)
 	struct inj *in = arg;
 	struct qmsg *m = in->m;
 	finish(m);
-	const cJSON *res = reply ? cJSON_GetObjectItemCaseSensitive(reply, "result") : NULL;
+	const cJSON *res = reply ? jget(reply, "result") : NULL;
 	if (error && cJSON_IsString(res) && strcmp(res->valuestring, "reject") == 0) {
-		const cJSON *code = cJSON_GetObjectItemCaseSensitive(reply, "code");
-		const cJSON *text = cJSON_GetObjectItemCaseSensitive(reply, "text");
+		const cJSON *code = jget(reply, "code");
+		const cJSON *text = jget(reply, "text");
 		int c = cJSON_IsNumber(code) ? (int)code->valuedouble : 451;
 		const char *t = cJSON_IsString(text) ? text->valuestring : "";
 		if (c >= 500)
@@ -150,8 +150,8 @@ static void done(void *arg, const cJSON *reply, const char *error)
 		qmgr_retry(m, NULL, 451, why, NULL);
 	} else {
 		char err[300];
-		const cJSON *msg = cJSON_GetObjectItemCaseSensitive(reply, "msg");
-		bool nohandler = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "nohandler"));
+		const cJSON *msg = jget(reply, "msg");
+		bool nohandler = cJSON_IsTrue(jget(reply, "nohandler"));
 		if (!nohandler && !cJSON_IsObject(msg)) {
 			qmgr_retry(m, NULL, 451, "4.3.0 smtp_server_message_deferred_inject: reply lacks the message", NULL);
 		} else if (apply(in, nohandler ? NULL : msg, err, sizeof err) != 0) {
@@ -160,7 +160,7 @@ static void done(void *arg, const cJSON *reply, const char *error)
 			snprintf(why, sizeof why, "4.3.0 %s", err);
 			qmgr_retry(m, NULL, 451, why, NULL);
 		} else {
-			const cJSON *meta = cJSON_GetObjectItemCaseSensitive(in->doc, "meta");
+			const cJSON *meta = jget(in->doc, "meta");
 			qmgr_rebind(m, meta);
 			qmgr_record("DeferredInjectionRebind", m, m->rcpts, m->n_rcpts, NULL, 250, "2.0.0 rebound",
 				    NULL);
@@ -198,7 +198,7 @@ void inject_start(struct qmsg *m)
 	cJSON *r = jadd_array(o, "recipients");
 	for (size_t i = 0; i < m->n_rcpts; i++)
 		cJSON_AddItemToArray(r, cJSON_CreateString(m->rcpts[i]));
-	cJSON *meta = cJSON_GetObjectItemCaseSensitive(in->doc, "meta");
+	cJSON *meta = jget(in->doc, "meta");
 	jadd_item(o, "meta", meta ? cJSON_Duplicate(meta, 1) : cJSON_CreateObject());
 	/* the bytes by reference: the data segment, from the message's offset */
 	char *path = spool_data_path(&Q->spool, &m->loc);

@@ -106,8 +106,8 @@ static void on_read(struct bufferevent *bev, void *arg)
 			drop(p, "policyd sent a bad frame");
 			return;
 		}
-		const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
-		const cJSON *gen = cJSON_GetObjectItemCaseSensitive(doc, "generation");
+		const cJSON *id = jget(doc, "id");
+		const cJSON *gen = jget(doc, "generation");
 		if (cJSON_IsNumber(gen) && (uint64_t)gen->valuedouble != Q->generation) {
 			Q->generation = (uint64_t)gen->valuedouble;
 			qmgr_policy_changed();
@@ -120,9 +120,9 @@ static void on_read(struct bufferevent *bev, void *arg)
 			cJSON_Delete(doc);
 			continue;
 		}
-		const cJSON *ok = cJSON_GetObjectItemCaseSensitive(doc, "ok");
-		const cJSON *result = cJSON_GetObjectItemCaseSensitive(doc, "result");
-		const cJSON *error = cJSON_GetObjectItemCaseSensitive(doc, "error");
+		const cJSON *ok = jget(doc, "ok");
+		const cJSON *result = jget(doc, "result");
+		const cJSON *error = jget(doc, "error");
 		char why[600];
 		if (!cJSON_IsTrue(ok) || !cJSON_IsString(result) || strcmp(result->valuestring, "ok") != 0) {
 			if (cJSON_IsString(error))

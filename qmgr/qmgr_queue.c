@@ -345,14 +345,14 @@ static struct squeue *squeue_get(const char *name)
 
 static const char *meta_str(const cJSON *meta, const char *key)
 {
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(meta, key);
+	const cJSON *v = jfind(meta, key);
 	return cJSON_IsString(v) && v->valuestring[0] ? v->valuestring : NULL;
 }
 
 void qmgr_set_envelope(struct qmsg *m, const cJSON *doc)
 {
-	const cJSON *sender = cJSON_GetObjectItemCaseSensitive(doc, "sender");
-	const cJSON *rcpt = cJSON_GetObjectItemCaseSensitive(doc, "recipient");
+	const cJSON *sender = jget(doc, "sender");
+	const cJSON *rcpt = jget(doc, "recipient");
 	free(m->sender);
 	m->sender = xstrdup(cJSON_IsString(sender) ? sender->valuestring : "");
 	for (size_t i = 0; i < m->n_rcpts; i++)
@@ -374,9 +374,9 @@ void qmgr_set_envelope(struct qmsg *m, const cJSON *doc)
 int qmgr_add(const char *id, const cJSON *doc, const struct spool_loc *loc, char *mem,
 	     size_t mem_len, char *mem_meta, char *err, size_t errlen)
 {
-	const cJSON *sender = cJSON_GetObjectItemCaseSensitive(doc, "sender");
-	const cJSON *rcpt = cJSON_GetObjectItemCaseSensitive(doc, "recipient");
-	const cJSON *meta = cJSON_GetObjectItemCaseSensitive(doc, "meta");
+	const cJSON *sender = jget(doc, "sender");
+	const cJSON *rcpt = jget(doc, "recipient");
+	const cJSON *meta = jget(doc, "meta");
 	size_t n = cJSON_IsString(rcpt) ? 1 : (size_t)cJSON_GetArraySize(rcpt);
 	if (!cJSON_IsString(sender) || n == 0 || (!cJSON_IsString(rcpt) && !cJSON_IsArray(rcpt))) {
 		snprintf(err, errlen, "meta of %s lacks sender or recipient", id);
@@ -884,7 +884,7 @@ static void sq_config_done(void *arg, const cJSON *reply, const char *error)
 	free(sq->cfg_error);
 	sq->cfg_error = NULL;
 	char err[300];
-	const cJSON *ret = reply ? cJSON_GetObjectItemCaseSensitive(reply, "ret") : NULL;
+	const cJSON *ret = reply ? jget(reply, "ret") : NULL;
 	if (error) {
 		sq->cfg_error = xasprintf("get_queue_config: %s", error);
 	} else if (queue_config_parse(ret, &sq->cfg, err, sizeof err) != 0) {
@@ -1044,7 +1044,7 @@ static void rq_config_done(void *arg, const cJSON *reply, const char *error)
 	free(rq->cfg_error);
 	rq->cfg_error = NULL;
 	char err[300];
-	const cJSON *ret = reply ? cJSON_GetObjectItemCaseSensitive(reply, "ret") : NULL;
+	const cJSON *ret = reply ? jget(reply, "ret") : NULL;
 	if (error)
 		rq->cfg_error = xasprintf("get_egress_path_config: %s", error);
 	else if (egress_path_parse(ret, &rq->path, err, sizeof err) != 0)

@@ -4,6 +4,7 @@
  * a connection to kumo-policyd.  SIGTERM drains: listeners close, idle
  * sessions get 421, transactions in flight have 10 s to finish. */
 #include "smtpd/smtpd.h"
+#include "lib/jadd.h"
 #include "lib/conffd.h"
 #include "lib/ipc.h"
 #include "lib/log.h"
@@ -95,31 +96,31 @@ int main(int argc, char **argv)
 
 	smtpd->flush_ev = event_new(smtpd->base, -1, 0, session_flush_all, NULL);
 	smtpd->worker = worker;
-	const cJSON *lvl = cJSON_GetObjectItemCaseSensitive(conf, "log_level");
+	const cJSON *lvl = jget(conf, "log_level");
 	if (cJSON_IsString(lvl) && log_level_parse(lvl->valuestring) >= 0)
 		log_set_level((enum klog_level)log_level_parse(lvl->valuestring));
 
 	char err[400];
-	const cJSON *spools = cJSON_GetObjectItemCaseSensitive(conf, "spools");
-	const cJSON *dp = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(spools, "data"), "path");
-	const cJSON *mp = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(spools, "meta"), "path");
+	const cJSON *spools = jget(conf, "spools");
+	const cJSON *dp = jget(jget(spools, "data"), "path");
+	const cJSON *mp = jget(jget(spools, "meta"), "path");
 	if (!cJSON_IsString(dp) || !cJSON_IsString(mp))
 		log_fatal("configuration lacks the data and meta spools");
 	if (spool_open(&smtpd->spool, dp->valuestring, mp->valuestring, err, sizeof err) != 0)
 		log_fatal("%s", err);
-	if (logrec_open(&smtpd->logs, cJSON_GetObjectItemCaseSensitive(conf, "logs"), err, sizeof err) != 0)
+	if (logrec_open(&smtpd->logs, jget(conf, "logs"), err, sizeof err) != 0)
 		log_fatal("%s", err);
 	logrec_attach(&smtpd->logs, smtpd->base);
 	smtpd->writer = spool_writer_new(smtpd->base, &smtpd->spool);
 
-	const cJSON *ps = cJSON_GetObjectItemCaseSensitive(conf, "policy_socket");
+	const cJSON *ps = jget(conf, "policy_socket");
 	smtpd->policy = policy_client_new(smtpd->base, cJSON_IsString(ps) ? ps->valuestring : "",
-					  cJSON_GetObjectItemCaseSensitive(conf, "handlers"));
+					  jget(conf, "handlers"));
 
-	const cJSON *qs = cJSON_GetObjectItemCaseSensitive(conf, "qmgr_socket");
+	const cJSON *qs = jget(conf, "qmgr_socket");
 	smtpd->qmgr = qmgr_client_new(smtpd->base, cJSON_IsString(qs) ? qs->valuestring : "");
 
-	const cJSON *ls = cJSON_GetObjectItemCaseSensitive(conf, "listeners");
+	const cJSON *ls = jget(conf, "listeners");
 	smtpd->n_listeners = (size_t)cJSON_GetArraySize(ls);
 	smtpd->listeners = xcalloc(smtpd->n_listeners ? smtpd->n_listeners : 1, sizeof *smtpd->listeners);
 	size_t i = 0;
@@ -142,7 +143,7 @@ int main(int argc, char **argv)
 		l->resume = evtimer_new(smtpd->base, on_resume, l);
 		i++;
 	}
-	const cJSON *nw = cJSON_GetObjectItemCaseSensitive(conf, "workers");
+	const cJSON *nw = jget(conf, "workers");
 	smtpd->n_workers = cJSON_IsNumber(nw) ? (int)nw->valuedouble : 1;
 	if (smtpd->worker >= smtpd->n_workers)
 		log_fatal("worker %d of %d", smtpd->worker, smtpd->n_workers);
@@ -155,8 +156,8 @@ int main(int argc, char **argv)
 							   IPC_COMMIT_STATS_OFF(smtpd->n_workers, smtpd->n_listeners)) +
 				       smtpd->worker);
 	close(FD_COUNTERS);
-	tls_setup(cJSON_GetObjectItemCaseSensitive(conf, "tls_self_signed"),
-		  cJSON_GetObjectItemCaseSensitive(conf, "tls_vault"));
+	tls_setup(jget(conf, "tls_self_signed"),
+		  jget(conf, "tls_vault"));
 	cJSON_Delete(conf);
 
 	smtpd->sigterm_ev = evsignal_new(smtpd->base, SIGTERM, on_signal, NULL);

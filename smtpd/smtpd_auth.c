@@ -24,7 +24,7 @@ static void auth_done(void *arg, const cJSON *reply, const char *error)
 	struct auth_ctx *c = arg;
 	struct session *s = c->s;
 	if (session_event_result(s, reply, error, "smtp_server_auth_plain", false)) {
-		const cJSON *ret = cJSON_GetObjectItemCaseSensitive(reply, "ret");
+		const cJSON *ret = jget(reply, "ret");
 		if (cJSON_IsTrue(ret)) {
 			s->authenticated = true;
 			cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "authn_id");

@@ -109,7 +109,7 @@ static void ehlo_done(void *arg, const cJSON *reply, const char *error)
 	struct session *s = c->s;
 	const char *event = c->esmtp ? "smtp_server_ehlo" : "smtp_server_helo";
 	if (session_event_result(s, reply, error, "smtp_server_ehlo", false)) {
-		const cJSON *ret = cJSON_GetObjectItemCaseSensitive(reply, "ret");
+		const cJSON *ret = jget(reply, "ret");
 		const cJSON *ext = c->extensions;
 		bool ok = true;
 		if (c->esmtp && ret && !cJSON_IsNull(ret)) {
@@ -360,7 +360,7 @@ static void listener_domain_done(void *arg, const cJSON *reply, const char *erro
 		free(d);
 		return;
 	}
-	const cJSON *ret = cJSON_GetObjectItemCaseSensitive(reply, "ret");
+	const cJSON *ret = jget(reply, "ret");
 	bool allowed = false;
 	if (ret && !cJSON_IsNull(ret) && !cJSON_IsObject(ret)) {
 		session_technical_difficulties(s, "get_listener_domain: expected a listener domain or nil");
@@ -370,9 +370,9 @@ static void listener_domain_done(void *arg, const cJSON *reply, const char *erro
 		return;
 	}
 	if (d->stage == 0) {
-		allowed = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ret, "relay_to"));
+		allowed = cJSON_IsTrue(jget(ret, "relay_to"));
 	} else {
-		const cJSON *from = cJSON_GetObjectItemCaseSensitive(ret, "relay_from"), *e;
+		const cJSON *from = jget(ret, "relay_from"), *e;
 		cJSON_ArrayForEach(e, from) {
 			struct cidr block;
 			char why[100];

@@ -238,22 +238,22 @@ static cJSON *msg_arg(struct txn *t, const struct batch *b, bool meta_from_conn)
 /* Takes the handler's changes to the message from the reply. */
 static int apply_msg_reply(struct batch *b, const cJSON *reply)
 {
-	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "nohandler")))
+	if (cJSON_IsTrue(jget(reply, "nohandler")))
 		return 0; /* a reload removed the handler: nothing changed */
-	cJSON *m = cJSON_GetObjectItemCaseSensitive(reply, "msg");
+	cJSON *m = jget(reply, "msg");
 	if (!cJSON_IsObject(m))
 		return -1;
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(m, "sender");
+	const cJSON *v = jget(m, "sender");
 	if (cJSON_IsString(v)) {
 		free(b->sender);
 		b->sender = xstrdup(v->valuestring);
 	}
-	v = cJSON_GetObjectItemCaseSensitive(m, "recipients");
+	v = jget(m, "recipients");
 	if (cJSON_IsArray(v)) {
 		cJSON_Delete(b->recipients);
 		b->recipients = policy_reply_take(m, "recipients");
 	}
-	v = cJSON_GetObjectItemCaseSensitive(m, "meta");
+	v = jget(m, "meta");
 	if (cJSON_IsObject(v)) {
 		cJSON_Delete(b->meta);
 		b->meta = policy_reply_take(m, "meta");
@@ -261,7 +261,7 @@ static int apply_msg_reply(struct batch *b, const cJSON *reply)
 	if (!b->meta)
 		b->meta = cJSON_CreateObject();
 	policy_meta_apply(b->meta, m);
-	v = cJSON_GetObjectItemCaseSensitive(m, "data");
+	v = jget(m, "data");
 	if (cJSON_IsString(v)) {
 		free(b->data);
 		free(b->prefix);
@@ -271,13 +271,13 @@ static int apply_msg_reply(struct batch *b, const cJSON *reply)
 		b->data = xstrdup(v->valuestring);
 		return 0;
 	}
-	v = cJSON_GetObjectItemCaseSensitive(m, "prefix");
+	v = jget(m, "prefix");
 	if (cJSON_IsString(v)) {
 		/* the whole prefix: the one sent (if any) plus what the handler added */
 		free(b->prefix);
 		b->prefix = xstrdup(v->valuestring);
 	}
-	v = cJSON_GetObjectItemCaseSensitive(m, "headers");
+	v = jget(m, "headers");
 	if (cJSON_IsString(v)) {
 		free(b->headers);
 		b->headers = xstrdup(v->valuestring);
@@ -310,8 +310,8 @@ static const char *msg_file(void *ctx, char *err, size_t errlen)
  * before the reply, whose continuation may read the next command. */
 static int message_hook_result(struct session *s, const cJSON *reply, const char *error, const char *event)
 {
-	const cJSON *res = reply ? cJSON_GetObjectItemCaseSensitive(reply, "result") : NULL;
-	bool ok = !error && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok")) && cJSON_IsString(res) &&
+	const cJSON *res = reply ? jget(reply, "result") : NULL;
+	bool ok = !error && cJSON_IsTrue(jget(reply, "ok")) && cJSON_IsString(res) &&
 		  strcmp(res->valuestring, "ok") == 0;
 	if (!ok && s->state != SS_DEAD)
 		txn_reset(s);
@@ -412,8 +412,8 @@ static char *received_header(struct session *s, const struct batch *b, const cha
 		memmove(local_ip, local_ip + 1, strlen(local_ip));
 		local_ip[strlen(local_ip) - 1] = '\0';
 	}
-	const cJSON *tv = cJSON_GetObjectItemCaseSensitive(s->meta, "tls_protocol_version");
-	const cJSON *tc = cJSON_GetObjectItemCaseSensitive(s->meta, "tls_cipher");
+	const cJSON *tv = jget(s->meta, "tls_protocol_version");
+	const cJSON *tc = jget(s->meta, "tls_cipher");
 	char tls[200] = "";
 	if (s->tls && cJSON_IsString(tv) && cJSON_IsString(tc))
 		snprintf(tls, sizeof tls, " (%s:%s) ", tv->valuestring, tc->valuestring);
@@ -471,7 +471,7 @@ static char *supplemental_header(struct session *s, const struct batch *b)
 			else
 				jadd_item(o, "recipient", cJSON_Duplicate(b->recipients, 1));
 		} else {
-			const cJSON *v = cJSON_GetObjectItemCaseSensitive(b->meta, keys[i]);
+			const cJSON *v = jfind(b->meta, keys[i]);
 			cJSON_AddItemToObject(o, keys[i], v ? cJSON_Duplicate(v, 1) : cJSON_CreateNull());
 		}
 	}
@@ -694,7 +694,7 @@ void data_complete(struct session *s)
 
 static void log_reception(struct session *s, const struct batch *b)
 {
-	const cJSON *q = cJSON_GetObjectItemCaseSensitive(b->meta, "queue");
+	const cJSON *q = jget(b->meta, "queue");
 	const cJSON *first = cJSON_GetArrayItem(b->recipients, 0);
 	bool one = cJSON_GetArraySize(b->recipients) == 1;
 	struct logrec_fields f = {
@@ -705,14 +705,14 @@ static void log_reception(struct session *s, const struct batch *b)
 		.peer_name = s->ehlo_domain ? s->ehlo_domain : "", .peer_addr = s->peer_ip_str,
 		.session_id = s->session_id,
 	};
-	const cJSON *tv = cJSON_GetObjectItemCaseSensitive(b->meta, "tls_protocol_version");
-	const cJSON *tc = cJSON_GetObjectItemCaseSensitive(b->meta, "tls_cipher");
+	const cJSON *tv = jget(b->meta, "tls_protocol_version");
+	const cJSON *tc = jget(b->meta, "tls_cipher");
 	cJSON *extra = NULL;
 	if (cJSON_IsString(tv) && cJSON_IsString(tc)) {
 		extra = cJSON_CreateObject();
 		jadd_string(extra, "tls_protocol_version", tv->valuestring);
 		jadd_string(extra, "tls_cipher", tc->valuestring);
-		const cJSON *sn = cJSON_GetObjectItemCaseSensitive(b->meta, "tls_peer_subject_name");
+		const cJSON *sn = jget(b->meta, "tls_peer_subject_name");
 		if (cJSON_IsArray(sn))
 			jadd_item(extra, "tls_peer_subject_name", cJSON_Duplicate(sn, 1));
 		f.extra = extra;
@@ -869,7 +869,7 @@ static void store(struct session *s)
 		if (s->p.trace_headers.supplemental_header)
 			prepend(b, supplemental_header(s, b));
 		batch_view(t, b);
-		const cJSON *q = cJSON_GetObjectItemCaseSensitive(b->meta, "queue");
+		const cJSON *q = jget(b->meta, "queue");
 		b->discard = cJSON_IsString(q) && strcmp(q->valuestring, "null") == 0;
 		if (b->discard)
 			continue;

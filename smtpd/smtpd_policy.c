@@ -165,11 +165,11 @@ static void hello_done(void *ctx, const cJSON *reply, const char *error)
 {
 	struct policy_client *pc = ctx;
 	pc->hello_id = 0;
-	if (error || !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok"))) {
+	if (error || !cJSON_IsTrue(jget(reply, "ok"))) {
 		log_warn("policyd: cannot refresh the handler list after a reload");
 		return;
 	}
-	set_handlers(pc, cJSON_GetObjectItemCaseSensitive(reply, "handlers"));
+	set_handlers(pc, jget(reply, "handlers"));
 	log_info("policyd generation %.0f: %zu event handlers", pc->generation, pc->n_handlers);
 }
 
@@ -218,8 +218,8 @@ static void pc_written(struct bufferevent *bev, void *arg)
  * argument of call R, written now if it was not yet. */
 static void answer_msg_file(struct policy_client *pc, const cJSON *doc)
 {
-	const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
-	const cJSON *req = cJSON_GetObjectItemCaseSensitive(doc, "req");
+	const cJSON *id = jget(doc, "id");
+	const cJSON *req = jget(doc, "req");
 	cJSON *r = cJSON_CreateObject();
 	if (id)
 		jadd_item(r, "id", cJSON_Duplicate(id, 1));
@@ -255,20 +255,20 @@ static void pc_read(struct bufferevent *bev, void *arg)
 			pc_drop(pc, err);
 			return;
 		}
-		const cJSON *op = cJSON_GetObjectItemCaseSensitive(doc, "op");
+		const cJSON *op = jget(doc, "op");
 		if (cJSON_IsString(op) && strcmp(op->valuestring, "msg_file") == 0) {
 			answer_msg_file(pc, doc);
 			cJSON_Delete(doc);
 			continue;
 		}
-		const cJSON *gen = cJSON_GetObjectItemCaseSensitive(doc, "generation");
+		const cJSON *gen = jget(doc, "generation");
 		if (cJSON_IsNumber(gen) && gen->valuedouble > pc->generation) {
 			/* the policy was reloaded: learn its handlers */
 			pc->generation = gen->valuedouble;
 			if (!pc->hello_id)
 				send_hello(pc);
 		}
-		struct pending *p = pending_find(pc, cJSON_GetObjectItemCaseSensitive(doc, "id"));
+		struct pending *p = pending_find(pc, jget(doc, "id"));
 		if (!p || p->reply || p->error) {
 			cJSON_Delete(doc); /* an answer for a call that was cancelled */
 			continue;
@@ -302,7 +302,7 @@ void policy_meta_apply(cJSON *meta, const cJSON *obj)
 	cJSON *set = policy_reply_take(obj, "meta_set");
 	while (cJSON_IsObject(set) && set->child) {
 		cJSON *v = cJSON_DetachItemViaPointer(set, set->child);
-		cJSON *old = v->string ? cJSON_GetObjectItemCaseSensitive(meta, v->string) : NULL;
+		cJSON *old = v->string ? jfind(meta, v->string) : NULL;
 		if (old)
 			cJSON_ReplaceItemViaPointer(meta, old, v);  /* in its place, name kept */
 		else if (v->string)

@@ -136,9 +136,9 @@ static void qc_read(struct bufferevent *bev, void *arg)
 			qc_drop(qc);
 			return;
 		}
-		const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
-		const cJSON *ok = cJSON_GetObjectItemCaseSensitive(doc, "ok");
-		const cJSON *e = cJSON_GetObjectItemCaseSensitive(doc, "error");
+		const cJSON *id = jget(doc, "id");
+		const cJSON *ok = jget(doc, "ok");
+		const cJSON *e = jget(doc, "error");
 		for (struct inject *in = qc->injects; in && cJSON_IsNumber(id); in = in->next) {
 			if (in->id == (uint64_t)id->valuedouble) {
 				inject_finish(in, cJSON_IsTrue(ok) ? NULL

@@ -291,10 +291,10 @@ static void after_rewrite(void *ctx, const cJSON *reply, const char *error)
 	if (error) {
 		log_warn("session %s: smtp_server_rewrite_response: %s", s->session_id, error);
 	} else {
-		const cJSON *res = cJSON_GetObjectItemCaseSensitive(reply, "result");
+		const cJSON *res = jget(reply, "result");
 		if (cJSON_IsString(res) && strcmp(res->valuestring, "ok") == 0) {
-			const cJSON *st = cJSON_GetObjectItemCaseSensitive(reply, "ret");
-			const cJSON *tx = cJSON_GetObjectItemCaseSensitive(reply, "ret2");
+			const cJSON *st = jget(reply, "ret");
+			const cJSON *tx = jget(reply, "ret2");
 			if (cJSON_IsNumber(st) && st->valuedouble >= 200 && st->valuedouble <= 599)
 				code = (int)st->valuedouble;
 			else if (st && !cJSON_IsNull(st))
@@ -304,7 +304,7 @@ static void after_rewrite(void *ctx, const cJSON *reply, const char *error)
 			else if (tx && !cJSON_IsNull(tx))
 				log_warn("session %s: smtp_server_rewrite_response returned a bad text", s->session_id);
 		} else {
-			const cJSON *e = cJSON_GetObjectItemCaseSensitive(reply, "error");
+			const cJSON *e = jget(reply, "error");
 			log_warn("session %s: smtp_server_rewrite_response failed: %s", s->session_id,
 				 cJSON_IsString(e) ? e->valuestring : "rejected");
 		}
@@ -677,10 +677,10 @@ int session_event_result(struct session *s, const cJSON *reply, const char *erro
 		session_technical_difficulties(s, why);
 		return 0;
 	}
-	const cJSON *ok = cJSON_GetObjectItemCaseSensitive(reply, "ok");
-	const cJSON *res = cJSON_GetObjectItemCaseSensitive(reply, "result");
+	const cJSON *ok = jget(reply, "ok");
+	const cJSON *res = jget(reply, "result");
 	if (!cJSON_IsTrue(ok) || !cJSON_IsString(res)) {
-		const cJSON *e = cJSON_GetObjectItemCaseSensitive(reply, "error");
+		const cJSON *e = jget(reply, "error");
 		char why[600];
 		snprintf(why, sizeof why, "%s: %s", event, cJSON_IsString(e) ? e->valuestring : "bad reply");
 		session_technical_difficulties(s, why);
@@ -690,9 +690,9 @@ int session_event_result(struct session *s, const cJSON *reply, const char *erro
 	if (strcmp(res->valuestring, "ok") == 0)
 		return 1;
 	if (strcmp(res->valuestring, "reject") == 0) {
-		const cJSON *code = cJSON_GetObjectItemCaseSensitive(reply, "code");
-		const cJSON *text = cJSON_GetObjectItemCaseSensitive(reply, "text");
-		const cJSON *mode = cJSON_GetObjectItemCaseSensitive(reply, "mode");
+		const cJSON *code = jget(reply, "code");
+		const cJSON *text = jget(reply, "text");
+		const cJSON *mode = jget(reply, "mode");
 		enum disc_mode dm = DISC_IF421;
 		if (cJSON_IsString(mode) && strcmp(mode->valuestring, "ForceDisconnect") == 0)
 			dm = DISC_FORCE;
@@ -705,7 +705,7 @@ int session_event_result(struct session *s, const cJSON *reply, const char *erro
 			      reject_ends_session ? NULL : session_resume);
 		return 0;
 	}
-	const cJSON *e = cJSON_GetObjectItemCaseSensitive(reply, "error");
+	const cJSON *e = jget(reply, "error");
 	char why[600];
 	snprintf(why, sizeof why, "%s: %s", event, cJSON_IsString(e) ? e->valuestring : "failed");
 	session_technical_difficulties(s, why);
@@ -742,7 +742,7 @@ static void dynamic_done(void *ctx, const cJSON *reply, const char *error)
 	struct session *s = ctx;
 	if (!session_event_result(s, reply, error, "smtp_server_get_dynamic_parameters", true))
 		return;
-	const cJSON *ret = cJSON_GetObjectItemCaseSensitive(reply, "ret");
+	const cJSON *ret = jget(reply, "ret");
 	if (ret && !cJSON_IsNull(ret)) {
 		char err[300];
 		if (!cJSON_IsObject(ret)) {
@@ -784,7 +784,7 @@ static void start_session(struct session *s)
 void session_set_addresses(struct session *s, const struct sockaddr_storage *peer,
 			   const struct sockaddr_storage *local)
 {
-	if (!cJSON_GetObjectItemCaseSensitive(s->meta, "orig_received_from")) {
+	if (!jget(s->meta, "orig_received_from")) {
 		jadd_string(s->meta, "orig_received_from", s->peer_str);
 		jadd_string(s->meta, "orig_received_via", s->local_str);
 	}

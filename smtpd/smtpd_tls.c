@@ -50,8 +50,8 @@ void tls_setup(const cJSON *self_signed, const cJSON *vault)
 	vault_values = cJSON_IsArray(vault) ? cJSON_Duplicate(vault, 1) : cJSON_CreateArray();
 	for (size_t i = 0; i < smtpd->n_listeners; i++) {
 		const cJSON *e = cJSON_GetArrayItem(self_signed, (int)i);
-		const cJSON *c = cJSON_GetObjectItemCaseSensitive(e, "cert");
-		const cJSON *k = cJSON_GetObjectItemCaseSensitive(e, "key");
+		const cJSON *c = jget(e, "cert");
+		const cJSON *k = jget(e, "key");
 		if (!cJSON_IsString(c) || !cJSON_IsString(k))
 			continue;
 		smtpd->listeners[i].self_signed = tls_server_ctx(NULL, NULL, c->valuestring, k->valuestring, err, sizeof err);
@@ -94,12 +94,12 @@ static int source_get(const cJSON *v, const char *name, const char **file, const
 		*file = v->valuestring;
 		return 0;
 	}
-	const cJSON *kd = cJSON_GetObjectItemCaseSensitive(v, "key_data");
+	const cJSON *kd = jget(v, "key_data");
 	*pem = cJSON_IsString(kd) ? kd->valuestring : vault_lookup(vault_values, v);
 	if (*pem)
 		return 0;
-	const cJSON *m = cJSON_GetObjectItemCaseSensitive(v, "vault_mount");
-	const cJSON *p = cJSON_GetObjectItemCaseSensitive(v, "vault_path");
+	const cJSON *m = jget(v, "vault_mount");
+	const cJSON *p = jget(v, "vault_path");
 	snprintf(err, errlen, "%s: the Vault secret %.100s/%.100s was not read by kumod at start"
 		 " (it reads those of the listener tables and their peer/via blocks)", name,
 		 cJSON_IsString(m) ? m->valuestring : "?", cJSON_IsString(p) ? p->valuestring : "?");
