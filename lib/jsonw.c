@@ -49,14 +49,12 @@ void jbuf_free(struct jbuf *b)
 
 /* cJSON escapes '"', '\\' and every byte below 0x20 (the named ones by
  * name), and nothing else: not '/', not bytes of 0x7f and above. */
-void jbuf_str(struct jbuf *b, const char *s)
+
+/* The escaped form of s[0..n) at o (room for 6 bytes per byte); returns
+ * its end. */
+static char *escape(char *o, const unsigned char *p, const unsigned char *end)
 {
 	static const char hex[] = "0123456789abcdef";
-	size_t n = strlen(s);
-	need(b, n * 6 + 2);
-	char *o = b->p + b->len;
-	*o++ = '"';
-	const unsigned char *p = (const unsigned char *)s, *end = p + n;
 	while (p < end) {
 		/* the run that needs no escape, copied at once */
 		const unsigned char *q = p + json_plain_run(p, end);
@@ -82,6 +80,48 @@ void jbuf_str(struct jbuf *b, const char *s)
 			o += 5;
 		}
 	}
+	return o;
+}
+
+#ifdef __SSE2__
+/* How many of the n bytes at o need no escape, reading them 16 at a time,
+ * up to 15 bytes past them: the caller's buffer has room there, and flags
+ * from those bytes are masked off before they are tested. */
+static size_t plain_prefix(const char *o, size_t n)
+{
+	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
+	for (size_t k = 0; k < n; k += 16) {
+		__m128i x = _mm_loadu_si128((const __m128i *)(const void *)(o + k));
+		__m128i m = _mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(x, ctl), x),
+					 _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)));
+		unsigned bits = (unsigned)_mm_movemask_epi8(m);
+		if (n - k < 16)
+			bits &= (1u << (n - k)) - 1;
+		if (bits)
+			return k + (size_t)__builtin_ctz(bits);
+	}
+	return n;
+}
+#endif
+
+void jbuf_str(struct jbuf *b, const char *s)
+{
+	size_t n = strlen(s);
+	need(b, n * 6 + 2 + 16);
+	char *o = b->p + b->len;
+	*o++ = '"';
+#ifdef __SSE2__
+	/* Most strings need no escape: copied whole first, then checked in
+	 * the copy, whose buffer can be read past its end (a string's own
+	 * bytes cannot: its last 16 would take a loop of single bytes). */
+	memcpy(o, s, n);
+	size_t plain = plain_prefix(o, n);
+	o += plain;
+	if (plain < n)
+		o = escape(o, (const unsigned char *)s + plain, (const unsigned char *)s + n);
+#else
+	o = escape(o, (const unsigned char *)s, (const unsigned char *)s + n);
+#endif
 	*o++ = '"';
 	b->len = (size_t)(o - b->p);
 }
