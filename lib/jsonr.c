@@ -72,6 +72,8 @@ static void *fail_control(struct rd *r)
 static void skip_ws(struct rd *r)
 {
 	const char *p = r->p;
+	if (p < r->end && (unsigned char)*p > ' ')
+		return; /* the frames we print have no white space */
 	while (p < r->end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
 		p++;
 	r->p = p;
@@ -104,12 +106,28 @@ static cJSON *string_node(size_t len)
 static const char *intern_slot[INTERN_SLOTS]; /* atomic; never cleared */
 static unsigned intern_count;                 /* atomic */
 
+/* A key's hash, eight bytes at a time (the last eight overlapping the ones
+ * before when the length is not a multiple of eight; byte by byte below
+ * eight), each word mixed in by a multiplication. */
 static uint32_t bytes_hash(const unsigned char *p, size_t n)
 {
-	uint32_t h = 2166136261u;
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ p[i]) * 16777619u;
-	return h;
+	const uint64_t k = 0x9e3779b97f4a7c15ull;
+	uint64_t h = n * k, w;
+	if (n < 8) {
+		for (size_t i = 0; i < n; i++)
+			h = (h ^ p[i]) * k;
+	} else {
+		size_t i = 0;
+		for (; i + 8 <= n; i += 8) {
+			memcpy(&w, p + i, 8);
+			h = (h ^ w) * k;
+		}
+		if (i < n) {
+			memcpy(&w, p + n - 8, 8);
+			h = (h ^ w) * k;
+		}
+	}
+	return (uint32_t)(h ^ h >> 32);
 }
 
 /* The one copy of the key p[0..n), which has no NUL, made on first sight;
@@ -139,7 +157,8 @@ static const char *intern(const unsigned char *p, size_t n)
 			/* another thread took the slot: k is its key */
 		}
 		if (strncmp(k, (const char *)p, n) == 0 && k[n] == '\0') {
-			free(mine);
+			if (mine)
+				free(mine);
 			return k;
 		}
 	}
@@ -194,7 +213,14 @@ static bool unescape(const unsigned char *s, const unsigned char *end, char *out
 	const unsigned char *p = s;
 	while (p < end) {
 		if (*p != '\\') {
-			*o++ = (char)*p++;
+			/* the bytes up to the next escape (the reader has
+			 * refused control bytes, and a quote ends the string) */
+			size_t run = json_plain_run(p, end);
+			if (!run)
+				run = 1; /* a byte json_plain_run stops at, but plain here */
+			memcpy(o, p, run);
+			o += run;
+			p += run;
 			continue;
 		}
 		p++;
@@ -243,7 +269,7 @@ static const unsigned char *scan_string(struct rd *r, const unsigned char **clos
 		*plain = true;
 		return s;
 	}
-	/* escapes: find the closing quote */
+	/* escapes: find the closing quote, a plain run at a time */
 	const unsigned char *t = q;
 	while (t < e && *t != '"') {
 		if (*t < 0x20) {
@@ -253,6 +279,7 @@ static const unsigned char *scan_string(struct rd *r, const unsigned char **clos
 		if (*t == '\\' && e - t > 1)
 			t++; /* the escaped byte is never the end */
 		t++;
+		t += json_plain_run(t, e);
 	}
 	if (t >= e) {
 		r->p = (const char *)(s - 1);
