@@ -5,6 +5,7 @@
  * Write failures are returned to the caller, which logs them once. */
 #include "lib/logrec.h"
 #include "lib/xalloc.h"
+#include "lib/str.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -169,7 +170,7 @@ void logrec_rfc3339(double t, char *buf, size_t buflen)
 		out[n + (size_t)i] = (char)('0' + nsec % 10);
 	out[n + 10] = 'Z';
 	out[n + 11] = '\0';
-	snprintf(buf, buflen, "%s", out);
+	str_copy(buf, buflen, out);
 }
 
 static double now_real(void)

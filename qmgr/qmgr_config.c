@@ -3,6 +3,7 @@
  * by policyd), read into structs with KumoMTA's defaults; and the queue
  * name.  Pure functions: errors come back in err buffers. */
 #include "qmgr/qmgr.h"
+#include "lib/str.h"
 #include "lib/jadd.h"
 #include "lib/duration.h"
 #include "lib/xalloc.h"
@@ -195,7 +196,21 @@ char *queue_name(const char *campaign, const char *tenant, const char *domain, c
 	len += tenant ? strlen(tenant) : 0;
 	len += routing_domain ? strlen(routing_domain) : 0;
 	char *s = xmalloc(len);
-	snprintf(s, len, "%s%s%s%s%s%s%s", campaign ? campaign : "", campaign ? ":" : "", tenant ? tenant : "",
-		 (tenant || campaign) ? "@" : "", domain, routing_domain ? "!" : "", routing_domain ? routing_domain : "");
+	/* [campaign:][tenant]@domain[!routing_domain], [tenant@] without a campaign */
+	char *o = s;
+	if (campaign) {
+		o = str_put(o, campaign);
+		*o++ = ':';
+	}
+	if (tenant)
+		o = str_put(o, tenant);
+	if (tenant || campaign)
+		*o++ = '@';
+	o = str_put(o, domain);
+	if (routing_domain) {
+		*o++ = '!';
+		o = str_put(o, routing_domain);
+	}
+	*o = '\0';
 	return s;
 }

@@ -11,6 +11,7 @@
  * failure or shutdown, when it is written to the spool.
  * Entry points are declared in qmgr.h. */
 #include "qmgr/qmgr.h"
+#include "lib/str.h"
 #include "lib/jadd.h"
 #include "lib/log.h"
 #include "lib/netaddr.h"
@@ -387,7 +388,7 @@ int qmgr_add(const char *id, const cJSON *doc, const struct spool_loc *loc, char
 	struct qmsg *m = xcalloc(1, sizeof *m);
 	m->mem = mem;        /* owned from here on, freed with m */
 	m->mem_meta = mem_meta;
-	snprintf(m->id, sizeof m->id, "%s", id);
+	str_copy(m->id, sizeof m->id, id);
 	qmgr_set_envelope(m, doc);
 	if (m->n_rcpts == 0) {
 		msg_free(m);
@@ -1012,7 +1013,8 @@ static void squeue_kick(struct squeue *sq)
 		struct mx_result *r = sq->res_fail;
 		char text[600];
 		bool perm = r->status == DNS_PERMFAIL;
-		snprintf(text, sizeof text, "%s %s", perm ? "5.4.4" : "4.4.4", r->error ? r->error : "no MX host");
+		memcpy(text, perm ? "5.4.4 " : "4.4.4 ", 6);
+		str_copy(text + 6, sizeof text - 6, r->error ? r->error : "no MX host");
 		fail_list(&sq->due, perm, perm ? 550 : 451, text);
 		return;
 	}

@@ -347,5 +347,8 @@ void txn_reset(struct session *s);
 cJSON *addr_arg(const struct smtp_addr *a);
 void reply_ok(struct session *s, int code, const char *text);
 void replyf(struct session *s, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* reply_ok with the text a, b and c put together (cut at 1199 bytes, as
+ * replyf), without printf: for the replies every message gets. */
+void reply_cat(struct session *s, int code, const char *a, const char *b, const char *c);
 void data_input(struct session *s);
 #endif

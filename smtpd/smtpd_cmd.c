@@ -36,6 +36,20 @@ void replyf(struct session *s, int code, const char *fmt, ...)
 	reply_ok(s, code, text);
 }
 
+void reply_cat(struct session *s, int code, const char *a, const char *b, const char *c)
+{
+	char text[1200], *o = text;
+	const char *part[3] = { a, b, c };
+	for (int i = 0; i < 3; i++) {
+		size_t n = strlen(part[i]), room = (size_t)(text + sizeof text - 1 - o);
+		n = n < room ? n : room;
+		memcpy(o, part[i], n);
+		o += n;
+	}
+	*o = '\0';
+	reply_ok(s, code, text);
+}
+
 void txn_free(struct txn *t)
 {
 	if (!t)
@@ -191,7 +205,7 @@ static void mail_accept(struct session *s, struct smtp_addr *sender)
 	t->sender = *sender;
 	memset(sender, 0, sizeof *sender);
 	s->txn = t;
-	replyf(s, 250, "OK <%s>", t->sender.email);
+	reply_cat(s, 250, "OK <", t->sender.email, ">");
 }
 
 static void mail_done(void *arg, const cJSON *reply, const char *error)
@@ -292,7 +306,7 @@ static void rcpt_accept(struct session *s, struct smtp_addr *rcpt)
 	struct smtp_addr *a = &t->rcpts[t->n_rcpts++].addr;
 	*a = *rcpt;
 	memset(rcpt, 0, sizeof *rcpt);
-	replyf(s, 250, "OK <%s>", a->email);
+	reply_cat(s, 250, "OK <", a->email, ">");
 }
 
 static void rcpt_done(void *arg, const cJSON *reply, const char *error)

@@ -16,6 +16,7 @@
  * rejects the whole transaction before anything is stored. */
 #include "smtpd/smtpd.h"
 #include "lib/jadd.h"
+#include "lib/str.h"
 #include "lib/base64.h"
 #include "lib/jsonw.h"
 #include "lib/log.h"
@@ -394,7 +395,7 @@ static void rfc2822_now(char *buf, size_t len)
 			 tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 		cached_at = now;
 	}
-	snprintf(buf, len, "%s", cached);
+	str_copy(buf, len, cached);
 }
 
 static void jbuf_cat(struct jbuf *j, const char *s)
@@ -407,7 +408,11 @@ static char *received_header(struct session *s, const struct batch *b, const cha
 {
 	char local_ip[64];
 	const char *colon = strrchr(s->local_str, ':');
-	snprintf(local_ip, sizeof local_ip, "%.*s", (int)(colon ? colon - s->local_str : 0), s->local_str);
+	size_t ip_len = colon ? (size_t)(colon - s->local_str) : 0;
+	if (ip_len >= sizeof local_ip)
+		ip_len = sizeof local_ip - 1;
+	memcpy(local_ip, s->local_str, ip_len);
+	local_ip[ip_len] = '\0';
 	if (local_ip[0] == '[') { /* [v6] -> v6 */
 		memmove(local_ip, local_ip + 1, strlen(local_ip));
 		local_ip[strlen(local_ip) - 1] = '\0';
@@ -723,22 +728,29 @@ static void log_reception(struct session *s, const struct batch *b)
 	cJSON_Delete(extra);
 }
 
-/* The ids of the messages stored (or sent to the null queue), in order,
- * one space between them; how many in *n. */
-static char *stored_ids(const struct txn *t, size_t *n)
+/* "<head>ids=<ids><tail>", the ids those of the messages stored (or sent
+ * to the null queue), in order, one space between them; how many in *n,
+ * the text's length in *len. */
+static char *ids_text(const struct txn *t, const char *head, const char *tail, size_t *n,
+		      size_t *len)
 {
-	size_t cap = 16 + t->n_batches * (SPOOL_ID_LEN + 1), len = 0;
-	char *ids = xmalloc(cap);
-	ids[0] = '\0';
+	size_t cap = strlen(head) + strlen(tail) + 8 + t->n_batches * (SPOOL_ID_LEN + 1);
+	char *text = xmalloc(cap), *o = str_put(text, head);
+	o = str_put(o, "ids=");
 	*n = 0;
 	for (size_t i = 0; i < t->n_batches; i++) {
 		const struct batch *b = &t->batches[i];
 		if (b->iovcnt < 0)
 			continue; /* failed to store */
-		len += (size_t)snprintf(ids + len, cap - len, "%s%s", *n ? " " : "", b->id);
+		if (*n)
+			*o++ = ' ';
+		o = str_put(o, b->id);
 		(*n)++;
 	}
-	return ids;
+	o = str_put(o, tail);
+	*o = '\0';
+	*len = (size_t)(o - text);
+	return text;
 }
 
 /* A Reception record for each message of the transaction that was stored
@@ -759,8 +771,8 @@ static void log_receptions(struct session *s, bool gone)
 
 static void finish(struct session *s, size_t failed, bool nospace)
 {
-	size_t ok;
-	char *ids = stored_ids(s->txn, &ok);
+	size_t ok, len;
+	char *text = ids_text(s->txn, failed ? "PARTIAL " : "OK ", "", &ok, &len);
 	log_receptions(s, false);
 	txn_reset(s);
 	if (ok == 0) {
@@ -770,9 +782,9 @@ static void finish(struct session *s, size_t failed, bool nospace)
 			replyf(s, 451, "4.3.0 %s spool write failed. Try later", s->p.hostname);
 	} else {
 		/* when every message was stored, the same text as early_reply's */
-		replyf(s, 250, "%s ids=%s", failed ? "PARTIAL" : "OK", ids);
+		reply_ok(s, 250, text);
 	}
-	free(ids);
+	free(text);
 }
 
 /* The reply finish() will give if the job stores everything, for the
@@ -788,10 +800,7 @@ static void early_reply(struct session *s, struct spool_job *job)
 	    policy_has(smtpd->policy, "smtp_server_rewrite_response"))
 		return;
 	size_t n;
-	char *ids = stored_ids(s->txn, &n);
-	job->early = xasprintf("250 OK ids=%s\r\n", ids);
-	free(ids);
-	job->early_len = strlen(job->early);
+	job->early = ids_text(s->txn, "250 OK ", "\r\n", &n, &job->early_len);
 	job->early_fd = bufferevent_getfd(s->bev);
 	s->early_pending = true;
 }
