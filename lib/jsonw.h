@@ -20,6 +20,17 @@ struct jbuf {
 };
 
 void jbuf_add(struct jbuf *b, const void *s, size_t n);
+/* jbuf_add for a few bytes whose count the compiler knows (a literal's):
+ * inline, a copy of fixed size when there is room. */
+static inline void jbuf_lit(struct jbuf *b, const char *s, size_t n)
+{
+	if (b->cap - b->len >= n) {
+		memcpy(b->p + b->len, s, n);
+		b->len += n;
+	} else {
+		jbuf_add(b, s, n);
+	}
+}
 /* A JSON string (s escaped as cJSON escapes), a whole number. */
 void jbuf_str(struct jbuf *b, const char *s);
 void jbuf_num(struct jbuf *b, double d);

@@ -224,23 +224,18 @@ static int enhanced_code(const char *text, int *c, int *sub, int *det, const cha
 static int logrec_written(struct logrec *lr, bool was_empty, char *err, size_t errlen);
 
 /* a string literal, without counting its bytes by hand */
-#define LIT(b, s) jbuf_add((b), (s), sizeof(s) - 1)
-
-static void key(struct jbuf *b, const char *k)
-{
-	jbuf_add(b, ",\"", 2);
-	jbuf_add(b, k, strlen(k)); /* our own keys: nothing to escape */
-	jbuf_add(b, "\":", 2);
-}
+#define LIT(b, s) jbuf_lit((b), "" s, sizeof(s) - 1)
+/* ,"k": for one of our own keys (a literal: nothing to escape) */
+#define key(b, k) LIT(b, ",\"" k "\":")
 
 static void str_or(struct jbuf *b, const char *s, bool null_if_missing)
 {
 	if (s)
 		jbuf_str(b, s);
 	else if (null_if_missing)
-		jbuf_add(b, "null", 4);
+		LIT(b, "null");
 	else
-		jbuf_add(b, "\"\"", 2);
+		LIT(b, "\"\"");
 }
 
 int logrec_put(struct logrec *lr, const struct logrec_fields *f, char *err, size_t errlen)

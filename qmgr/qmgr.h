@@ -242,6 +242,10 @@ void qpolicy_cancel(struct qpolicy *p, uint64_t id);
 
 /* qmgr_ctl.c: the socket smtpd and kumod talk to */
 void ctl_init(int listen_fd);
+/* The eight numbers of a "new" notice's "loc" (smtpd_qmgr.c writes them):
+ * decimal, 1 to 19 digits each (no sign), one space between them, nothing
+ * else.  0, or -1 when p is not that (v then partly written). */
+int qmgr_loc_numbers(const char *p, uint64_t v[8]);
 void ctl_close(void);
 
 /* qmgr_config.c: turning policy answers into configs */

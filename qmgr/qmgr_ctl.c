@@ -125,6 +125,23 @@ static int inject_one(const cJSON *m, struct evbuffer *in, char *err, size_t err
 	return rc;
 }
 
+int qmgr_loc_numbers(const char *p, uint64_t v[8])
+{
+	for (int i = 0; i < 8; i++) {
+		if (i && *p++ != ' ')
+			return -1;
+		/* 1 to 19 digits: never past 2^64 */
+		const char *d = p;
+		uint64_t u = 0;
+		while (*p >= '0' && *p <= '9' && p - d < 20)
+			u = u * 10 + (uint64_t)(*p++ - '0');
+		if (p == d || p - d > 19)
+			return -1;
+		v[i] = u;
+	}
+	return *p ? -1 : 0;
+}
+
 /* A "new" notice's message: its id and location, or NULL if malformed. */
 static const char *notice_loc(const cJSON *m, struct spool_loc *loc)
 {
@@ -134,23 +151,8 @@ static const char *notice_loc(const cJSON *m, struct spool_loc *loc)
 	if (!cJSON_IsString(id) || !spool_id_valid(id->valuestring) || !cJSON_IsString(seg) ||
 	    !cJSON_IsString(l))
 		return NULL;
-	/* eight decimal numbers, one space between them, nothing else */
 	uint64_t v[8];
-	const char *p = l->valuestring;
-	for (int i = 0; i < 8; i++) {
-		if (i && *p++ != ' ')
-			return NULL;
-		if (*p < '0' || *p > '9')
-			return NULL;
-		char *end;
-		errno = 0;
-		unsigned long long u = strtoull(p, &end, 10);
-		if (errno || end - p > 19)
-			return NULL;
-		v[i] = (uint64_t)u;
-		p = end;
-	}
-	if (*p)
+	if (qmgr_loc_numbers(l->valuestring, v) != 0)
 		return NULL;
 	memset(loc, 0, sizeof *loc);
 	loc->seg = spool_seg_get(&Q->spool, seg->valuestring);
