@@ -106,7 +106,24 @@ void qmgr_notify(struct qmgr_client *qc, const struct spool_item *const *items, 
  * big), nothing happened and the caller stores the job durably. */
 int qmgr_inject(struct qmgr_client *qc, struct spool_job *job);
 void qmgr_client_free(struct qmgr_client *qc);
+/* The events kumo-smtpd asks about before it sends them (policy_has_ev):
+ * a bit each, set from the handler list, instead of comparing names. */
+enum policy_ev {
+	PEV_CONNECTION_ACCEPTED,
+	PEV_EHLO,
+	PEV_MAIL_FROM,
+	PEV_RCPT_TO,
+	PEV_DATA,
+	PEV_MESSAGE_RECEIVED,
+	PEV_REWRITE_RESPONSE,
+	PEV_AUTH_PLAIN,
+	PEV_GET_DYNAMIC_PARAMETERS,
+	PEV_GET_LISTENER_DOMAIN,
+	PEV_COUNT
+};
 bool policy_has(const struct policy_client *pc, const char *event);
+/* policy_has for one of those, by its bit. */
+bool policy_has_ev(const struct policy_client *pc, enum policy_ev ev);
 /* Sends an event; args is consumed, and printed before this returns (so it
  * may hold references to the caller's objects).  The callback runs exactly
  * once (from the loop, never inside this call) unless policy_cancel is

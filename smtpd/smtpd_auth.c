@@ -90,7 +90,7 @@ static void auth_plain(struct session *s, const char *b64, size_t len)
 	char *password = xstrndup(f[2], flen[2]);
 	memset(dec, 0, n);
 	free(dec);
-	if (!policy_has(smtpd->policy, "smtp_server_auth_plain")) {
+	if (!policy_has_ev(smtpd->policy, PEV_AUTH_PLAIN)) {
 		memset(password, 0, strlen(password));
 		free(password);
 		free(c->authz);

@@ -173,7 +173,7 @@ static void run_hello(struct session *s, struct smtp_cmd *cmd)
 	bool esmtp = cmd->verb == V_EHLO;
 	char *domain = xstrndup(cmd->arg, cmd->arglen);
 	cJSON *ext = esmtp ? default_extensions(s) : cJSON_CreateArray();
-	if (!policy_has(smtpd->policy, "smtp_server_ehlo")) {
+	if (!policy_has_ev(smtpd->policy, PEV_EHLO)) {
 		ehlo_finish(s, domain, esmtp, ext);
 		free(domain);
 		cJSON_Delete(ext);
@@ -234,8 +234,8 @@ static void mail_done(void *arg, const cJSON *reply, const char *error)
  * what the RCPT's hook would see one after the other. */
 static cJSON *rcpt_then(struct session *s)
 {
-	if (!policy_has(smtpd->policy, "smtp_server_rcpt_to") ||
-	    policy_has(smtpd->policy, "smtp_server_rewrite_response") ||
+	if (!policy_has_ev(smtpd->policy, PEV_RCPT_TO) ||
+	    policy_has_ev(smtpd->policy, PEV_REWRITE_RESPONSE) ||
 	    s->p.max_recipients_per_message < 1 || s->auth_pending ||
 	    !(s->authenticated || params_relay_allowed(&s->p, &s->peer_ip)))
 		return NULL;
@@ -278,7 +278,7 @@ static void run_mail(struct session *s, struct smtp_cmd *cmd)
 		reply_ok(s, 552, "5.3.4 message too big");
 		return;
 	}
-	if (!policy_has(smtpd->policy, "smtp_server_mail_from")) {
+	if (!policy_has_ev(smtpd->policy, PEV_MAIL_FROM)) {
 		mail_accept(s, &cmd->addr);
 		return;
 	}
@@ -334,7 +334,7 @@ static void rcpt_relay_ok(struct session *s, struct addr_ctx *c)
 		rcpt_done(c, r, NULL);
 		cJSON_Delete(r);
 		return;
-	} else if (!policy_has(smtpd->policy, "smtp_server_rcpt_to")) {
+	} else if (!policy_has_ev(smtpd->policy, PEV_RCPT_TO)) {
 		rcpt_accept(s, &c->addr);
 	} else {
 		cJSON *args = cJSON_CreateArray();
@@ -431,7 +431,7 @@ static void run_rcpt(struct session *s, struct smtp_cmd *cmd)
 	memset(&cmd->addr, 0, sizeof cmd->addr);
 	if (s->authenticated || params_relay_allowed(&s->p, &s->peer_ip)) {
 		rcpt_relay_ok(s, c);
-	} else if (policy_has(smtpd->policy, "get_listener_domain")) {
+	} else if (policy_has_ev(smtpd->policy, PEV_GET_LISTENER_DOMAIN)) {
 		struct domain_ctx *d = xcalloc(1, sizeof *d);
 		d->c = c;
 		ask_listener_domain(s, d);

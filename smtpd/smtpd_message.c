@@ -366,7 +366,7 @@ static void next_received(struct session *s)
 		}
 		cJSON_Delete(r);
 	}
-	if (t->cur >= t->n_batches || !policy_has(smtpd->policy, "smtp_server_message_received")) {
+	if (t->cur >= t->n_batches || !policy_has_ev(smtpd->policy, PEV_MESSAGE_RECEIVED)) {
 		store(s);
 		return;
 	}
@@ -636,7 +636,7 @@ static bool one_message(struct session *s)
 static cJSON *received_then(struct session *s)
 {
 	struct txn *t = s->txn;
-	if (s->p.deferred_queue || !policy_has(smtpd->policy, "smtp_server_message_received") ||
+	if (s->p.deferred_queue || !policy_has_ev(smtpd->policy, PEV_MESSAGE_RECEIVED) ||
 	    !one_message(s))
 		return NULL;
 	spool_id_new(t->first_id);
@@ -683,7 +683,7 @@ void data_complete(struct session *s)
 		cJSON_AddItemToArray(t->proto.recipients, cJSON_CreateString(t->rcpts[i].addr.email));
 	t->proto.meta = cJSON_Duplicate(s->meta, 1);
 
-	if (!policy_has(smtpd->policy, "smtp_server_data")) {
+	if (!policy_has_ev(smtpd->policy, PEV_DATA)) {
 		split(s);
 		next_received(s);
 		return;
@@ -797,7 +797,7 @@ static void early_reply(struct session *s, struct spool_job *job)
 {
 	if (s->tls || !s->bev || s->p.deferred_spool ||
 	    evbuffer_get_length(bufferevent_get_output(s->bev)) > 0 ||
-	    policy_has(smtpd->policy, "smtp_server_rewrite_response"))
+	    policy_has_ev(smtpd->policy, PEV_REWRITE_RESPONSE))
 		return;
 	size_t n;
 	job->early = ids_text(s->txn, "250 OK ", "\r\n", &n, &job->early_len);

@@ -52,6 +52,7 @@ struct policy_client {
 	struct pending *buckets[PENDING_BUCKETS];
 	char **handlers;              /* owned */
 	size_t n_handlers;
+	uint32_t has_ev;              /* bit e: handlers has pev_name[e] */
 	double generation;            /* policyd's, from its replies */
 	uint64_t hello_id;            /* a hello in flight, 0 if none */
 };
@@ -146,6 +147,19 @@ static void pc_drop(struct policy_client *pc, const char *why)
 	pc->backoff = pc->backoff < 2 ? pc->backoff * 2 : 2;
 }
 
+static const char *const pev_name[PEV_COUNT] = {
+	[PEV_CONNECTION_ACCEPTED] = "smtp_server_connection_accepted",
+	[PEV_EHLO] = "smtp_server_ehlo",
+	[PEV_MAIL_FROM] = "smtp_server_mail_from",
+	[PEV_RCPT_TO] = "smtp_server_rcpt_to",
+	[PEV_DATA] = "smtp_server_data",
+	[PEV_MESSAGE_RECEIVED] = "smtp_server_message_received",
+	[PEV_REWRITE_RESPONSE] = "smtp_server_rewrite_response",
+	[PEV_AUTH_PLAIN] = "smtp_server_auth_plain",
+	[PEV_GET_DYNAMIC_PARAMETERS] = "smtp_server_get_dynamic_parameters",
+	[PEV_GET_LISTENER_DOMAIN] = "get_listener_domain",
+};
+
 static void set_handlers(struct policy_client *pc, const cJSON *handlers)
 {
 	for (size_t i = 0; i < pc->n_handlers; i++)
@@ -159,6 +173,10 @@ static void set_handlers(struct policy_client *pc, const cJSON *handlers)
 			pc->handlers[i++] = xstrdup(h->valuestring);
 	}
 	pc->n_handlers = i;
+	pc->has_ev = 0;
+	for (int e = 0; e < PEV_COUNT; e++)
+		if (policy_has(pc, pev_name[e]))
+			pc->has_ev |= 1u << e;
 }
 
 static void hello_done(void *ctx, const cJSON *reply, const char *error)
@@ -383,6 +401,11 @@ void policy_client_free(struct policy_client *pc)
 	free(pc->handlers);
 	free(pc->sockname);
 	free(pc);
+}
+
+bool policy_has_ev(const struct policy_client *pc, enum policy_ev ev)
+{
+	return pc->has_ev >> ev & 1u;
 }
 
 bool policy_has(const struct policy_client *pc, const char *event)

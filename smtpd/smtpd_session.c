@@ -327,7 +327,7 @@ void session_reply(struct session *s, int code, const char *text, enum disc_mode
 		return;
 	/* a reply the spool writer sent (early_reply) was not to be rewritten,
 	 * even if a reload has added a handler since */
-	if (!s->early_skip && policy_has(smtpd->policy, "smtp_server_rewrite_response")) {
+	if (!s->early_skip && policy_has_ev(smtpd->policy, PEV_REWRITE_RESPONSE)) {
 		s->pend_code = code;
 		s->pend_text = xstrdup(text);
 		s->pend_mode = mode;
@@ -729,7 +729,7 @@ static void accepted_done(void *ctx, const cJSON *reply, const char *error)
 
 static void connection_accepted(struct session *s)
 {
-	if (!policy_has(smtpd->policy, "smtp_server_connection_accepted")) {
+	if (!policy_has_ev(smtpd->policy, PEV_CONNECTION_ACCEPTED)) {
 		send_banner(s);
 		return;
 	}
@@ -771,7 +771,7 @@ static void dynamic_done(void *ctx, const cJSON *reply, const char *error)
 static void start_session(struct session *s)
 {
 	bufferevent_enable(s->bev, EV_READ | (s->tls ? EV_WRITE : 0));
-	if (!policy_has(smtpd->policy, "smtp_server_get_dynamic_parameters")) {
+	if (!policy_has_ev(smtpd->policy, PEV_GET_DYNAMIC_PARAMETERS)) {
 		connection_accepted(s);
 		return;
 	}
@@ -830,7 +830,7 @@ void session_reevaluate(struct session *s)
 {
 	if (params_again(s) != 0)
 		return;
-	if (!policy_has(smtpd->policy, "smtp_server_get_dynamic_parameters")) {
+	if (!policy_has_ev(smtpd->policy, PEV_GET_DYNAMIC_PARAMETERS)) {
 		send_banner(s);
 		return;
 	}
