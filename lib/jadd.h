@@ -11,7 +11,7 @@
  * with that key; none past a member without a key), comparing each key's
  * first byte before calling strcmp: most members differ there, and their
  * readers look up dozens per message.  jfind is the same for a key that is
- * not a literal.
+ * not a literal, and jdetach and jdelete take a member out the same way.
  * The macros paste "" before the key, so that anything but a literal does
  * not compile. */
 #ifndef KUMO_JADD_H
@@ -41,6 +41,19 @@ static inline cJSON *jfind(const cJSON *o, const char *key)
 }
 
 #define jget(o, key) jfind((o), "" key)
+
+/* cJSON_DetachItemFromObjectCaseSensitive and
+ * cJSON_DeleteItemFromObjectCaseSensitive, finding the member as jfind. */
+static inline cJSON *jdetach(cJSON *o, const char *key)
+{
+	cJSON *c = jfind(o, key);
+	return c ? cJSON_DetachItemViaPointer(o, c) : NULL;
+}
+
+static inline void jdelete(cJSON *o, const char *key)
+{
+	cJSON_Delete(jdetach(o, key));
+}
 #define jadd_item(o, key, item) jadd_item_((o), "" key, (item))
 #define jadd_string(o, key, s) jadd_item_((o), "" key, cJSON_CreateString(s))
 #define jadd_number(o, key, n) jadd_item_((o), "" key, cJSON_CreateNumber(n))

@@ -428,9 +428,12 @@ static cJSON *next_request(struct pool *p, int index, unsigned long *client)
  * of a reload. */
 static void reply_ready(unsigned long client, const cJSON *req, const cJSON *reply)
 {
-	cJSON_DeleteItemFromObjectCaseSensitive((cJSON *)reply, "generation");
-	jadd_number((cJSON *)reply, "generation",
-				__atomic_load_n(&generation, __ATOMIC_RELAXED));
+	double g = (double)__atomic_load_n(&generation, __ATOMIC_RELAXED);
+	cJSON *have = jget(reply, "generation");  /* hello's placeholder */
+	if (have)
+		cJSON_SetNumberValue(have, g);
+	else
+		jadd_number((cJSON *)reply, "generation", g);
 	if (client_send(client, reply) < 0) {
 		cJSON *small = cJSON_CreateObject();
 		const cJSON *id = jget(req, "id");

@@ -314,7 +314,7 @@ static cJSON *then_request(cJSON *req, cJSON *then, struct event_ctx *c)
 				   jget(m, "recipients"), 1))
 			return NULL;
 		/* with delta this reply has no use for the whole meta: moved */
-		cJSON *meta = c->delta ? cJSON_DetachItemFromObjectCaseSensitive(c->msg_after, "meta")
+		cJSON *meta = c->delta ? jdetach(c->msg_after, "meta")
 				       : cJSON_Duplicate(jget(was, "meta"), 1);
 		jadd_item(m, "meta", meta ? meta : need(cJSON_CreateObject()));
 	}
@@ -336,7 +336,7 @@ static cJSON *then_request(cJSON *req, cJSON *then, struct event_ctx *c)
 	else if (meta)
 		c->meta_after = NULL;
 	else
-		meta = cJSON_DetachItemFromObjectCaseSensitive(req, "meta");
+		meta = jdetach(req, "meta");
 	if (meta)
 		jadd_item(next, "meta", meta);
 	return next;
@@ -367,13 +367,13 @@ static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply, int depth
 	cJSON *event = NULL, *args = NULL, *meta_pos = NULL, *meta = NULL, *then = NULL;
 	for (cJSON *m = req->child; m; m = m->next) {
 		const char *k = m->string;
-		cJSON **slot = !k                           ? NULL
-			       : strcmp(k, "event") == 0    ? &event
-			       : strcmp(k, "args") == 0     ? &args
-			       : strcmp(k, "meta_pos") == 0 ? &meta_pos
-			       : strcmp(k, "meta") == 0     ? &meta
-			       : strcmp(k, "then") == 0     ? &then
-							    : NULL;
+		cJSON **slot = NULL;
+		switch (k ? k[0] : '\0') {
+		case 'e': slot = strcmp(k, "event") == 0 ? &event : NULL; break;
+		case 'a': slot = strcmp(k, "args") == 0 ? &args : NULL; break;
+		case 'm': slot = strcmp(k, "meta_pos") == 0 ? &meta_pos : strcmp(k, "meta") == 0 ? &meta : NULL; break;
+		case 't': slot = strcmp(k, "then") == 0 ? &then : NULL; break;
+		}
 		if (slot && !*slot)
 			*slot = m;
 	}
@@ -464,7 +464,7 @@ static cJSON *handle_event(struct policy *p, cJSON *req, cJSON *reply, int depth
 	}
 	if ((c.outcome == OUT_OK || c.outcome == OUT_REJECT) && c.msg_after) {
 		if (delta)  /* "meta" stayed for then_request; the reply has meta_set */
-			cJSON_DeleteItemFromObjectCaseSensitive(c.msg_after, "meta");
+			jdelete(c.msg_after, "meta");
 		jadd_item(reply, "msg", c.msg_after);
 		c.msg_after = NULL;
 	}

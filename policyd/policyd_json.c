@@ -121,7 +121,7 @@ static cJSON *table_from_lua(lua_State *L, int idx, int depth, char *err, size_t
 			cJSON_Delete(obj);
 			return NULL;
 		}
-		cJSON_DeleteItemFromObjectCaseSensitive(obj, key);
+		jdelete(obj, key);
 		cJSON_AddItemToObject(obj, key, v);
 		lua_pop(L, 1);
 	}

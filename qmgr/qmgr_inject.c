@@ -74,7 +74,7 @@ static int apply(struct inj *in, const cJSON *msg, char *err, size_t errlen)
 	cJSON *meta = jget(in->doc, "meta");
 	const cJSON *q = jget(meta, "queue");
 	if (cJSON_IsString(q) && strcmp(q->valuestring, QMGR_DEFERRED_INJECT) == 0)
-		cJSON_DeleteItemFromObjectCaseSensitive(meta, "queue");
+		jdelete(meta, "queue");
 
 	/* the new bytes: data, or prefix + headers + the rest */
 	const cJSON *data = jget(msg, "data");

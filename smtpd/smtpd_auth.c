@@ -27,8 +27,8 @@ static void auth_done(void *arg, const cJSON *reply, const char *error)
 		const cJSON *ret = jget(reply, "ret");
 		if (cJSON_IsTrue(ret)) {
 			s->authenticated = true;
-			cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "authn_id");
-			cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "authz_id");
+			jdelete(s->meta, "authn_id");
+			jdelete(s->meta, "authz_id");
 			jadd_string(s->meta, "authn_id", c->authc);
 			jadd_string(s->meta, "authz_id", c->authz);
 			reply_ok(s, 235, "2.7.0 AUTH OK!");

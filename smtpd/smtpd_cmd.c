@@ -91,7 +91,7 @@ static void ehlo_finish(struct session *s, const char *domain, bool esmtp, const
 	txn_reset(s); /* RFC 5321 4.1.4: a later EHLO resets the state as RSET does */
 	free(s->ehlo_domain);
 	s->ehlo_domain = xstrdup(domain);
-	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "ehlo_domain");
+	jdelete(s->meta, "ehlo_domain");
 	jadd_string(s->meta, "ehlo_domain", domain);
 	if (!esmtp) {
 		replyf(s, 250, "Hello %s!", domain);

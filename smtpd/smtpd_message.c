@@ -347,7 +347,7 @@ static void next_received(struct session *s)
 		/* KumoMTA's deferred_queue: no smtp_server_message_received;
 		 * kumo-qmgr runs smtp_server_message_deferred_inject later */
 		for (size_t i = 0; i < t->n_batches; i++) {
-			cJSON_DeleteItemFromObjectCaseSensitive(t->batches[i].meta, "queue");
+			jdelete(t->batches[i].meta, "queue");
 			jadd_string(t->batches[i].meta, "queue", "deferred_smtp_inject.kumomta.internal");
 		}
 		store(s);

@@ -303,7 +303,7 @@ cJSON *policy_reply_take(const cJSON *reply, const char *key)
 {
 	/* the reply is the client's, freed after the callback: taking a
 	 * member out of it is the callback's to do */
-	return reply ? cJSON_DetachItemFromObjectCaseSensitive((cJSON *)reply, key) : NULL;
+	return reply ? jdetach((cJSON *)reply, key) : NULL;
 }
 
 cJSON *policy_then(const char *event, cJSON *args, int meta_pos)

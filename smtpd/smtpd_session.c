@@ -642,10 +642,10 @@ static void meta_from_params(struct session *s)
 {
 	const cJSON *m;
 	cJSON_ArrayForEach(m, s->p.meta) {
-		cJSON_DeleteItemFromObjectCaseSensitive(s->meta, m->string);
+		jdelete(s->meta, m->string);
 		cJSON_AddItemToObject(s->meta, m->string, cJSON_Duplicate(m, 1));
 	}
-	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "hostname");
+	jdelete(s->meta, "hostname");
 	jadd_string(s->meta, "hostname", s->p.hostname);
 }
 
@@ -795,8 +795,8 @@ void session_set_addresses(struct session *s, const struct sockaddr_storage *pee
 	netaddr_format_ip((struct sockaddr *)&s->peer, s->peer_ip_str, sizeof s->peer_ip_str);
 	cidr_from_sockaddr((struct sockaddr *)&s->peer, &s->peer_ip);
 	cidr_from_sockaddr((struct sockaddr *)&s->local, &s->local_ip);
-	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "received_from");
-	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "received_via");
+	jdelete(s->meta, "received_from");
+	jdelete(s->meta, "received_via");
 	jadd_string(s->meta, "received_from", s->peer_str);
 	jadd_string(s->meta, "received_via", s->local_str);
 }

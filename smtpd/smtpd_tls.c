@@ -285,11 +285,11 @@ static void handshake_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	SSL *ssl = bufferevent_openssl_get_ssl(bev);
-	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "tls_protocol_version");
-	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "tls_cipher");
+	jdelete(s->meta, "tls_protocol_version");
+	jdelete(s->meta, "tls_cipher");
 	jadd_string(s->meta, "tls_protocol_version", SSL_get_version(ssl));
 	jadd_string(s->meta, "tls_cipher", SSL_get_cipher_name(ssl));
-	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "tls_peer_subject_name");
+	jdelete(s->meta, "tls_peer_subject_name");
 	X509 *peer = s->p.tls_required_client_ca ? SSL_get0_peer_certificate(ssl) : NULL;
 	if (peer) {
 		long vr = SSL_get_verify_result(ssl);
@@ -300,7 +300,7 @@ static void handshake_event(struct bufferevent *bev, short what, void *arg)
 				  s->peer_str, X509_verify_cert_error_string(vr));
 	}
 	/* RFC 3207 4.2: forget what the client said before TLS */
-	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "ehlo_domain");
+	jdelete(s->meta, "ehlo_domain");
 	free(s->ehlo_domain);
 	s->ehlo_domain = NULL;
 	txn_free(s->txn);

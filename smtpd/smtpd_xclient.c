@@ -7,6 +7,7 @@
  * parameters see the new addresses) and the session restarts with the new
  * banner, as in KumoMTA.  Replies follow KumoMTA's texts. */
 #include "smtpd/smtpd.h"
+#include "lib/jadd.h"
 #include "lib/xalloc.h"
 
 #include <arpa/inet.h>
@@ -103,6 +104,6 @@ void run_xclient(struct session *s, struct smtp_cmd *cmd)
 	/* a new client: what the proxy said before does not carry over */
 	free(s->ehlo_domain);
 	s->ehlo_domain = NULL;
-	cJSON_DeleteItemFromObjectCaseSensitive(s->meta, "ehlo_domain");
+	jdelete(s->meta, "ehlo_domain");
 	session_reevaluate(s);
 }
