@@ -610,6 +610,13 @@ static cJSON *read_value(struct rd *r)
 	}
 }
 
+cJSON *jsonr_parse_any(const char *p, size_t n)
+{
+	char err[160];
+	cJSON *doc = jsonr_parse(p, n, err, sizeof err);
+	return doc ? doc : cJSON_ParseWithLength(p, n);
+}
+
 cJSON *jsonr_parse(const char *p, size_t n, char *err, size_t errlen)
 {
 	struct rd r = { .start = p, .p = p, .end = p + n, .err = err, .errlen = errlen };

@@ -26,4 +26,10 @@
  * "not valid JSON" followed by what and the offset. */
 cJSON *jsonr_parse(const char *p, size_t n, char *err, size_t errlen);
 
+/* For text kept from before (a message's meta in the spool or in memory):
+ * jsonr_parse, and where it refuses, cJSON_ParseWithLength, so that what
+ * cJSON's parser took before is still taken.  Both give the same tree for
+ * a document both take.  NULL if neither takes it. */
+cJSON *jsonr_parse_any(const char *p, size_t n);
+
 #endif

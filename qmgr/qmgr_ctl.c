@@ -18,6 +18,7 @@
  * the connection.  Entry points: ctl_init, ctl_close. */
 #include "qmgr/qmgr.h"
 #include "lib/jadd.h"
+#include "lib/jsonr.h"
 #include "lib/frame.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -114,7 +115,7 @@ static int inject_one(const cJSON *m, struct evbuffer *in, char *err, size_t err
 			snprintf(err, errlen, "the queue manager is stopping");
 		return Q->stopping ? -1 : 0;
 	}
-	cJSON *doc = cJSON_Parse(meta->valuestring);
+	cJSON *doc = jsonr_parse_any(meta->valuestring, strlen(meta->valuestring));
 	if (!doc) {
 		free(bytes);
 		snprintf(err, errlen, "inject %s: bad meta", id->valuestring);

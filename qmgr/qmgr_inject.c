@@ -11,6 +11,7 @@
  * Entry points: inject_start, inject_busy. */
 #include "qmgr/qmgr.h"
 #include "lib/jadd.h"
+#include "lib/jsonr.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
@@ -184,7 +185,7 @@ void inject_start(struct qmsg *m)
 	if (spool_read_data(&Q->spool, &m->loc, &in->data, &in->len, err, sizeof err) != 0 ||
 	    spool_read_meta(&Q->spool, &m->loc, &meta_text, &mlen, err, sizeof err) != 0)
 		goto fail;
-	in->doc = cJSON_ParseWithLength(meta_text, mlen);
+	in->doc = jsonr_parse_any(meta_text, mlen);
 	free(meta_text);
 	if (!in->doc) {
 		snprintf(err, sizeof err, "bad meta");

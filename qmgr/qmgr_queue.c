@@ -13,6 +13,7 @@
 #include "qmgr/qmgr.h"
 #include "lib/str.h"
 #include "lib/jadd.h"
+#include "lib/jsonr.h"
 #include "lib/log.h"
 #include "lib/netaddr.h"
 #include "lib/xalloc.h"
@@ -455,7 +456,7 @@ int qmgr_load(const char *id, const struct spool_loc *loc, const char *meta, siz
 		meta = buf;
 		meta_len = len;
 	}
-	cJSON *doc = cJSON_ParseWithLength(meta, meta_len);
+	cJSON *doc = jsonr_parse_any(meta, meta_len);
 	free(buf);
 	if (!doc) {
 		snprintf(err, errlen, "meta of %s is not JSON", id);
@@ -658,9 +659,9 @@ static void rewrite_recipients(struct qmsg *m)
 	size_t mlen;
 	cJSON *doc = NULL;
 	if (!m->spooled) {
-		doc = cJSON_Parse(m->mem_meta);
+		doc = jsonr_parse_any(m->mem_meta, strlen(m->mem_meta));
 	} else if (spool_read_meta(&Q->spool, &m->loc, &meta, &mlen, err, sizeof err) == 0) {
-		doc = cJSON_ParseWithLength(meta, mlen);
+		doc = jsonr_parse_any(meta, mlen);
 	}
 	free(meta);
 	if (!doc) {

@@ -22,6 +22,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -215,9 +216,17 @@ int smtp_msg_check(const struct smtp_msg *m, char *err, size_t errlen)
 	return 0;
 }
 
+/* Whether s[0..n) has a byte of 0x80 or above: eight bytes at a time
+ * (a whole message is checked before each MAIL FROM). */
 static bool has_8bit(const char *s, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
+	size_t i = 0;
+	for (uint64_t x; i + 8 <= n; i += 8) {
+		memcpy(&x, s + i, 8);
+		if (x & 0x8080808080808080ull)
+			return true;
+	}
+	for (; i < n; i++)
 		if ((unsigned char)s[i] >= 0x80)
 			return true;
 	return false;
@@ -231,6 +240,9 @@ static void put(struct smtp_client *c, const char *fmt, ...)
 	evbuffer_add_vprintf(bufferevent_get_output(c->bev), fmt, ap);
 	va_end(ap);
 }
+
+/* A command without arguments, as it is. */
+#define put_lit(c, s) evbuffer_add(bufferevent_get_output((c)->bev), "" s, sizeof(s) - 1)
 
 static void arm(struct smtp_client *c, double secs)
 {
@@ -498,7 +510,7 @@ static void after_hello(struct smtp_client *c)
 	if (c->tls_active || c->tls == TLS_DISABLED) {
 		go_ready(c);
 	} else if (c->ext & SMTP_EXT_STARTTLS) {
-		put(c, "STARTTLS\r\n");
+		put_lit(c, "STARTTLS\r\n");
 		enter_state(c, ST_STARTTLS);
 	} else if (c->tls == TLS_REQUIRED || c->tls == TLS_REQUIRED_INSECURE) {
 		char text[300];
@@ -661,26 +673,59 @@ static void on_starttls(struct smtp_client *c, struct smtp_reply *r)
 	fail(c, r, false);
 }
 
+/* head, addr, tail and CRLF as one line of output, without printf (a
+ * MAIL FROM and a RCPT TO per message). */
+static void put_cmd(struct smtp_client *c, const char *head, const char *addr, const char *tail)
+{
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	size_t hl = strlen(head), al = strlen(addr), tl = strlen(tail);
+	char line[1024];
+	if (hl + al + tl + 2 > sizeof line) {
+		evbuffer_add_printf(out, "%s%s%s\r\n", head, addr, tail);
+		return;
+	}
+	memcpy(line, head, hl);
+	memcpy(line + hl, addr, al);
+	memcpy(line + hl + al, tail, tl);
+	memcpy(line + hl + al + tl, "\r\n", 2);
+	evbuffer_add(out, line, hl + al + tl + 2);
+}
+
 static void put_mail(struct smtp_client *c)
 {
 	const struct smtp_msg *m = c->msg;
-	char params[96] = "";
-	size_t n = 0;
-	if (c->ext & SMTP_EXT_SIZE)
-		n += (size_t)snprintf(params + n, sizeof params - n, " SIZE=%zu", m->len);
-	if ((c->ext & SMTP_EXT_8BITMIME) && has_8bit(m->data, m->len))
-		n += (size_t)snprintf(params + n, sizeof params - n, " BODY=8BITMIME");
+	char params[96] = ">";
+	size_t n = 1;
+	if (c->ext & SMTP_EXT_SIZE) {
+		/* " SIZE=<len>", the digits written backwards */
+		char digits[24], *d = digits + sizeof digits;
+		size_t v = m->len;
+		do
+			*--d = (char)('0' + v % 10);
+		while (v /= 10);
+		memcpy(params + n, " SIZE=", 6);
+		n += 6;
+		memcpy(params + n, d, (size_t)(digits + sizeof digits - d));
+		n += (size_t)(digits + sizeof digits - d);
+	}
+	if ((c->ext & SMTP_EXT_8BITMIME) && has_8bit(m->data, m->len)) {
+		memcpy(params + n, " BODY=8BITMIME", 14);
+		n += 14;
+	}
 	bool utf8 = has_8bit(m->sender, strlen(m->sender));
 	for (size_t i = 0; !utf8 && i < m->n_recipients; i++)
 		utf8 = has_8bit(m->recipients[i], strlen(m->recipients[i]));
-	if (utf8 && (c->ext & SMTP_EXT_SMTPUTF8))
-		snprintf(params + n, sizeof params - n, " SMTPUTF8");
-	put(c, "MAIL FROM:<%s>%s\r\n", m->sender, params);
+	if (utf8 && (c->ext & SMTP_EXT_SMTPUTF8)) {
+		memcpy(params + n, " SMTPUTF8", 9);
+		n += 9;
+	}
+	params[n] = '\0';
+	put_cmd(c, "MAIL FROM:<", m->sender, params);
 }
 
 static void put_rcpt(struct smtp_client *c, size_t i)
 {
-	put(c, "RCPT TO:<%s>\r\n", c->msg->recipients[i]);
+	put_cmd(c, "RCPT TO:<", c->msg->recipients[i], ">");
 }
 
 /* Queues message data up to OUT_HIGH bytes of output, dot-stuffing; once
@@ -767,7 +812,7 @@ static void envelope_end(struct smtp_client *c)
 		return;
 	}
 	if (c->data_r.code / 100 == 3) {
-		put(c, ".\r\n"); /* RFC 2920 3.1 */
+		put_lit(c, ".\r\n"); /* RFC 2920 3.1 */
 		enter_state(c, ST_DUMMY_DOT);
 		return;
 	}
@@ -820,7 +865,7 @@ static void on_txn_reply(struct smtp_client *c, struct smtp_reply *r)
 		}
 		enter_state(c, ST_DATA);
 		if (!c->pipelined)
-			put(c, "DATA\r\n");
+			put_lit(c, "DATA\r\n");
 		return;
 	case ST_DATA:
 		c->data_r = reply_take(c, r);
@@ -1058,7 +1103,7 @@ static void timer_cb(evutil_socket_t fd, short ev, void *arg)
 	} else {
 		switch (c->state) {
 		case ST_IDLE:
-			put(c, "QUIT\r\n");
+			put_lit(c, "QUIT\r\n");
 			enter_state(c, ST_IDLE_QUIT);
 			break;
 		case ST_CONNECTING:
@@ -1147,13 +1192,13 @@ int smtp_client_send(struct smtp_client *c, const struct smtp_msg *m)
 	c->pipelined = (c->ext & SMTP_EXT_PIPELINING) != 0;
 	c->sent_rset = c->need_rset;
 	if (c->sent_rset)
-		put(c, "RSET\r\n");
+		put_lit(c, "RSET\r\n");
 	if (c->pipelined || !c->sent_rset)
 		put_mail(c);
 	if (c->pipelined) {
 		for (size_t i = 0; i < m->n_recipients; i++)
 			put_rcpt(c, i);
-		put(c, "DATA\r\n");
+		put_lit(c, "DATA\r\n");
 	}
 	enter_state(c, c->sent_rset ? ST_RSET : ST_MAIL);
 	return 0;
@@ -1171,7 +1216,7 @@ void smtp_client_quit(struct smtp_client *c)
 		return;
 	}
 	if (c->state != ST_IDLE_QUIT)
-		put(c, "QUIT\r\n");
+		put_lit(c, "QUIT\r\n");
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 	enter_state(c, ST_QUIT);
 }

@@ -11,7 +11,8 @@
  *    and trees that stay whole through cJSON_Duplicate, detaching,
  *    re-keying and deleting the original (under ASan in `make check`);
  *  - keys the table does not keep: long ones, escaped ones, and those past
- *    its bound, each a block of its own. */
+ *    its bound, each a block of its own;
+ *  - jsonr_parse_any: cJSON's reading where jsonr refuses. */
 #include "lib/jsonr.h"
 #include "lib/jsonw.h"
 
@@ -327,6 +328,12 @@ START_TEST(test_duplicate_keys)
 }
 END_TEST
 
+/* Whether o's first member has an interned key: jsonr read o. */
+static bool jfind_first_const(const cJSON *o)
+{
+	return o->child && (o->child->type & cJSON_StringIsConst);
+}
+
 /* The key of object o's member named k, and that member. */
 static const cJSON *member(const cJSON *o, const char *k)
 {
@@ -438,6 +445,31 @@ START_TEST(test_intern_bound)
 }
 END_TEST
 
+/* jsonr_parse_any: jsonr's tree where jsonr takes the text, cJSON's where
+ * only cJSON does (a key twice, a number past a double), NULL where
+ * neither does. */
+START_TEST(test_parse_any)
+{
+	const char *both = "{\"a\":1,\"b\":[\"x\"]}";
+	cJSON *j = jsonr_parse_any(both, strlen(both));
+	ck_assert_ptr_nonnull(j);
+	ck_assert(jfind_first_const(j));
+	cJSON_Delete(j);
+	const char *twice = "{\"k\":1,\"k\":2}";
+	j = jsonr_parse_any(twice, strlen(twice));
+	ck_assert_ptr_nonnull(j);
+	ck_assert_int_eq(cJSON_GetArraySize(j), 2);
+	ck_assert_int_eq(j->child->valueint, 1);
+	cJSON_Delete(j);
+	const char *big = "[1e999]";
+	j = jsonr_parse_any(big, strlen(big));
+	ck_assert_ptr_nonnull(j);
+	cJSON_Delete(j);
+	ck_assert_ptr_null(jsonr_parse_any("{\"a\":", 5));
+	ck_assert_ptr_null(jsonr_parse_any("", 0));
+}
+END_TEST
+
 static Suite *jsonr_suite(void)
 {
 	Suite *s = suite_create("lib_jsonr");
@@ -452,6 +484,7 @@ static Suite *jsonr_suite(void)
 	tcase_add_test(tc, test_blocks);
 	tcase_add_test(tc, test_keys_not_interned);
 	tcase_add_test(tc, test_intern_bound);
+	tcase_add_test(tc, test_parse_any);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -751,6 +751,11 @@ START_TEST(txn_row)
 	else
 		ck_assert_msg(strstr(log, " +\n") == NULL, "pipelined to a lock-step server:\n%s", log);
 	ck_assert_msg(strstr(log, " SIZE=") != NULL, "no SIZE parameter:\n%s", log);
+	/* the first message's size, exactly */
+	char want[64];
+	snprintf(want, sizeof want, "MAIL FROM:<sender@example.com> SIZE=%zu\n", strlen(row->msgs[0].data));
+	ck_assert_msg(strncmp(mail, want, strlen(want) - 1) == 0 && (mail[strlen(want) - 1] == '\n' ||
+		      mail[strlen(want) - 1] == ' '), "want %s in\n%s", want, log);
 	free(log);
 	tctx_free(&t);
 	sink_stop(&k);
