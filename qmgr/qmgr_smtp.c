@@ -739,10 +739,19 @@ static void body_more(struct smtp_client *c)
 		while (c->off < end) {
 			if (c->bol && m->data[c->off] == '.')
 				evbuffer_add(out, ".", 1);
-			const char *nl = memchr(m->data + c->off, '\n', end - c->off);
-			size_t stop = nl ? (size_t)(nl - m->data) + 1 : end;
+			/* one add up to the next line that starts with '.' (stuffed
+			 * on the next turn), or to the chunk's end */
+			const char *hit = NULL, *e = m->data + end;
+			for (const char *q = m->data + c->off;
+			     (q = memchr(q, '\n', (size_t)(e - q))) != NULL && q + 1 < e; q++) {
+				if (q[1] == '.') {
+					hit = q;
+					break;
+				}
+			}
+			size_t stop = hit ? (size_t)(hit - m->data) + 1 : end;
 			evbuffer_add(out, m->data + c->off, stop - c->off);
-			c->bol = nl != NULL;
+			c->bol = m->data[stop - 1] == '\n';
 			c->off = stop;
 		}
 	}

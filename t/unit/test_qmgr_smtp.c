@@ -854,6 +854,40 @@ START_TEST(big_message)
 }
 END_TEST
 
+/* Lines that start with a dot right at the 16 KB chunk edges of body_more:
+ * the CRLF ends one chunk and the dot opens the next. */
+START_TEST(stuffing_at_chunk_edges)
+{
+	const char *args[] = { "--pipelining", NULL };
+	struct sink k;
+	sink_start(&k, args);
+	struct tctx t;
+	tctx_init(&t);
+	size_t len = 0;
+	char *data = malloc(3 * 16384);
+	memset(data, 'x', 16382);
+	len = 16382;
+	memcpy(data + len, "\r\n.edge\r\n", 9);
+	len += 9;
+	memset(data + len, 'y', 32766 - len);
+	len = 32766;
+	memcpy(data + len, "\r\n.\r\nend\r\n", 10);
+	len += 10;
+	ck_assert(data[16383] == '\n' && data[16384] == '.' && data[32767] == '\n' && data[32768] == '.');
+	static const char *const rcpt[] = { "edge@example.com" };
+	add_msg(&t, "s@example.com", rcpt, 1, data, len);
+	start_client(&t, k.port, TLS_DISABLED, NULL);
+	run(&t);
+	ck_assert(t.ready);
+	ck_assert_uint_eq(t.n_res, 1);
+	ck_assert_msg(t.res[0].final.code == 250, "%d %s", t.res[0].final.code, t.res[0].final.text);
+	check_stored(&k, 1, data, len);
+	free(data);
+	tctx_free(&t);
+	sink_stop(&k);
+}
+END_TEST
+
 /* ---- failures in and around transactions ---------------------------------------- */
 
 START_TEST(connect_refused)
@@ -1192,6 +1226,7 @@ static Suite *smtp_suite(void)
 	tcase_add_loop_test(tc, session_row, 0, sizeof sessions / sizeof sessions[0]);
 	tcase_add_loop_test(tc, txn_row, 0, 2 * (sizeof txns / sizeof txns[0]));
 	tcase_add_loop_test(tc, stuffing_round_trip, 0, 2);
+	tcase_add_test(tc, stuffing_at_chunk_edges);
 	tcase_add_loop_test(tc, big_message, 0, 2);
 	tcase_add_test(tc, connect_refused);
 	tcase_add_test(tc, dot_hang_times_out);
