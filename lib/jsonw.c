@@ -107,19 +107,27 @@ static size_t plain_prefix(const char *o, size_t n)
 void jbuf_str(struct jbuf *b, const char *s)
 {
 	size_t n = strlen(s);
-	need(b, n * 6 + 2 + 16);
-	char *o = b->p + b->len;
-	*o++ = '"';
 #ifdef __SSE2__
 	/* Most strings need no escape: copied whole first, then checked in
 	 * the copy, whose buffer can be read past its end (a string's own
-	 * bytes cannot: its last 16 would take a loop of single bytes). */
+	 * bytes cannot: its last 16 would take a loop of single bytes).  Room
+	 * for six bytes per byte is made only once an escape is found. */
+	need(b, n + 2 + 16);
+	char *o = b->p + b->len;
+	*o++ = '"';
 	memcpy(o, s, n);
 	size_t plain = plain_prefix(o, n);
-	o += plain;
-	if (plain < n)
-		o = escape(o, (const unsigned char *)s + plain, (const unsigned char *)s + n);
+	if (plain < n) {
+		b->len = (size_t)(o + plain - b->p);
+		need(b, (n - plain) * 6 + 1);
+		o = escape(b->p + b->len, (const unsigned char *)s + plain, (const unsigned char *)s + n);
+	} else {
+		o += n;
+	}
 #else
+	need(b, n * 6 + 2);
+	char *o = b->p + b->len;
+	*o++ = '"';
 	o = escape(o, (const unsigned char *)s, (const unsigned char *)s + n);
 #endif
 	*o++ = '"';
