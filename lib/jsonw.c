@@ -89,12 +89,8 @@ static char *escape(char *o, const unsigned char *p, const unsigned char *end)
  * from those bytes are masked off before they are tested. */
 static size_t plain_prefix(const char *o, size_t n)
 {
-	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
 	for (size_t k = 0; k < n; k += 16) {
-		__m128i x = _mm_loadu_si128((const __m128i *)(const void *)(o + k));
-		__m128i m = _mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(x, ctl), x),
-					 _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)));
-		unsigned bits = (unsigned)_mm_movemask_epi8(m);
+		unsigned bits = json_16_special(o + k);
 		if (n - k < 16)
 			bits &= (1u << (n - k)) - 1;
 		if (bits)

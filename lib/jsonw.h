@@ -58,23 +58,29 @@ static inline uint64_t json_word_special(uint64_t x)
 	return (((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((bs - ones) & ~bs)) & highs;
 }
 
+#ifdef __SSE2__
+/* The same for the sixteen bytes at p: bit i set when byte i is special.
+ * A byte is below 0x20 when the unsigned minimum of it and 0x1f is itself. */
+static inline unsigned json_16_special(const void *p)
+{
+	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
+	__m128i x = _mm_loadu_si128((const __m128i *)p);
+	__m128i m = _mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(x, ctl), x),
+				 _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)));
+	return (unsigned)_mm_movemask_epi8(m);
+}
+#endif
+
 /* The length of the run of plain string bytes at p, at most end - p:
  * sixteen bytes at a time where SSE2 is (every x86-64), then eight, then
- * one.  A byte is below 0x20 when the unsigned minimum of it and 0x1f is
- * itself. */
+ * one. */
 static inline size_t json_plain_run(const unsigned char *p, const unsigned char *end)
 {
 	const unsigned char *q = p;
 #ifdef __SSE2__
-	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
-	for (; end - q >= 16; q += 16) {
-		__m128i x = _mm_loadu_si128((const __m128i *)(const void *)q);
-		__m128i m = _mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(x, ctl), x),
-					 _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)));
-		unsigned bits = (unsigned)_mm_movemask_epi8(m);
-		if (bits)
+	for (unsigned bits; end - q >= 16; q += 16)
+		if ((bits = json_16_special(q)) != 0)
 			return (size_t)(q - p) + (size_t)__builtin_ctz(bits);
-	}
 #endif
 	for (uint64_t x, m; end - q >= 8; q += 8) {
 		memcpy(&x, q, 8);
