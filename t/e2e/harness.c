@@ -478,18 +478,23 @@ char *harness_slurp(const char *path, size_t *lenp)
 
 /* ---- kumod lifecycle ---------------------------------------------------- */
 
-static char *kumod_path(void)
+char *harness_bin_path(const char *prog)
 {
     const char *bin = getenv("KUMO_BIN");
     if (bin && *bin)
-        return xasprintf("%s/kumod", bin);
+        return xasprintf("%s/%s", bin, prog);
     const char *src = getenv("KUMO_SRC");
     if (src && *src)
-        return xasprintf("%s/bin/kumod", src);
+        return xasprintf("%s/bin/%s", src, prog);
     char cwd[4096];
     if (!getcwd(cwd, sizeof cwd))
         snprintf(cwd, sizeof cwd, ".");
-    return xasprintf("%s/bin/kumod", cwd);
+    return xasprintf("%s/bin/%s", cwd, prog);
+}
+
+static char *kumod_path(void)
+{
+    return harness_bin_path("kumod");
 }
 
 const char *harness_status_str(int status)
@@ -1268,9 +1273,10 @@ char *harness_logs_summary(const struct harness_env *env)
 int harness_kumoctl(const struct harness_env *env, const char *args, char **out)
 {
 	char *sock = harness_path(env, "spool/kumod.sock");
-	const char *bin = getenv("KUMO_BIN");
+	char *prog = harness_bin_path("kumoctl");
 	char line[8192];
-	snprintf(line, sizeof line, "'%s/kumoctl' --socket '%s' %s 2>&1", bin ? bin : "bin", sock, args);
+	snprintf(line, sizeof line, "'%s' --socket '%s' %s 2>&1", prog, sock, args);
+	free(prog);
 	free(sock);
 	FILE *p = popen(line, "r");
 	if (!p) {

@@ -115,6 +115,10 @@ char *harness_slurp(const char *path, size_t *len);
 /* Joins env->dir and rel into a static-free malloc'd path. */
 char *harness_path(const struct harness_env *env, const char *rel);
 
+/* The path of the program prog (kumod, kumoctl, kumo-policyd, ...) in the
+ * KUMO_BIN directory (see the top), malloc'd. */
+char *harness_bin_path(const char *prog);
+
 /* --- kumod lifecycle ------------------------------------------------------ */
 
 /*

@@ -665,8 +665,7 @@ START_TEST(test_policyd_shares_one_read_between_workers)
 	ck_assert_int_ge(lfd, 0);
 	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sun, sizeof sun), 0);
 	ck_assert_int_eq(listen(lfd, 4), 0);
-	char prog[600];
-	snprintf(prog, sizeof prog, "%s/kumo-policyd", getenv("KUMO_BIN"));
+	char *prog = harness_bin_path("kumo-policyd");
 	pid_t pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
@@ -675,6 +674,7 @@ START_TEST(test_policyd_shares_one_read_between_workers)
 		execl(prog, "kumo-policyd", "--policy", env->policy, "--lua-workers", "2", (char *)NULL);
 		_exit(127);
 	}
+	free(prog);
 	close(lfd);
 	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
 	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sun, sizeof sun), 0);
