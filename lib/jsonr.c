@@ -301,9 +301,7 @@ static bool put_string(struct rd *r, const unsigned char *s, const unsigned char
 		memcpy(out, s, n);
 		out[n] = '\0';
 	} else {
-		size_t run = json_plain_run(s, close);
-		memcpy(out, s, run);
-		if (!unescape(s + run, close, out + run)) {
+		if (!unescape(s, close, out)) { /* it copies the plain runs itself */
 			r->p = (const char *)(s - 1);
 			fail(r, "a bad escape in the string");
 			return false;

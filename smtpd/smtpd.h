@@ -121,8 +121,7 @@ enum policy_ev {
 	PEV_GET_LISTENER_DOMAIN,
 	PEV_COUNT
 };
-bool policy_has(const struct policy_client *pc, const char *event);
-/* policy_has for one of those, by its bit. */
+/* Whether the policy has a handler for ev. */
 bool policy_has_ev(const struct policy_client *pc, enum policy_ev ev);
 /* Sends an event; args is consumed, and printed before this returns (so it
  * may hold references to the caller's objects).  The callback runs exactly

@@ -1,6 +1,6 @@
 /* smtpd_policy: the worker's client of kumo-policyd.  One stream connection
  * per worker, requests multiplexed by id, every call bounded by a timer.
- * Entry points: policy_client_new, policy_has, policy_call, policy_cancel,
+ * Entry points: policy_client_new, policy_has_ev, policy_call, policy_cancel,
  * policy_set_msg_file.  policyd may ask, while a call is in flight, for the
  * file holding a message argument's bytes ("msg_file", lib/ipc.h): it is
  * answered at once from the call's file callback.
@@ -174,9 +174,10 @@ static void set_handlers(struct policy_client *pc, const cJSON *handlers)
 	}
 	pc->n_handlers = i;
 	pc->has_ev = 0;
-	for (int e = 0; e < PEV_COUNT; e++)
-		if (policy_has(pc, pev_name[e]))
-			pc->has_ev |= 1u << e;
+	for (size_t k = 0; k < pc->n_handlers; k++)
+		for (int e = 0; e < PEV_COUNT; e++)
+			if (strcmp(pc->handlers[k], pev_name[e]) == 0)
+				pc->has_ev |= 1u << e;
 }
 
 static void hello_done(void *ctx, const cJSON *reply, const char *error)
@@ -406,14 +407,6 @@ void policy_client_free(struct policy_client *pc)
 bool policy_has_ev(const struct policy_client *pc, enum policy_ev ev)
 {
 	return pc->has_ev >> ev & 1u;
-}
-
-bool policy_has(const struct policy_client *pc, const char *event)
-{
-	for (size_t i = 0; i < pc->n_handlers; i++)
-		if (strcmp(pc->handlers[i], event) == 0)
-			return true;
-	return false;
 }
 
 static uint64_t send_request(struct policy_client *pc, const char *op, const char *event, cJSON *args,
