@@ -14,6 +14,7 @@
  * itself in busy, and a free requested during a callback only marks the
  * client (zombie) until the outermost entry point returns. */
 #include "qmgr/qmgr_smtp.h"
+#include "lib/str.h"
 #include "lib/netaddr.h"
 #include "lib/xalloc.h"
 
@@ -678,17 +679,14 @@ static void on_starttls(struct smtp_client *c, struct smtp_reply *r)
 static void put_cmd(struct smtp_client *c, const char *head, const char *addr, const char *tail)
 {
 	struct evbuffer *out = bufferevent_get_output(c->bev);
-	size_t hl = strlen(head), al = strlen(addr), tl = strlen(tail);
 	char line[1024];
-	if (hl + al + tl + 2 > sizeof line) {
+	size_t n = str_join3(line, sizeof line - 2, head, addr, tail);
+	if (n >= sizeof line - 2) { /* cut: a long address */
 		evbuffer_add_printf(out, "%s%s%s\r\n", head, addr, tail);
 		return;
 	}
-	memcpy(line, head, hl);
-	memcpy(line + hl, addr, al);
-	memcpy(line + hl + al, tail, tl);
-	memcpy(line + hl + al + tl, "\r\n", 2);
-	evbuffer_add(out, line, hl + al + tl + 2);
+	memcpy(line + n, "\r\n", 2);
+	evbuffer_add(out, line, n + 2);
 }
 
 static void put_mail(struct smtp_client *c)

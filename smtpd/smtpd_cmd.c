@@ -4,6 +4,7 @@
  * data_input (bytes while in DATA).  Every handler ends by calling
  * session_reply, whose continuation resumes the pump. */
 #include "smtpd/smtpd.h"
+#include "lib/str.h"
 #include "lib/jadd.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -38,15 +39,8 @@ void replyf(struct session *s, int code, const char *fmt, ...)
 
 void reply_cat(struct session *s, int code, const char *a, const char *b, const char *c)
 {
-	char text[1200], *o = text;
-	const char *part[3] = { a, b, c };
-	for (int i = 0; i < 3; i++) {
-		size_t n = strlen(part[i]), room = (size_t)(text + sizeof text - 1 - o);
-		n = n < room ? n : room;
-		memcpy(o, part[i], n);
-		o += n;
-	}
-	*o = '\0';
+	char text[1200];
+	str_join3(text, sizeof text, a, b, c);
 	reply_ok(s, code, text);
 }
 
